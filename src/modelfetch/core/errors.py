@@ -1,0 +1,176 @@
+"""One exception tree for everything modelfetch raises on purpose.
+
+    ModelfetchError
+    ├── SpecError                  a request the user wrote that we cannot parse or satisfy
+    ├── UnsafePathError            a destination that would escape its target directory
+    ├── StateError                 the state directory or database cannot be used
+    │   └── StateLockedError       another process owns the state directory
+    ├── UnknownItemError           an id that names nothing in the queue
+    └── TransferError              one file could not be fetched; the retry policy decides what next
+        ├── NetworkError           reset, refused, name resolution, protocol garbage
+        │   └── StalledError       no bytes for the stall timeout
+        ├── TooManyRedirectsError  a redirect loop or an over-long chain
+        ├── SchemeError            a URL (or redirect) to a scheme we do not speak
+        ├── IntegrityError         wrong SHA-256 / git blob id / size, or a lying server
+        ├── DiskFullError          ENOSPC, or not enough free space to start
+        └── HTTPStatusError        the server answered with a status we cannot use
+            ├── NotFoundError      404 / 410
+            ├── AuthRequiredError  401, or 403 from the Hub without a gate
+            ├── GatedError         403 with X-Error-Code: GatedRepo
+            ├── ForbiddenError     403 from anywhere else (e.g. an expired signed CDN URL)
+            ├── RateLimitedError   429 (retry_after seconds when the server said)
+            └── ServerBusyError    503 (retry_after seconds when the server said)
+
+Misuse of the API (calling methods in the wrong order) raises the builtin RuntimeError/ValueError,
+outside the tree, so `except ModelfetchError` never hides a programming bug.
+
+Every error has a stable `kind` string: it is what the store records and the API returns, so it
+must never change for an existing class.
+"""
+
+from __future__ import annotations
+
+
+class ModelfetchError(Exception):
+    """Root of every error modelfetch raises on purpose."""
+
+    kind = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpecError(ModelfetchError):
+    kind = "spec"
+
+
+class UnsafePathError(ModelfetchError):
+    kind = "unsafe_path"
+
+
+class StateError(ModelfetchError):
+    kind = "state"
+
+
+class StateLockedError(StateError):
+    kind = "state_locked"
+
+
+class UnknownItemError(ModelfetchError):
+    kind = "unknown_item"
+
+
+class TransferError(ModelfetchError):
+    """A file could not be fetched. `url` is the URL of the hop that failed, when known."""
+
+    kind = "transfer"
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class NetworkError(TransferError):
+    kind = "network"
+
+
+class StalledError(NetworkError):
+    kind = "stalled"
+
+
+class TooManyRedirectsError(TransferError):
+    kind = "too_many_redirects"
+
+
+class SchemeError(TransferError):
+    kind = "scheme"
+
+
+class IntegrityError(TransferError):
+    kind = "integrity"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        expected: str | None = None,
+        actual: str | None = None,
+    ) -> None:
+        super().__init__(message, url=url)
+        self.expected = expected
+        self.actual = actual
+
+
+class DiskFullError(TransferError):
+    kind = "disk_full"
+
+    def __init__(self, message: str, *, needed: int | None = None, free: int | None = None) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.free = free
+
+
+class HTTPStatusError(TransferError):
+    """A status the transfer cannot use. `redirected` is True when the failing hop was reached
+    through a redirect (a CDN), False when it was the URL we were asked for (the Hub itself)."""
+
+    kind = "http_status"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        url: str | None = None,
+        error_code: str | None = None,
+        redirected: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, url=url)
+        self.status = status
+        self.error_code = error_code
+        self.redirected = redirected
+        self.retry_after = retry_after
+
+
+class NotFoundError(HTTPStatusError):
+    kind = "not_found"
+
+
+class AuthRequiredError(HTTPStatusError):
+    kind = "auth_required"
+
+
+class GatedError(HTTPStatusError):
+    kind = "gated"
+
+
+class ForbiddenError(HTTPStatusError):
+    kind = "forbidden"
+
+
+class RateLimitedError(HTTPStatusError):
+    kind = "rate_limited"
+
+
+class ServerBusyError(HTTPStatusError):
+    kind = "server_busy"
+
+
+def _all_kinds() -> dict[str, type[ModelfetchError]]:
+    found: dict[str, type[ModelfetchError]] = {}
+    pending: list[type[ModelfetchError]] = [ModelfetchError]
+    while pending:
+        cls = pending.pop()
+        found[cls.kind] = cls
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+ERROR_KINDS: dict[str, type[ModelfetchError]] = _all_kinds()
+"""Every error kind, for validating stored rows and documenting the API."""
