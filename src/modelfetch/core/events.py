@@ -1,0 +1,223 @@
+"""What happened, as typed immutable values with a sequence number, and their JSON form.
+
+Every event has `seq` and `ts`, both set by the bus when it is published (`seq` counts 1, 2, 3...
+per bus; `ts` is epoch seconds). `ref` names a file as `"12.3"` or a whole group as `"12"`.
+
+The JSON form (`to_dict`) is a flat object with `"type"` (snake_case), `"seq"`, `"ts"` and the
+fields. An unknown speed, ETA, retry time or error is left out rather than sent as a fake zero;
+`from_dict` reads it back as None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = [
+    "EVENT_TYPES",
+    "Cancelled",
+    "Event",
+    "FileCompleted",
+    "FileFailed",
+    "FileProgress",
+    "FileStarted",
+    "GroupFinished",
+    "GroupProgress",
+    "GroupQueued",
+    "Missed",
+    "Notice",
+    "Snapshot",
+    "StatusChanged",
+    "from_dict",
+    "to_dict",
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    """Base of every event. Not published itself."""
+
+    type: ClassVar[str] = "event"
+    seq: int = 0  # set by the bus
+    ts: float = 0.0  # set by the bus
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GroupQueued(Event):
+    type: ClassVar[str] = "group_queued"
+    group_id: int
+    name: str
+    files: int
+    total: int | None
+    position: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FileStarted(Event):
+    type: ClassVar[str] = "file_started"
+    ref: str
+    group_id: int
+    name: str
+    offset: int  # bytes already on disk when this attempt began (resumed from)
+    total: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FileProgress(Event):
+    type: ClassVar[str] = "file_progress"
+    ref: str
+    group_id: int
+    name: str
+    downloaded: int
+    total: int | None
+    speed: float | None  # bytes/s; None while unknown
+    eta: float | None  # seconds; None while unknown
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GroupProgress(Event):
+    type: ClassVar[str] = "group_progress"
+    group_id: int
+    name: str
+    downloaded: int
+    total: int | None
+    speed: float | None
+    eta: float | None
+    files_done: int
+    files_total: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StatusChanged(Event):
+    type: ClassVar[str] = "status_changed"
+    ref: str
+    group_id: int
+    name: str
+    status: str  # a FileStatus value
+    previous: str
+    reason: str | None = None  # e.g. a pause reason, or why a retry is waiting
+    retry_at: float | None = None  # epoch seconds, when status is waiting_retry
+    error_kind: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FileCompleted(Event):
+    type: ClassVar[str] = "file_completed"
+    ref: str
+    group_id: int
+    name: str
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FileFailed(Event):
+    type: ClassVar[str] = "file_failed"
+    ref: str
+    group_id: int
+    name: str
+    error_kind: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Cancelled(Event):
+    type: ClassVar[str] = "cancelled"
+    ref: str  # "12" for a whole group, "12.3" for one file
+    group_id: int
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GroupFinished(Event):
+    type: ClassVar[str] = "group_finished"
+    group_id: int
+    name: str
+    status: str  # a GroupStatus value
+    completed: int
+    failed: int
+    cancelled: int
+    dest_dir: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Notice(Event):
+    type: ClassVar[str] = "notice"
+    message: str
+    level: str = "info"  # "info" | "warning" | "error"
+    ref: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Missed(Event):
+    """`count` events were lost between the previous event and the next one (a subscriber fell
+    behind, or asked to replay from before the bus's history). Reload a Snapshot to catch up."""
+
+    type: ClassVar[str] = "missed"
+    count: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Snapshot(Event):
+    """The full state, for a client that (re)connects."""
+
+    type: ClassVar[str] = "snapshot"
+    items: list[dict[str, Any]]
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls
+    for cls in (
+        GroupQueued,
+        FileStarted,
+        FileProgress,
+        GroupProgress,
+        StatusChanged,
+        FileCompleted,
+        FileFailed,
+        Cancelled,
+        GroupFinished,
+        Notice,
+        Missed,
+        Snapshot,
+    )
+}
+"""Every event type by its wire name."""
+
+OMITTED_WHEN_NONE = frozenset({"speed", "eta", "retry_at", "error_kind", "error_message"})
+"""Fields left out of the JSON form when unknown, so no client mistakes them for zero."""
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    """The JSON-ready form: {"type", "seq", "ts", ...fields}; unknown speed/eta/retry/error
+    fields are left out."""
+    out: dict[str, Any] = {"type": event.type}
+    for field in dataclasses.fields(event):
+        value = getattr(event, field.name)
+        if value is None and field.name in OMITTED_WHEN_NONE:
+            continue
+        if isinstance(value, list):
+            value = [dict(item) if isinstance(item, dict) else item for item in value]
+        out[field.name] = value
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> Event:
+    """The event `to_dict` made. ValueError for an unknown type or a missing field; fields this
+    version does not know are ignored, so an older reader accepts a newer writer's events."""
+    kind = data.get("type")
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown event type: {kind!r}")
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in data:
+            values[field.name] = data[field.name]
+        elif field.name in OMITTED_WHEN_NONE:
+            values[field.name] = None
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{kind} event without its {field.name!r} field")
+    return cls(**values)
