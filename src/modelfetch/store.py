@@ -1,0 +1,538 @@
+"""The durable state of modelfetch: one SQLite file that is the truth after any crash.
+
+`Store(home)` owns `home/state.db` for as long as it is open: it takes an exclusive OS lock on
+`home/manager.lock` first, so two managers can never write the same state. It is used directly from
+the event loop thread; every write is one short transaction that has committed by the time the
+method returns, so the manager can emit the matching event right after.
+
+Shape, after the SQLite-backed queues worth copying (huey, litequeue, persist-queue) and not their
+faults:
+- typed columns in STRICT tables, never pickled blobs; the schema version is `PRAGMA
+  user_version` and `MIGRATIONS` is the ordered list of scripts that reach it;
+- a file stays in its row until it reaches a terminal status (nothing is "dequeued" by deleting);
+- a status change is one guarded statement (`transition`: `UPDATE ... WHERE status IN (allowed)`,
+  then a rowcount check), so a stale caller cannot overwrite a newer state;
+- recovery at start is one query (`recover`: every `active` file goes back to `queued`, keeping
+  its byte count and its `.part` on disk).
+
+Secrets: there is deliberately no column for a token, a cookie or any other credential. Records
+carry only URLs pinned to a commit and a request spec with tokens stripped; credentials live in
+memory (`transfer.api.Credentials`) and are looked up again at each start. Keep it that way: a
+state file is something users attach to bug reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Sized
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from modelfetch.core.errors import StateError, StateLockedError
+from modelfetch.core.models import LIVE_STATUSES, FileRecord, FileStatus, GroupRecord
+
+DB_NAME: Final = "state.db"
+LOCK_NAME: Final = "manager.lock"
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # v1: groups and their files. The status CHECK must list exactly FileStatus (a test pins it);
+    # adding a status means adding a migration that rebuilds the files table.
+    """
+    CREATE TABLE groups (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- user-visible: never reused
+        key         TEXT NOT NULL,
+        spec        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        dest_dir    TEXT NOT NULL,
+        priority    INTEGER NOT NULL DEFAULT 0,
+        repo_id     TEXT,
+        revision    TEXT,
+        commit_sha  TEXT,
+        quant       TEXT,
+        created_at  REAL NOT NULL,
+        finished_at REAL
+    ) STRICT;
+    CREATE INDEX groups_by_key ON groups (key, id);
+
+    CREATE TABLE files (
+        id               INTEGER PRIMARY KEY,
+        group_id         INTEGER NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+        idx              INTEGER NOT NULL CHECK (idx >= 1),
+        url              TEXT NOT NULL,
+        dest             TEXT NOT NULL,
+        name             TEXT NOT NULL,
+        status           TEXT NOT NULL DEFAULT 'queued' CHECK (status IN (
+                             'queued', 'active', 'paused', 'waiting_retry',
+                             'completed', 'failed', 'cancelled')),
+        priority         INTEGER NOT NULL DEFAULT 0,
+        order_key        INTEGER NOT NULL DEFAULT 0,
+        bytes_done       INTEGER NOT NULL DEFAULT 0 CHECK (bytes_done >= 0),
+        bytes_total      INTEGER CHECK (bytes_total >= 0),
+        expected_size    INTEGER CHECK (expected_size >= 0),
+        expected_sha256  TEXT,
+        expected_git_oid TEXT,
+        etag             TEXT,
+        last_modified    TEXT,
+        commit_sha       TEXT,
+        sha256           TEXT,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        error_kind       TEXT,
+        error_message    TEXT,
+        retry_at         REAL,
+        pause_reason     TEXT,
+        created_at       REAL NOT NULL,
+        started_at       REAL,
+        finished_at      REAL,
+        UNIQUE (group_id, idx)
+    ) STRICT;
+    CREATE INDEX files_by_status ON files (status);
+    CREATE INDEX files_by_order ON files (priority DESC, order_key);  -- scheduling order
+    """,
+)
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+# Dataclass field -> column. Only these two differ: `index` and `commit` are SQL keywords.
+_RENAMED: Final = {"index": "idx", "commit": "commit_sha"}
+_FILE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(FileRecord))
+_GROUP_FIELDS: Final = tuple(f.name for f in dataclasses.fields(GroupRecord) if f.name != "files")
+_FILE_SELECT: Final = ", ".join(_RENAMED.get(name, name) for name in _FILE_FIELDS)
+_GROUP_SELECT: Final = ", ".join(_RENAMED.get(name, name) for name in _GROUP_FIELDS)
+# A file's identity and status are not plain fields: status changes only through `transition`.
+_FILE_UPDATABLE: Final = frozenset(_FILE_FIELDS) - {"id", "group_id", "index", "status"}
+_GROUP_UPDATABLE: Final = frozenset(_GROUP_FIELDS) - {"id"}
+_LIVE: Final = tuple(sorted(s.value for s in LIVE_STATUSES))
+# Epoch-second columns. SQLite stores an integral REAL as an integer and RETURNING (3.40) hands it
+# back as one, so decoding turns these back into floats.
+_REAL_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at", "retry_at"})
+
+
+class Store:
+    """The SQLite repository of groups and files. One per state directory, per process."""
+
+    SCHEMA_VERSION: Final = SCHEMA_VERSION
+
+    def __init__(self, home: Path) -> None:
+        home = Path(home)
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create the state directory {home}: {exc}") from exc
+        self._path = home / DB_NAME
+        self._lock_fd: int | None = _lock(home)
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._db = _connect(self._path)
+            apply_migrations(self._db, MIGRATIONS, self._path)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        return self._lock_fd is None
+
+    def close(self) -> None:
+        """Close the database and release the lock. Safe to call twice."""
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {str(self._path)!r}{' closed' if self.closed else ''}>"
+
+    # -- groups ---------------------------------------------------------------------------------
+
+    def add_group(self, group: GroupRecord) -> GroupRecord:
+        """Insert a group and its files in one transaction; fill in ids, group ids and
+        `created_at` (now, when 0). The same record is returned, updated in place."""
+        if group.id:
+            raise ValueError(f"group {group.id} is already stored")
+        indexes = sorted(f.index for f in group.files)
+        if indexes != list(range(1, len(indexes) + 1)):
+            raise ValueError(f"file indexes must be 1..{len(indexes)}, got {indexes}")
+        created_at = group.created_at or time.time()
+        fields = [name for name in _GROUP_FIELDS if name not in ("id", "created_at")]
+        file_fields = [
+            name for name in _FILE_FIELDS if name not in ("id", "group_id", "created_at")
+        ]
+        with self._transaction() as db:
+            row = db.execute(
+                f"INSERT INTO groups ({_columns(fields)}, created_at)"
+                f" VALUES ({_marks(fields)}, ?) RETURNING id",
+                [*(_sql(getattr(group, name)) for name in fields), created_at],
+            ).fetchone()
+            group_id = int(row[0])
+            file_ids = [
+                int(
+                    db.execute(
+                        f"INSERT INTO files ({_columns(file_fields)}, group_id, created_at)"
+                        f" VALUES ({_marks(file_fields)}, ?, ?) RETURNING id",
+                        [
+                            *(_sql(getattr(record, name)) for name in file_fields),
+                            group_id,
+                            record.created_at or created_at,
+                        ],
+                    ).fetchone()[0]
+                )
+                for record in group.files
+            ]
+        # Only a committed insert touches the caller's records.
+        group.id, group.created_at = group_id, created_at
+        for record, file_id in zip(group.files, file_ids, strict=True):
+            record.id, record.group_id = file_id, group_id
+            record.created_at = record.created_at or created_at
+        return group
+
+    def get_group(self, group_id: int) -> GroupRecord | None:
+        found = self._load_groups("WHERE id = ?", [group_id])
+        return found[0] if found else None
+
+    def groups(self, *, live_only: bool = False) -> list[GroupRecord]:
+        """Every group with its files, by id; `live_only`: only groups with a non-terminal file."""
+        if live_only:
+            return self._load_groups(
+                f"WHERE id IN (SELECT group_id FROM files WHERE status IN ({_marks(_LIVE)}))",
+                _LIVE,
+            )
+        return self._load_groups("", [])
+
+    def find_group(self, key: str) -> GroupRecord | None:
+        """The newest group with this dedupe key."""
+        found = self._load_groups("WHERE id = (SELECT max(id) FROM groups WHERE key = ?)", [key])
+        return found[0] if found else None
+
+    def update_group(self, group_id: int, **fields: object) -> None:
+        """Set GroupRecord fields (priority, commit, ...) of a group; a missing group is ignored."""
+        assignments, values = _assignments(fields, _GROUP_UPDATABLE, "GroupRecord")
+        if assignments:
+            with self._errors():
+                self._conn.execute(
+                    f"UPDATE groups SET {assignments} WHERE id = ?", [*values, group_id]
+                )
+
+    def finish_group(self, group_id: int, finished_at: float) -> None:
+        with self._errors():
+            self._conn.execute(
+                "UPDATE groups SET finished_at = ? WHERE id = ?", [finished_at, group_id]
+            )
+
+    def forget_group(self, group_id: int) -> bool:
+        """Delete a group and its files, whatever their status; False when there was none."""
+        with self._errors():
+            cursor = self._conn.execute("DELETE FROM groups WHERE id = ?", [group_id])
+        return cursor.rowcount == 1
+
+    def forget_finished(self) -> list[int]:
+        """Delete every group whose files are all terminal; return their ids, ascending."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "DELETE FROM groups WHERE NOT EXISTS (SELECT 1 FROM files"
+                f" WHERE files.group_id = groups.id AND status IN ({_marks(_LIVE)}))"
+                " RETURNING id",
+                _LIVE,
+            ).fetchall()
+        return sorted(int(row[0]) for row in rows)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def get_file(self, group_id: int, index: int) -> FileRecord | None:
+        with self._errors():
+            row = self._conn.execute(
+                f"SELECT {_FILE_SELECT} FROM files WHERE group_id = ? AND idx = ?",
+                [group_id, index],
+            ).fetchone()
+        return None if row is None else _decode_file(row)
+
+    def files(self, statuses: Collection[FileStatus] | None = None) -> list[FileRecord]:
+        """Files by (group id, index), all of them or those in one of `statuses`."""
+        sql = f"SELECT {_FILE_SELECT} FROM files"
+        values: list[str] = []
+        if statuses is not None:
+            values = [FileStatus(s).value for s in statuses]
+            sql += f" WHERE status IN ({_marks(values)})"
+        with self._errors():
+            rows = self._conn.execute(sql + " ORDER BY group_id, idx", values).fetchall()
+        return [_decode_file(row) for row in rows]
+
+    def transition(
+        self,
+        group_id: int,
+        index: int,
+        to: FileStatus,
+        *,
+        allowed_from: Collection[FileStatus],
+        **fields: object,
+    ) -> bool:
+        """Set a file's status (and FileRecord `fields`) only if its status is in `allowed_from`,
+        in one UPDATE. True when the row changed; False when it is missing or in another state."""
+        allowed = [FileStatus(s).value for s in allowed_from]
+        if not allowed:
+            raise ValueError("allowed_from is empty: the transition could never happen")
+        assignments, values = _assignments(fields, _FILE_UPDATABLE, "FileRecord")
+        extra = f", {assignments}" if assignments else ""
+        with self._errors():
+            cursor = self._conn.execute(
+                f"UPDATE files SET status = ?{extra}"
+                f" WHERE group_id = ? AND idx = ? AND status IN ({_marks(allowed)})",
+                [FileStatus(to).value, *values, group_id, index, *allowed],
+            )
+        return cursor.rowcount == 1
+
+    def update_file(self, group_id: int, index: int, **fields: object) -> None:
+        """Set FileRecord fields without a status guard (validators, expected size, ...).
+        `status` is refused: use `transition`. A missing file is ignored."""
+        assignments, values = _assignments(fields, _FILE_UPDATABLE, "FileRecord")
+        if assignments:
+            with self._errors():
+                self._conn.execute(
+                    f"UPDATE files SET {assignments} WHERE group_id = ? AND idx = ?",
+                    [*values, group_id, index],
+                )
+
+    def save_progress(self, rows: Iterable[tuple[int, int, int, int | None]]) -> None:
+        """Checkpoint (group_id, index, bytes_done, bytes_total) rows in one transaction.
+        A total of None keeps the total already known."""
+        params = [(done, total, group_id, index) for group_id, index, done, total in rows]
+        if not params:
+            return
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE files SET bytes_done = ?, bytes_total = coalesce(?, bytes_total)"
+                " WHERE group_id = ? AND idx = ?",
+                params,
+            )
+
+    def set_order(
+        self, changes: Mapping[tuple[int, int], int], *, priority: int | None = None
+    ) -> None:
+        """Persist order keys returned by the scheduling queue (and, for `set_priority`, the
+        priority they moved to) in one transaction."""
+        if not changes:
+            return
+        with self._transaction() as db:
+            if priority is None:
+                db.executemany(
+                    "UPDATE files SET order_key = ? WHERE group_id = ? AND idx = ?",
+                    [(key, g, i) for (g, i), key in changes.items()],
+                )
+            else:
+                db.executemany(
+                    "UPDATE files SET order_key = ?, priority = ? WHERE group_id = ? AND idx = ?",
+                    [(key, priority, g, i) for (g, i), key in changes.items()],
+                )
+
+    def recover(self) -> list[FileRecord]:
+        """At start: every file left `active` by a crash goes back to `queued` (bytes and `.part`
+        kept), in one transaction. Returns those rows as they are now."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "UPDATE files SET status = ? WHERE status = ? RETURNING " + _FILE_SELECT,
+                [FileStatus.QUEUED.value, FileStatus.ACTIVE.value],
+            ).fetchall()
+        return sorted((_decode_file(row) for row in rows), key=lambda f: (f.group_id, f.index))
+
+    def integrity_check(self) -> str:
+        """SQLite's own check of the file: "ok", or its list of problems one per line."""
+        with self._errors():
+            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
+        return "\n".join(str(row[0]) for row in rows)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError(f"the store at {self._path} is closed")
+        return self._db
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The one seam where sqlite3 errors become ours: a rejected value is the caller's bug
+        (ValueError), anything else means the state file cannot be used (StateError)."""
+        try:
+            yield
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.DataError) as exc:
+            raise ValueError(f"rejected by the state database: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StateError(f"state database {self._path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT around several statements; ROLLBACK on any error."""
+        db = self._conn
+        with self._errors():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _load_groups(self, where: str, values: Sequence[object]) -> list[GroupRecord]:
+        db = self._conn
+        with self._errors():
+            group_rows = db.execute(
+                f"SELECT {_GROUP_SELECT} FROM groups {where} ORDER BY id", values
+            ).fetchall()
+            file_rows = db.execute(
+                f"SELECT {_FILE_SELECT} FROM files"
+                f" WHERE group_id IN (SELECT id FROM groups {where}) ORDER BY group_id, idx",
+                values,
+            ).fetchall()
+        groups = [_decode_group(row) for row in group_rows]
+        by_id = {group.id: group for group in groups}
+        for row in file_rows:
+            record = _decode_file(row)
+            owner = by_id.get(record.group_id)
+            if owner is not None:  # a group inserted between the two reads is left out
+                owner.files.append(record)
+        return groups
+
+
+def apply_migrations(db: sqlite3.Connection, migrations: Sequence[str], path: Path) -> None:
+    """Bring the database up to `len(migrations)`, each script in its own transaction together
+    with its `PRAGMA user_version`. A database from a newer modelfetch is refused."""
+    found = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if found > len(migrations):
+        raise StateError(
+            f"{path} was written by a newer modelfetch (schema version {found}; this one"
+            f" understands up to {len(migrations)}): upgrade modelfetch or use another home"
+        )
+    for version in range(found + 1, len(migrations) + 1):
+        script = migrations[version - 1]
+        try:
+            # executescript runs in autocommit, so the script carries its own transaction.
+            db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\n;PRAGMA user_version = {version};\nCOMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StateError(f"cannot upgrade {path} to schema version {version}: {exc}") from exc
+
+
+def _lock(home: Path) -> int:
+    """Take the exclusive lock of a state directory and write our pid into it.
+
+    flock locks belong to the open file description, so a second open of the same file fails
+    even inside this process; the kernel drops the lock when the process dies, however it dies.
+    """
+    path = home / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StateError(f"cannot open the lock file {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        pid = holder if holder.isdigit() else "unknown"
+        raise StateLockedError(f"another modelfetch process (pid {pid}) is using {home}") from None
+    except OSError as exc:
+        os.close(fd)
+        raise StateError(f"cannot lock {path}: {exc}") from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None)  # autocommit; transactions are explicit
+    try:
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StateError(f"{path}: SQLite refused WAL mode (journal_mode is {mode})")
+        db.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint; WAL keeps it safe
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        db.close()
+        raise StateError(f"{path} cannot be used as a modelfetch database: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _assignments(
+    fields: Mapping[str, object], allowed: frozenset[str], record: str
+) -> tuple[str, list[object]]:
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        hint = " (use transition() to change a status)" if "status" in unknown else ""
+        raise ValueError(f"not updatable {record} fields: {', '.join(unknown)}{hint}")
+    sql = ", ".join(f"{_RENAMED.get(name, name)} = ?" for name in fields)
+    return sql, [_sql(value) for value in fields.values()]
+
+
+def _sql(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _columns(names: Sequence[str]) -> str:
+    return ", ".join(_RENAMED.get(name, name) for name in names)
+
+
+def _marks(values: Sized) -> str:
+    return ", ".join(["?"] * len(values))
+
+
+def _decode_file(row: Sequence[Any]) -> FileRecord:
+    values = _decode_reals(dict(zip(_FILE_FIELDS, row, strict=True)))
+    raw = values["status"]
+    try:
+        values["status"] = FileStatus(raw)
+    except ValueError:
+        raise StateError(
+            f"file {values['group_id']}.{values['index']} has an unknown status {raw!r}"
+            " (written by a newer modelfetch?)"
+        ) from None
+    return FileRecord(**values)
+
+
+def _decode_group(row: Sequence[Any]) -> GroupRecord:
+    return GroupRecord(**_decode_reals(dict(zip(_GROUP_FIELDS, row, strict=True))))
+
+
+def _decode_reals(values: dict[str, Any]) -> dict[str, Any]:
+    for name in _REAL_FIELDS.intersection(values):
+        if values[name] is not None:
+            values[name] = float(values[name])
+    return values
