@@ -20,6 +20,7 @@ from modelfetch.core.events import (
     GroupQueued,
     Missed,
     Notice,
+    QueueChanged,
     Snapshot,
     StatusChanged,
     from_dict,
@@ -74,6 +75,7 @@ ONE_OF_EACH: list[Event] = [
     Notice(message="disk almost full", level="warning", ref="12"),
     Missed(count=17),
     Snapshot(items=[{"ref": "12", "status": "active", "downloaded": 5}]),
+    QueueChanged(positions={"12": 1, "14": 2}),
 ]
 
 
@@ -91,6 +93,7 @@ def test_every_type_is_registered_once_under_a_snake_case_name() -> None:
         "notice",
         "missed",
         "snapshot",
+        "queue_changed",
     }
     for name, cls in EVENT_TYPES.items():
         assert re.fullmatch(r"[a-z]+(_[a-z]+)*", name)

@@ -95,6 +95,17 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX files_by_status ON files (status);
     CREATE INDEX files_by_order ON files (priority DESC, order_key);  -- scheduling order
     """,
+    # v2: the hf-cache layout's snapshot link, and the digests of files already verified on disk
+    # (keyed by path, size and mtime, so a file present before is not hashed or fetched again).
+    """
+    ALTER TABLE files ADD COLUMN link TEXT;
+    CREATE TABLE verified_files (
+        path     TEXT PRIMARY KEY,
+        size     INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256   TEXT NOT NULL
+    ) STRICT;
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -360,6 +371,28 @@ class Store:
                 [FileStatus.QUEUED.value, FileStatus.ACTIVE.value],
             ).fetchall()
         return sorted((_decode_file(row) for row in rows), key=lambda f: (f.group_id, f.index))
+
+    def remember_verified(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+        """Record that the file at `path`, as it is now (size, mtime), has this digest."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO verified_files (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (path) DO UPDATE SET size = excluded.size,"
+                " mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256",
+                (path, size, mtime_ns, sha256),
+            )
+
+    def verified_digest(self, path: str, size: int, mtime_ns: int) -> str | None:
+        """The digest recorded for `path` if the file has not changed since (size and mtime)."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT sha256 FROM verified_files WHERE path = ? AND size = ? AND mtime_ns = ?",
+                (path, size, mtime_ns),
+            )
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
 
     def integrity_check(self) -> str:
         """SQLite's own check of the file: "ok", or its list of problems one per line."""

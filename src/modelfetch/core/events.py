@@ -27,6 +27,7 @@ __all__ = [
     "GroupQueued",
     "Missed",
     "Notice",
+    "QueueChanged",
     "Snapshot",
     "StatusChanged",
     "from_dict",
@@ -168,10 +169,20 @@ class Snapshot(Event):
     items: list[dict[str, Any]]
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueueChanged(Event):
+    """The waiting order changed (a move, a priority change): the new positions, 1..n, of the
+    groups that have a waiting file, keyed by group id as a string (JSON object keys)."""
+
+    type: ClassVar[str] = "queue_changed"
+    positions: dict[str, int]
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (
         GroupQueued,
+        QueueChanged,
         FileStarted,
         FileProgress,
         GroupProgress,
@@ -201,6 +212,8 @@ def to_dict(event: Event) -> dict[str, Any]:
             continue
         if isinstance(value, list):
             value = [dict(item) if isinstance(item, dict) else item for item in value]
+        elif isinstance(value, dict):
+            value = dict(value)
         out[field.name] = value
     return out
 

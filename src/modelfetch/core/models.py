@@ -105,7 +105,9 @@ class ItemRef:
             gid = int(head)
             idx = int(tail) if dot else None
         except ValueError:
-            raise SpecError(f"not an id: {text!r} (use 12 for a download, 12.3 for one of its files)")
+            raise SpecError(
+                f"not an id: {text!r} (use 12 for a download, 12.3 for one of its files)"
+            )
         if gid < 1 or (idx is not None and idx < 1):
             raise SpecError(f"not an id: {text!r} (ids start at 1)")
         return cls(gid, idx)
@@ -143,6 +145,7 @@ class FileRecord:
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    link: str | None = None  # hf-cache layout: the snapshot path to point at `dest` once verified
     id: int = 0  # the store's row id; 0 until inserted
 
     @property
@@ -178,7 +181,9 @@ class GroupRecord:
 
     @property
     def bytes_total(self) -> int | None:
-        totals = [f.bytes_total if f.bytes_total is not None else f.expected_size for f in self.files]
+        totals = [
+            f.bytes_total if f.bytes_total is not None else f.expected_size for f in self.files
+        ]
         if any(t is None for t in totals):
             return None
         return sum(t for t in totals if t is not None)

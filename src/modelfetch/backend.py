@@ -1,0 +1,71 @@
+"""What the command line (and any other front end) drives: the manager in this process, or the
+daemon that owns the state directory. Both offer the same async methods, so a front end never
+needs to know which one it got."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from modelfetch.core import events as ev
+from modelfetch.core.models import ItemRef
+from modelfetch.core.quant import QuantGroup
+from modelfetch.views import GroupView
+
+Ref = str | int | ItemRef
+
+
+class Backend(Protocol):
+    async def add(
+        self,
+        spec: str,
+        *,
+        quant: str | None = None,
+        revision: str | None = None,
+        include: Iterable[str] = (),
+        layout: Any = "plain",
+        models_dir: Path | None = None,
+        dest_dir: Path | None = None,
+        priority: int = 0,
+    ) -> int: ...
+
+    async def quants(self, repo: str, revision: str | None = None) -> list[QuantGroup]: ...
+    async def pause(self, ref: Ref) -> None: ...
+    async def resume(self, ref: Ref) -> None: ...
+    async def cancel(self, ref: Ref) -> None: ...
+    async def retry(self, ref: Ref) -> None: ...
+    async def move(self, ref: Ref, position: int) -> None: ...
+    async def set_priority(self, ref: Ref, priority: int) -> None: ...
+    async def pause_all(self) -> None: ...
+    async def resume_all(self) -> None: ...
+    async def forget(self, ref: Ref) -> None: ...
+    async def forget_finished(self) -> list[int]: ...
+    async def set_limits(self, *, max_active: int | None = None) -> None: ...
+    async def orphan_partials(self) -> list[Path]: ...
+    async def remove_orphan_partials(self) -> list[Path]: ...
+    async def snapshot(self) -> list[GroupView]: ...
+    async def group_view(self, ref: Ref) -> GroupView: ...
+    async def wait(self, group_ids: Iterable[int]) -> None: ...
+    def events(self) -> AsyncIterator[ev.Event]: ...
+
+
+@contextlib.asynccontextmanager
+async def open_backend(*, home: Path, **manager_kwargs: Any) -> AsyncIterator[Backend]:
+    """The daemon for `home` if one is running, else a manager in this process
+    (`manager_kwargs` go to DownloadManager; `workers=False` edits the queue without running it)."""
+    try:
+        from modelfetch.remote import connect
+    except ImportError:  # the daemon client is optional until it exists
+        connect = None
+    if connect is not None:
+        remote = await connect(home)
+        if remote is not None:
+            async with remote:
+                yield remote
+            return
+    from modelfetch.manager import DownloadManager
+
+    async with DownloadManager(home=home, **manager_kwargs) as manager:
+        yield manager

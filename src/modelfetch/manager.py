@@ -1,0 +1,1243 @@
+"""The orchestrator: queue + executor pool + durable state + events.
+
+One coordinator task decides what runs; one task per active file runs a transfer. Every task lives
+in the manager's TaskGroup. Every state change is one guarded UPDATE in the store, applied to the
+in-memory mirror only when it succeeded, and announced on the bus only after it was committed.
+
+Stopping a transfer always goes through `_stop()`: it records a `StopReason` on the file's
+StopSignal, cancels the task and waits for it; the task's own handler (or `_stop`, if the task was
+cancelled before it ran) writes the resulting state. The reason decides whether the `.part` stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import shutil
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from modelfetch.bus import EventBus, Subscription
+from modelfetch.core import events as ev
+from modelfetch.core.errors import ModelfetchError, UnknownItemError
+from modelfetch.core.headers import origin_of
+from modelfetch.core.models import (
+    LIVE_STATUSES,
+    TERMINAL_STATUSES,
+    FileRecord,
+    FileStatus,
+    GroupRecord,
+    GroupStatus,
+    ItemRef,
+    PauseReason,
+    StopReason,
+)
+from modelfetch.core.paths import part_path, sidecar_path
+from modelfetch.core.policy import AttemptHistory, GiveUp, PauseAll, Retry, RetryPolicy
+from modelfetch.core.quant import QuantGroup
+from modelfetch.core.queue import FileKey, QueueEntry, SchedulingQueue
+from modelfetch.core.rate import RateEstimator
+from modelfetch.hub import HubClient, HubConfig, hub_config_from_env
+from modelfetch.layout import Layout, Placement, link_snapshot, write_ref
+from modelfetch.planner import Planner, PlanOptions
+from modelfetch.requests import GroupRequest
+from modelfetch.store import Store
+from modelfetch.transfer import fetch_file, make_session
+from modelfetch.transfer.api import (
+    StopSignal,
+    TransferRequest,
+    TransferResult,
+)
+from modelfetch.views import FileView, GroupView
+
+_WAITING = frozenset({FileStatus.QUEUED, FileStatus.PAUSED, FileStatus.WAITING_RETRY})
+
+
+def default_home() -> Path:
+    env = os.environ.get("MODELFETCH_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("modelfetch"))
+
+
+def _host_of(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return parts.netloc.lower()
+
+
+def _partial_paths(dest: str) -> tuple[Path, Path]:
+    return part_path(Path(dest)), sidecar_path(Path(dest))
+
+
+def _bytes_on_disk(dest: str) -> int:
+    """What a resumed transfer starts from: the `.part` is filled front to back, so its length is
+    the committed prefix (see transfer/sink.py)."""
+    try:
+        return part_path(Path(dest)).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass(eq=False)
+class _Running:
+    """One file whose transfer task is running."""
+
+    rec: FileRecord
+    stop: StopSignal
+    start_offset: int
+    done: int
+    total: int | None
+    rate: RateEstimator
+    task: asyncio.Task[None] | None = None
+    finalized: bool = False
+    reported: bool = False
+    saved_done: int = -1
+    last_sent: tuple[int, int | None] = (-1, None)
+
+
+@dataclass
+class ManagerSettings:
+    max_active: int = 3
+    stall_timeout: float = 30.0
+    progress_interval: float = 0.5
+    checkpoint_interval: float = 1.0
+    disk_check_interval: float = 5.0
+    shutdown_grace: float = 5.0
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class DownloadManager:
+    """Owns a state directory and works its queue while entered (`async with`)."""
+
+    def __init__(
+        self,
+        *,
+        home: Path | None = None,
+        settings: ManagerSettings | None = None,
+        hub: HubConfig | None = None,
+        models_dir: Path | None = None,
+        session: aiohttp.ClientSession | None = None,
+        rng: random.Random | None = None,
+        workers: bool = True,
+    ) -> None:
+        """`workers=False` opens the queue for editing (add, pause, move, ...) without running
+        any transfer: what `modelfetch add` uses while no daemon runs."""
+        self.home = (home or default_home()).expanduser().resolve()
+        self.settings = settings or ManagerSettings()
+        self.hub_config = hub or hub_config_from_env()
+        self.models_dir = (models_dir or self.home / "models").expanduser().absolute()
+        self._workers = workers
+        self._planner: Planner | None = None
+        self._external_session = session
+        self._rng = rng or random.Random()
+        self.bus = EventBus()
+        self._queue = SchedulingQueue()
+        self._groups: dict[int, GroupRecord] = {}
+        self._running: dict[FileKey, _Running] = {}
+        self._histories: dict[FileKey, AttemptHistory] = {}
+        self._group_rates: dict[int, RateEstimator] = {}
+        self._holds: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._entered = False
+        self._store: Store | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._service_tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> DownloadManager:
+        if self._entered:
+            raise RuntimeError("a DownloadManager can be entered once")
+        self._entered = True
+        self._store = Store(self.home)
+        try:
+            self._recover()
+            self._session = self._external_session or make_session()
+            self._tg = asyncio.TaskGroup()
+            await self._tg.__aenter__()
+        except BaseException:
+            self._store.close()
+            raise
+        if self._workers:
+            self._service_tasks = [
+                self._tg.create_task(self._coordinate(), name="modelfetch-coordinator"),
+                self._tg.create_task(self._ticker(), name="modelfetch-ticker"),
+            ]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop taking work, park active transfers (keeping `.part` files), persist, return."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+        running = list(self._running.values())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.shutdown_grace):
+                await asyncio.gather(*(self._stop(r, StopReason.SHUTDOWN) for r in running))
+        self._checkpoint(force=True)
+        for t in self._service_tasks:
+            t.cancel()
+        if self._tg is not None:
+            await self._tg.__aexit__(None, None, None)
+        self.bus.close()
+        if self._session is not None and self._external_session is None:
+            await self._session.close()
+        if self._store is not None:
+            self._store.close()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the manager is not running (use `async with DownloadManager()`)")
+        return self._store
+
+    def _recover(self) -> None:
+        """Crash recovery: rows left active go back to queued, counts reconciled with the disk."""
+        store = self.store
+        store.recover()
+        for group in store.groups(live_only=True):
+            self._groups[group.id] = group
+            for f in group.files:
+                if f.status in _WAITING:
+                    on_disk = _bytes_on_disk(f.dest)
+                    if on_disk != f.bytes_done:
+                        store.update_file(f.group_id, f.index, bytes_done=on_disk)
+                        f.bytes_done = on_disk
+        self._queue.load(
+            QueueEntry(
+                key=(f.group_id, f.index),
+                priority=f.priority,
+                order_key=f.order_key,
+                waiting=f.status is FileStatus.QUEUED,
+            )
+            for g in self._groups.values()
+            for f in g.files
+            if f.status in LIVE_STATUSES
+        )
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def planner(self) -> Planner:
+        if self._planner is None:
+            session = self._session_or_fail()
+            self._planner = Planner(session, HubClient(session, self.hub_config))
+        return self._planner
+
+    async def add(
+        self,
+        spec: str,
+        *,
+        quant: str | None = None,
+        revision: str | None = None,
+        include: Iterable[str] = (),
+        layout: Layout | str = Layout.PLAIN,
+        models_dir: Path | None = None,
+        dest_dir: Path | None = None,
+        priority: int = 0,
+    ) -> int:
+        """Resolve a spec (`owner/name:Q4_K_M`, `owner/name/file.gguf`, a URL, ...) and enqueue
+        it; returns the group id. Malformed specs raise SpecError; a repo that does not exist,
+        is gated or needs a token raises the matching HTTPStatusError before anything is queued."""
+        self._require_running()
+        options = PlanOptions(
+            models_dir=(models_dir or self.models_dir).expanduser().absolute(),
+            layout=Layout(layout),
+            quant=quant,
+            revision=revision,
+            include=tuple(include),
+            dest_dir=dest_dir.expanduser().absolute() if dest_dir else None,
+            priority=priority,
+        )
+        request = await self.planner.plan(spec, options)
+        return await self.enqueue(request)
+
+    async def quants(self, repo: str, revision: str | None = None) -> list[QuantGroup]:
+        self._require_running()
+        return await self.planner.quants(repo, revision)
+
+    async def enqueue(self, request: GroupRequest) -> int:
+        """Add a download; returns its group id. Asking again for something queued or active
+        returns the existing id; for something failed or cancelled, re-queues it."""
+        self._require_running()
+        existing = self.store.find_group(request.dedupe_key())
+        if existing is not None:
+            group = self._groups.get(existing.id) or existing
+            self._groups[group.id] = group
+            status = group.status
+            if status in (GroupStatus.QUEUED, GroupStatus.ACTIVE, GroupStatus.PAUSED):
+                return group.id
+            if status is GroupStatus.COMPLETED and all(Path(f.dest).exists() for f in group.files):
+                return group.id
+            await self._requeue(
+                group,
+                [
+                    f
+                    for f in group.files
+                    if f.status is not FileStatus.COMPLETED or not Path(f.dest).exists()
+                ],
+            )
+            return group.id
+
+        now = time.time()
+        files = [
+            FileRecord(
+                group_id=0,
+                index=i,
+                url=fr.url,
+                dest=str((fr.dest or request.dest_dir / fr.path).absolute()),
+                link=str(fr.link.absolute()) if fr.link else None,
+                name=fr.path,
+                priority=request.priority,
+                expected_size=fr.size,
+                bytes_total=fr.size,
+                expected_sha256=fr.sha256,
+                expected_git_oid=fr.git_oid,
+                commit=request.commit,
+                created_at=now,
+            )
+            for i, fr in enumerate(request.files, start=1)
+        ]
+        for f in files:
+            f.bytes_done = _bytes_on_disk(f.dest)
+        group = GroupRecord(
+            key=request.dedupe_key(),
+            spec=request.spec or request.name,
+            name=request.name,
+            dest_dir=str(request.dest_dir.absolute()),
+            priority=request.priority,
+            repo_id=request.repo_id,
+            revision=request.revision,
+            commit=request.commit,
+            quant=request.quant,
+            created_at=now,
+            files=files,
+        )
+        group = self.store.add_group(group)
+        changes = self._queue.add_group(group.id, [f.index for f in group.files], request.priority)
+        self.store.set_order(changes)
+        for f in group.files:
+            f.order_key = changes.get((f.group_id, f.index), f.order_key)
+        self._groups[group.id] = group
+        for f in group.files:
+            await self._adopt_existing(f)
+        self._emit(
+            ev.GroupQueued(
+                group_id=group.id,
+                name=group.name,
+                files=len(group.files),
+                total=group.bytes_total,
+                position=self._queue.group_positions().get(group.id),
+            )
+        )
+        self._wake.set()
+        return group.id
+
+    async def _adopt_existing(self, f: FileRecord) -> None:
+        """A file already at its destination with the expected digest is not fetched again.
+        Digests are cached by (path, size, mtime), so a multi-GB file is hashed at most once."""
+        expected = f.expected_sha256
+        dest = Path(f.dest)
+        try:
+            st = dest.stat()
+        except OSError:
+            return
+        if expected is None or (f.expected_size is not None and st.st_size != f.expected_size):
+            return
+        digest = self.store.verified_digest(f.dest, st.st_size, st.st_mtime_ns)
+        if digest is None:
+            digest = await asyncio.to_thread(_sha256_of, dest)
+            self.store.remember_verified(f.dest, st.st_size, st.st_mtime_ns, digest)
+        if digest != expected:
+            return
+        if self._transition(
+            f,
+            FileStatus.COMPLETED,
+            allowed_from=(FileStatus.QUEUED,),
+            reason="already present",
+            bytes_done=st.st_size,
+            bytes_total=st.st_size,
+            sha256=digest,
+            finished_at=time.time(),
+        ):
+            self._publish_links(f)
+            self._emit(
+                ev.FileCompleted(
+                    ref=str(f.ref),
+                    group_id=f.group_id,
+                    name=f.name,
+                    path=f.dest,
+                    sha256=digest,
+                    size=st.st_size,
+                )
+            )
+
+    def _publish_links(self, f: FileRecord) -> None:
+        """hf-cache layout: once the blob is verified, point its snapshot path at it."""
+        if f.link is None:
+            return
+        link_snapshot(Placement(dest=Path(f.dest), link=Path(f.link)))
+        group = self._groups.get(f.group_id)
+        if group is not None and group.repo_id and group.revision and group.commit:
+            write_ref(_cache_root(Path(f.link)), group.repo_id, group.revision, group.commit)
+
+    async def pause(self, ref: str | int | ItemRef) -> None:
+        await self._pause_files(self._files_of(ref), PauseReason.USER)
+
+    async def resume(self, ref: str | int | ItemRef) -> None:
+        self._resume_files(self._files_of(ref))
+
+    async def pause_all(self) -> None:
+        await self._pause_files(self._all_live_files(), PauseReason.USER)
+
+    async def resume_all(self) -> None:
+        self._resume_files(self._all_live_files())
+
+    async def cancel(self, ref: str | int | ItemRef) -> None:
+        ref = self._ref(ref)
+        files = self._files_of(ref)
+        group = self._group(ref.group_id)
+        for f in files:
+            if f.status is FileStatus.ACTIVE and (f.group_id, f.index) in self._running:
+                await self._stop(self._running[(f.group_id, f.index)], StopReason.CANCEL)
+            elif f.status in _WAITING:
+                self._cancel_waiting(f)
+        if ref.index is None:
+            self._emit(ev.Cancelled(ref=str(ref), group_id=group.id, name=group.name))
+        self._maybe_finish_group(group)
+
+    async def retry(self, ref: str | int | ItemRef) -> None:
+        """Queue the failed (and cancelled) members again, from the bytes on disk."""
+        ref = self._ref(ref)
+        group = self._group(ref.group_id)
+        await self._requeue(
+            group,
+            [
+                f
+                for f in self._files_of(ref)
+                if f.status in (FileStatus.FAILED, FileStatus.CANCELLED)
+            ],
+        )
+
+    async def move(self, ref: str | int | ItemRef, position: int) -> None:
+        ref = self._ref(ref)
+        target: FileKey | int = ref.group_id if ref.index is None else (ref.group_id, ref.index)
+        try:
+            changes = self._queue.move(target, position)
+        except KeyError:
+            raise UnknownItemError(f"{ref} is not waiting in the queue") from None
+        self._apply_order(changes)
+
+    async def move_to_front(self, ref: str | int | ItemRef) -> None:
+        await self.move(ref, 1)
+
+    async def set_priority(self, ref: str | int | ItemRef, priority: int) -> None:
+        """Higher runs first; within a priority, first come first served."""
+        ref = self._ref(ref)
+        target: FileKey | int = ref.group_id if ref.index is None else (ref.group_id, ref.index)
+        try:
+            changes = self._queue.set_priority(target, priority)
+        except KeyError:
+            raise UnknownItemError(f"{ref} is not in the queue") from None
+        if ref.index is None:
+            self.store.update_group(ref.group_id, priority=priority)
+            self._group(ref.group_id).priority = priority
+        self._apply_order(changes, priority=priority)
+
+    async def orphan_partials(self) -> list[Path]:
+        """`.part` files (and their sidecars) under the models directory and every known
+        destination directory that no live download owns: what `modelfetch clean` removes."""
+        owned = {
+            p
+            for g in self._groups.values()
+            for f in g.files
+            if f.status in LIVE_STATUSES
+            for p in _partial_paths(f.dest)
+        }
+        roots = {self.models_dir, *(Path(g.dest_dir) for g in self.store.groups())}
+        found: set[Path] = set()
+        for root in roots:
+            if not root.is_dir():
+                continue
+            for pattern in ("*.part", "*.part.json"):
+                found.update(p for p in root.rglob(pattern) if p.is_file())
+        return sorted(found - owned)
+
+    async def remove_orphan_partials(self) -> list[Path]:
+        removed = []
+        for p in await self.orphan_partials():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+        return removed
+
+    async def forget(self, ref: str | int | ItemRef) -> None:
+        """Drop a finished download from the history (files on disk are kept)."""
+        ref = self._ref(ref)
+        group = self._group(ref.group_id)
+        if any(f.status in LIVE_STATUSES for f in group.files):
+            raise ModelfetchError(f"{ref} is still {group.status}: cancel it first")
+        self.store.forget_group(group.id)
+        self._groups.pop(group.id, None)
+
+    async def forget_finished(self) -> list[int]:
+        ids = self.store.forget_finished()
+        for gid in ids:
+            self._groups.pop(gid, None)
+        return ids
+
+    async def set_limits(self, *, max_active: int | None = None) -> None:
+        if max_active is not None:
+            if max_active < 1:
+                raise ValueError("max_active must be at least 1")
+            self.settings.max_active = max_active
+            excess = len(self._running) - max_active
+            if excess > 0:
+                newest = sorted(
+                    self._running.values(), key=lambda r: r.rec.started_at or 0, reverse=True
+                )[:excess]
+                await asyncio.gather(*(self._stop(r, StopReason.SHUTDOWN) for r in newest))
+        self._wake.set()
+
+    async def snapshot(self) -> list[GroupView]:
+        """Every group the manager knows, live first, with positions, speed and ETA."""
+        self._require_running()
+        positions = self._queue.positions()
+        group_positions = self._queue.group_positions()
+        views: list[GroupView] = []
+        for group in self.store.groups():
+            live = self._groups.get(group.id, group)
+            file_views = [self._file_view(f, positions) for f in live.files]
+            rate = self._group_rates.get(live.id)
+            done = self._group_done(live)
+            total = live.bytes_total
+            views.append(
+                GroupView(
+                    id=live.id,
+                    name=live.name,
+                    spec=live.spec,
+                    status=live.status.value,
+                    dest_dir=live.dest_dir,
+                    position=group_positions.get(live.id),
+                    downloaded=done,
+                    total=total,
+                    speed=rate.speed if rate and live.status is GroupStatus.ACTIVE else None,
+                    eta=rate.eta(total, done)
+                    if rate and live.status is GroupStatus.ACTIVE
+                    else None,
+                    created_at=live.created_at,
+                    finished_at=live.finished_at,
+                    files=file_views,
+                )
+            )
+        return views
+
+    async def group_view(self, ref: str | int | ItemRef) -> GroupView:
+        gid = self._ref(ref).group_id
+        for view in await self.snapshot():
+            if view.id == gid:
+                return view
+        raise UnknownItemError(f"no download with id {gid}")
+
+    def subscribe(self, *, maxsize: int = 1024, since: int | None = None) -> Subscription:
+        return self.bus.subscribe(maxsize=maxsize, since=since)
+
+    async def wait(self, group_ids: Iterable[int]) -> None:
+        """Until every given group is settled: nothing queued, active or waiting to retry
+        (paused counts as settled, so a disk-full pause ends the wait). Bound it with
+        `asyncio.timeout` if needed."""
+        wanted = set(group_ids)
+        with self.subscribe() as sub:
+            while not all(self._settled(g) for g in wanted):
+                try:
+                    await anext(sub)
+                except StopAsyncIteration:  # the bus closed: the manager is shutting down
+                    return
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        with self.subscribe() as sub:
+            async for e in sub:
+                yield e
+
+    # ------------------------------------------------------------------ queue mechanics
+
+    def _require_running(self) -> None:
+        if self._store is None or self._closing:
+            raise RuntimeError("the manager is not running (use `async with DownloadManager()`)")
+
+    @staticmethod
+    def _ref(ref: str | int | ItemRef) -> ItemRef:
+        return ref if isinstance(ref, ItemRef) else ItemRef.parse(ref)
+
+    def _group(self, gid: int) -> GroupRecord:
+        group = self._groups.get(gid)
+        if group is None:
+            group = self.store.get_group(gid)
+            if group is None:
+                raise UnknownItemError(f"no download with id {gid}")
+            self._groups[gid] = group
+        return group
+
+    def _files_of(self, ref: str | int | ItemRef) -> list[FileRecord]:
+        ref = self._ref(ref)
+        group = self._group(ref.group_id)
+        if ref.index is None:
+            return list(group.files)
+        for f in group.files:
+            if f.index == ref.index:
+                return [f]
+        raise UnknownItemError(f"download {ref.group_id} has no file {ref.index}")
+
+    def _all_live_files(self) -> list[FileRecord]:
+        return [f for g in self._groups.values() for f in g.files if f.status in LIVE_STATUSES]
+
+    def _settled(self, gid: int) -> bool:
+        group = self._groups.get(gid)
+        if group is None:
+            return True
+        return not any(
+            f.status in (FileStatus.QUEUED, FileStatus.ACTIVE, FileStatus.WAITING_RETRY)
+            for f in group.files
+        )
+
+    def _transition(
+        self,
+        f: FileRecord,
+        to: FileStatus,
+        *,
+        allowed_from: Iterable[FileStatus],
+        reason: str | None = None,
+        **fields: Any,
+    ) -> bool:
+        """The one way a file changes status: store first, then memory, then the event."""
+        previous = f.status
+        if not self.store.transition(
+            f.group_id, f.index, to, allowed_from=set(allowed_from), **fields
+        ):
+            return False
+        f.status = to
+        for name, value in fields.items():
+            setattr(f, name, value)
+        group = self._groups.get(f.group_id)
+        self._emit(
+            ev.StatusChanged(
+                ref=str(f.ref),
+                group_id=f.group_id,
+                name=f.name,
+                status=to.value,
+                previous=previous.value,
+                reason=reason,
+                retry_at=f.retry_at if to is FileStatus.WAITING_RETRY else None,
+                error_kind=f.error_kind
+                if to in (FileStatus.WAITING_RETRY, FileStatus.FAILED)
+                else None,
+                error_message=f.error_message
+                if to in (FileStatus.WAITING_RETRY, FileStatus.FAILED)
+                else None,
+            )
+        )
+        if to in TERMINAL_STATUSES:
+            if (f.group_id, f.index) in self._queue:
+                self._queue.remove((f.group_id, f.index))
+        elif (f.group_id, f.index) in self._queue:
+            self._queue.set_waiting((f.group_id, f.index), to is FileStatus.QUEUED)
+        if group is not None and to in TERMINAL_STATUSES:
+            self._maybe_finish_group(group)
+        return True
+
+    def _emit(self, event: ev.Event) -> None:
+        self.bus.publish(event)
+
+    def _apply_order(self, changes: dict[FileKey, int], *, priority: int | None = None) -> None:
+        if not changes:
+            return
+        self.store.set_order(changes, priority=priority)
+        for (gid, idx), key in changes.items():
+            group = self._groups.get(gid)
+            if group is not None:
+                for f in group.files:
+                    if f.index == idx:
+                        f.order_key = key
+                        if priority is not None:
+                            f.priority = priority
+        self._emit(
+            ev.QueueChanged(positions={str(g): p for g, p in self._queue.group_positions().items()})
+        )
+        self._wake.set()
+
+    async def _requeue(self, group: GroupRecord, files: list[FileRecord]) -> None:
+        for f in files:
+            if f.status in (FileStatus.ACTIVE, FileStatus.QUEUED):
+                continue
+            if f.status in (FileStatus.PAUSED, FileStatus.WAITING_RETRY):
+                self._resume_files([f])
+                continue
+            on_disk = _bytes_on_disk(f.dest)
+            allowed = (FileStatus.FAILED, FileStatus.CANCELLED, FileStatus.COMPLETED)
+            key = (f.group_id, f.index)
+            if key not in self._queue:
+                changes = self._queue.add_group(group.id, [f.index], f.priority)
+                self._queue.set_waiting(key, False)
+                self._apply_order(changes)
+            self._histories.pop(key, None)
+            self._transition(
+                f,
+                FileStatus.QUEUED,
+                allowed_from=allowed,
+                reason="retry",
+                attempts=0,
+                error_kind=None,
+                error_message=None,
+                retry_at=None,
+                finished_at=None,
+                bytes_done=on_disk,
+            )
+        group.finished_at = None
+        self._wake.set()
+
+    def _cancel_waiting(self, f: FileRecord) -> None:
+        if self._transition(
+            f,
+            FileStatus.CANCELLED,
+            allowed_from=_WAITING,
+            reason="cancelled",
+            finished_at=time.time(),
+            bytes_done=0,
+        ):
+            for p in _partial_paths(f.dest):
+                p.unlink(missing_ok=True)
+            self._emit(ev.Cancelled(ref=str(f.ref), group_id=f.group_id, name=f.name))
+
+    async def _pause_files(self, files: list[FileRecord], reason: PauseReason) -> None:
+        stops = []
+        for f in files:
+            key = (f.group_id, f.index)
+            if f.status is FileStatus.ACTIVE and key in self._running:
+                why = StopReason.DISK_FULL if reason is PauseReason.DISK_FULL else StopReason.PAUSE
+                stops.append(self._stop(self._running[key], why))
+            elif f.status in (FileStatus.QUEUED, FileStatus.WAITING_RETRY):
+                self._transition(
+                    f,
+                    FileStatus.PAUSED,
+                    allowed_from=(FileStatus.QUEUED, FileStatus.WAITING_RETRY),
+                    reason=reason.value,
+                    pause_reason=reason.value,
+                    retry_at=None,
+                )
+        await asyncio.gather(*stops)
+
+    def _resume_files(self, files: list[FileRecord]) -> None:
+        for f in files:
+            if f.status in (FileStatus.PAUSED, FileStatus.WAITING_RETRY):
+                self._transition(
+                    f,
+                    FileStatus.QUEUED,
+                    allowed_from=(FileStatus.PAUSED, FileStatus.WAITING_RETRY),
+                    reason="resumed",
+                    pause_reason=None,
+                    retry_at=None,
+                )
+        self._wake.set()
+
+    def _maybe_finish_group(self, group: GroupRecord) -> None:
+        if any(f.status in LIVE_STATUSES for f in group.files):
+            return
+        if group.finished_at is not None:
+            return
+        now = time.time()
+        self.store.finish_group(group.id, now)
+        group.finished_at = now
+        self._group_rates.pop(group.id, None)
+        counts = {s: sum(1 for f in group.files if f.status is s) for s in TERMINAL_STATUSES}
+        self._emit(
+            ev.GroupFinished(
+                group_id=group.id,
+                name=group.name,
+                status=group.status.value,
+                completed=counts[FileStatus.COMPLETED],
+                failed=counts[FileStatus.FAILED],
+                cancelled=counts[FileStatus.CANCELLED],
+                dest_dir=group.dest_dir,
+            )
+        )
+
+    # ------------------------------------------------------------------ the coordinator
+
+    async def _coordinate(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            now = time.time()
+            self._promote_due_retries(now)
+            self._fill_slots(now)
+            delay = self._next_deadline(now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    def _promote_due_retries(self, now: float) -> None:
+        for f in self._all_live_files():
+            if (
+                f.status is FileStatus.WAITING_RETRY
+                and (f.retry_at or 0) <= now
+                and not self._held(f.url, now)
+            ):
+                self._transition(
+                    f,
+                    FileStatus.QUEUED,
+                    allowed_from=(FileStatus.WAITING_RETRY,),
+                    reason="retrying",
+                    retry_at=None,
+                )
+
+    def _held(self, url: str, now: float) -> bool:
+        until = self._holds.get(_host_of(url))
+        return until is not None and until > now
+
+    def _next_deadline(self, now: float) -> float | None:
+        times = [
+            f.retry_at
+            for f in self._all_live_files()
+            if f.status is FileStatus.WAITING_RETRY and f.retry_at is not None
+        ]
+        times += [t for t in self._holds.values() if t > now]
+        if not times:
+            return None
+        return max(0.0, min(times) - now) + 0.01
+
+    def _fill_slots(self, now: float) -> None:
+        if self._closing:
+            return
+        for key in self._queue.candidates():
+            if len(self._running) >= self.settings.max_active:
+                return
+            group = self._groups.get(key[0])
+            if group is None:
+                continue
+            f = next((x for x in group.files if x.index == key[1]), None)
+            if f is None or f.status is not FileStatus.QUEUED or self._held(f.url, now):
+                continue
+            self._start(f, now)
+
+    def _start(self, f: FileRecord, now: float) -> None:
+        if not self._transition(
+            f,
+            FileStatus.ACTIVE,
+            allowed_from=(FileStatus.QUEUED,),
+            reason="started",
+            started_at=now,
+        ):
+            return
+        run = _Running(
+            rec=f,
+            stop=StopSignal(),
+            start_offset=f.bytes_done,
+            done=f.bytes_done,
+            total=f.bytes_total if f.bytes_total is not None else f.expected_size,
+            rate=RateEstimator(),
+        )
+        run.rate.sample(run.done, time.monotonic())
+        key = (f.group_id, f.index)
+        self._running[key] = run
+        self._group_rates.setdefault(f.group_id, RateEstimator())
+        assert self._tg is not None
+        run.task = self._tg.create_task(self._run_file(run), name=f"modelfetch-{f.ref}")
+
+    async def _run_file(self, run: _Running) -> None:
+        f = run.rec
+        key = (f.group_id, f.index)
+        try:
+            self._emit(
+                ev.FileStarted(
+                    ref=str(f.ref),
+                    group_id=f.group_id,
+                    name=f.name,
+                    offset=run.done,
+                    total=run.total,
+                )
+            )
+
+            def on_progress(done: int, total: int | None) -> None:
+                if not run.reported:
+                    # The first report is the resume offset the transfer found on disk: a
+                    # baseline, not bytes that moved.
+                    run.reported = True
+                    run.start_offset = done
+                    run.done = done
+                    run.rate.rebase(done, time.monotonic())
+                    group = self._groups.get(f.group_id)
+                    rate = self._group_rates.get(f.group_id)
+                    if group is not None and rate is not None:
+                        rate.rebase(self._group_done(group), time.monotonic())
+                run.done = done
+                if total is not None:
+                    run.total = total
+
+            result = await fetch_file(
+                self._session_or_fail(),
+                self._transfer_request(f),
+                on_progress=on_progress,
+                stop=run.stop,
+            )
+        except asyncio.CancelledError:
+            self._finalize_stopped(run)
+            raise
+        except Exception as exc:  # every failure goes to the policy; a bug is a GiveUp there
+            self._finalize_failed(run, exc)
+        else:
+            self._finalize_completed(run, result)
+        finally:
+            self._running.pop(key, None)
+            self._wake.set()
+
+    def _session_or_fail(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("no HTTP session")
+        return self._session
+
+    def _transfer_request(self, f: FileRecord) -> TransferRequest:
+        credentials = None
+        hub = self.hub_config
+        if hub.token and origin_of(f.url) == hub.origin:
+            credentials = hub.credentials()
+        return TransferRequest(
+            url=f.url,
+            dest=Path(f.dest),
+            expected_size=f.expected_size,
+            expected_sha256=f.expected_sha256,
+            expected_git_oid=f.expected_git_oid,
+            credentials=credentials,
+            stall_timeout=self.settings.stall_timeout,
+        )
+
+    async def _stop(self, run: _Running, reason: StopReason) -> None:
+        """Stop a running transfer for `reason` and wait until its state is written."""
+        if run.stop.reason is None:
+            run.stop.stop(reason)
+        task = run.task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        # A task cancelled before it ever ran has not written its state: do it here.
+        self._finalize_stopped(run)
+        if run.stop.reason is StopReason.CANCEL:
+            for p in _partial_paths(run.rec.dest):
+                p.unlink(missing_ok=True)
+
+    def _finalize_stopped(self, run: _Running) -> None:
+        if run.finalized:
+            return
+        run.finalized = True
+        f = run.rec
+        reason = run.stop.reason or StopReason.SHUTDOWN
+        if reason is StopReason.CANCEL:
+            if self._transition(
+                f,
+                FileStatus.CANCELLED,
+                allowed_from=(FileStatus.ACTIVE,),
+                reason="cancelled",
+                bytes_done=0,
+                finished_at=time.time(),
+            ):
+                self._emit(ev.Cancelled(ref=str(f.ref), group_id=f.group_id, name=f.name))
+        elif reason is StopReason.SHUTDOWN:
+            self._transition(
+                f,
+                FileStatus.QUEUED,
+                allowed_from=(FileStatus.ACTIVE,),
+                reason="requeued",
+                bytes_done=run.done,
+                bytes_total=run.total,
+            )
+        else:
+            pause = PauseReason.DISK_FULL if reason is StopReason.DISK_FULL else PauseReason.USER
+            self._transition(
+                f,
+                FileStatus.PAUSED,
+                allowed_from=(FileStatus.ACTIVE,),
+                reason=pause.value,
+                pause_reason=pause.value,
+                bytes_done=run.done,
+                bytes_total=run.total,
+            )
+
+    def _finalize_completed(self, run: _Running, result: TransferResult) -> None:
+        run.finalized = True
+        f = run.rec
+        run.done = result.size
+        if self._transition(
+            f,
+            FileStatus.COMPLETED,
+            allowed_from=(FileStatus.ACTIVE,),
+            reason="completed",
+            bytes_done=result.size,
+            bytes_total=result.size,
+            sha256=result.sha256,
+            etag=result.etag,
+            last_modified=result.last_modified,
+            commit=result.repo_commit or f.commit,
+            finished_at=time.time(),
+            error_kind=None,
+            error_message=None,
+            retry_at=None,
+        ):
+            self._histories.pop((f.group_id, f.index), None)
+            self._remember_verified(f, result)
+            self._publish_links(f)
+            self._emit(
+                ev.FileCompleted(
+                    ref=str(f.ref),
+                    group_id=f.group_id,
+                    name=f.name,
+                    path=str(result.path),
+                    sha256=result.sha256,
+                    size=result.size,
+                )
+            )
+            self._emit_group_progress(f.group_id, time.monotonic())
+
+    def _remember_verified(self, f: FileRecord, result: TransferResult) -> None:
+        if not result.verified:
+            return
+        with contextlib.suppress(OSError):
+            st = result.path.stat()
+            self.store.remember_verified(f.dest, st.st_size, st.st_mtime_ns, result.sha256)
+
+    def _finalize_failed(self, run: _Running, exc: Exception) -> None:
+        run.finalized = True
+        f = run.rec
+        key = (f.group_id, f.index)
+        now = time.time()
+        moved = run.done > run.start_offset
+        history = self._histories.get(key) or AttemptHistory(failures=f.attempts)
+        decision = self.settings.policy.decide(
+            exc, history, now=now, rng=self._rng, made_progress=moved
+        )
+        history = history.record(exc, made_progress=moved)
+        self._histories[key] = history
+        kind = getattr(exc, "kind", type(exc).__name__)
+        message = str(exc) or type(exc).__name__
+        on_disk = _bytes_on_disk(f.dest)
+        if isinstance(decision, Retry):
+            if decision.restart_from_zero:
+                for p in _partial_paths(f.dest):
+                    p.unlink(missing_ok=True)
+                on_disk = 0
+            if decision.hold_host:
+                for host in {_host_of(f.url), _host_of(getattr(exc, "url", None) or f.url)}:
+                    self._holds[host] = max(self._holds.get(host, 0.0), decision.at)
+            self._transition(
+                f,
+                FileStatus.WAITING_RETRY,
+                allowed_from=(FileStatus.ACTIVE,),
+                reason=decision.reason,
+                retry_at=decision.at,
+                attempts=history.failures,
+                error_kind=kind,
+                error_message=message,
+                bytes_done=on_disk,
+                bytes_total=run.total,
+            )
+        elif isinstance(decision, PauseAll):
+            self._transition(
+                f,
+                FileStatus.PAUSED,
+                allowed_from=(FileStatus.ACTIVE,),
+                reason=decision.reason,
+                pause_reason=PauseReason.DISK_FULL.value,
+                error_kind=kind,
+                error_message=decision.message,
+                bytes_done=on_disk,
+                bytes_total=run.total,
+            )
+            self._emit(ev.Notice(message=decision.message, level="error", ref=str(f.ref)))
+            assert self._tg is not None
+            self._tg.create_task(self._pause_for_disk_full())
+        else:
+            assert isinstance(decision, GiveUp)
+            if self._transition(
+                f,
+                FileStatus.FAILED,
+                allowed_from=(FileStatus.ACTIVE,),
+                reason="failed",
+                attempts=history.failures,
+                error_kind=kind,
+                error_message=decision.message,
+                bytes_done=on_disk,
+                finished_at=now,
+            ):
+                self._emit(
+                    ev.FileFailed(
+                        ref=str(f.ref),
+                        group_id=f.group_id,
+                        name=f.name,
+                        error_kind=kind,
+                        message=decision.message,
+                    )
+                )
+
+    async def _pause_for_disk_full(self) -> None:
+        await self._pause_files(self._all_live_files(), PauseReason.DISK_FULL)
+
+    # ------------------------------------------------------------------ progress
+
+    async def _ticker(self) -> None:
+        last_checkpoint = time.monotonic()
+        last_disk_check = last_checkpoint
+        while not self._closing:
+            await asyncio.sleep(self.settings.progress_interval)
+            now = time.monotonic()
+            self._emit_progress(now)
+            if now - last_checkpoint >= self.settings.checkpoint_interval:
+                self._checkpoint()
+                last_checkpoint = now
+            if now - last_disk_check >= self.settings.disk_check_interval:
+                self._resume_when_space_returns()
+                last_disk_check = now
+
+    def _emit_progress(self, now: float) -> None:
+        groups: set[int] = set()
+        for run in list(self._running.values()):
+            f = run.rec
+            run.rate.sample(run.done, now)
+            groups.add(f.group_id)
+            self._emit(
+                ev.FileProgress(
+                    ref=str(f.ref),
+                    group_id=f.group_id,
+                    name=f.name,
+                    downloaded=run.done,
+                    total=run.total,
+                    speed=run.rate.speed,
+                    eta=run.rate.eta(run.total, run.done),
+                )
+            )
+        for gid in groups:
+            self._emit_group_progress(gid, now)
+
+    def _group_done(self, group: GroupRecord) -> int:
+        total = 0
+        for f in group.files:
+            run = self._running.get((f.group_id, f.index))
+            total += run.done if run is not None else f.bytes_done
+        return total
+
+    def _emit_group_progress(self, gid: int, now: float) -> None:
+        group = self._groups.get(gid)
+        if group is None:
+            return
+        done = self._group_done(group)
+        total = group.bytes_total
+        rate = self._group_rates.setdefault(gid, RateEstimator())
+        rate.sample(done, now)
+        self._emit(
+            ev.GroupProgress(
+                group_id=gid,
+                name=group.name,
+                downloaded=done,
+                total=total,
+                speed=rate.speed,
+                eta=rate.eta(total, done),
+                files_done=sum(1 for f in group.files if f.status is FileStatus.COMPLETED),
+                files_total=len(group.files),
+            )
+        )
+
+    def _checkpoint(self, *, force: bool = False) -> None:
+        rows = []
+        for run in self._running.values():
+            if force or run.done != run.saved_done:
+                rows.append((run.rec.group_id, run.rec.index, run.done, run.total))
+                run.saved_done = run.done
+                run.rec.bytes_done = run.done
+                run.rec.bytes_total = run.total
+        if rows and self._store is not None:
+            self._store.save_progress(rows)
+
+    def _resume_when_space_returns(self) -> None:
+        waiting = [
+            f
+            for f in self._all_live_files()
+            if f.status is FileStatus.PAUSED and f.pause_reason == PauseReason.DISK_FULL.value
+        ]
+        if not waiting:
+            return
+        for f in waiting:
+            need = (f.expected_size or f.bytes_total or 0) - f.bytes_done
+            try:
+                free = shutil.disk_usage(_existing_parent(Path(f.dest))).free
+            except OSError:
+                continue
+            if free > need + (64 << 20):
+                self._emit(ev.Notice(message=f"space is available again: resuming {f.name}"))
+                self._resume_files([f])
+
+    # ------------------------------------------------------------------ views
+
+    def _file_view(self, f: FileRecord, positions: dict[FileKey, int]) -> FileView:
+        key = (f.group_id, f.index)
+        run = self._running.get(key)
+        return FileView(
+            ref=str(f.ref),
+            name=f.name,
+            status=f.status.value,
+            dest=f.dest,
+            url=f.url,
+            position=positions.get(key),
+            downloaded=run.done if run else f.bytes_done,
+            total=(run.total if run else None) or f.bytes_total or f.expected_size,
+            speed=run.rate.speed if run else None,
+            eta=run.rate.eta(run.total, run.done) if run else None,
+            attempts=f.attempts,
+            error_kind=f.error_kind,
+            error_message=f.error_message,
+            retry_at=f.retry_at,
+            pause_reason=f.pause_reason,
+            sha256=f.sha256,
+            idle_for=run.rate.idle_for(time.monotonic()) if run else None,
+        )
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cache_root(link: Path) -> Path:
+    """<root>/models--o--n/snapshots/<commit>/<path...> -> <root>"""
+    for parent in link.parents:
+        if parent.name == "snapshots":
+            return parent.parent.parent
+    raise ValueError(f"not a snapshot path: {link}")
+
+
+def _existing_parent(path: Path) -> Path:
+    p = path.parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
