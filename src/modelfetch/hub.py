@@ -37,6 +37,7 @@ from modelfetch.core.errors import (
     AuthRequiredError,
     GatedError,
     HTTPStatusError,
+    HubProtocolError,
     NetworkError,
     NotFoundError,
     RateLimitedError,
@@ -382,7 +383,7 @@ class HubClient:
     # -- errors ----------------------------------------------------------------------------------
 
     def _malformed(self, url: str, what: _What, problem: str) -> NetworkError:
-        return NetworkError(
+        return HubProtocolError(
             f"{self._config.endpoint} sent a malformed answer for {what.description}: {problem}",
             url=url,
         )

@@ -149,6 +149,7 @@ class DownloadManager:
         self._histories: dict[FileKey, AttemptHistory] = {}
         self._group_rates: dict[int, RateEstimator] = {}
         self._holds: dict[str, float] = {}
+        self._finish_held: set[int] = set()
         self._wake = asyncio.Event()
         self._closing = False
         self._entered = False
@@ -394,6 +395,7 @@ class DownloadManager:
                     size=st.st_size,
                 )
             )
+            self._finish_if_done(f.group_id)
 
     def _publish_links(self, f: FileRecord) -> None:
         """hf-cache layout: once the blob is verified, point its snapshot path at it."""
@@ -420,11 +422,19 @@ class DownloadManager:
         ref = self._ref(ref)
         files = self._files_of(ref)
         group = self._group(ref.group_id)
-        for f in files:
-            if f.status is FileStatus.ACTIVE and (f.group_id, f.index) in self._running:
-                await self._stop(self._running[(f.group_id, f.index)], StopReason.CANCEL)
-            elif f.status in _WAITING:
-                self._cancel_waiting(f)
+        # The group's own Cancelled event comes after its members' and before GroupFinished.
+        self._finish_held.add(group.id)
+        try:
+            stops = []
+            for f in files:
+                key = (f.group_id, f.index)
+                if f.status is FileStatus.ACTIVE and key in self._running:
+                    stops.append(self._stop(self._running[key], StopReason.CANCEL))
+                elif f.status in _WAITING:
+                    self._cancel_waiting(f)
+            await asyncio.gather(*stops)
+        finally:
+            self._finish_held.discard(group.id)
         if ref.index is None:
             self._emit(ev.Cancelled(ref=str(ref), group_id=group.id, name=group.name))
         self._maybe_finish_group(group)
@@ -641,7 +651,6 @@ class DownloadManager:
         f.status = to
         for name, value in fields.items():
             setattr(f, name, value)
-        group = self._groups.get(f.group_id)
         self._emit(
             ev.StatusChanged(
                 ref=str(f.ref),
@@ -664,8 +673,6 @@ class DownloadManager:
                 self._queue.remove((f.group_id, f.index))
         elif (f.group_id, f.index) in self._queue:
             self._queue.set_waiting((f.group_id, f.index), to is FileStatus.QUEUED)
-        if group is not None and to in TERMINAL_STATUSES:
-            self._maybe_finish_group(group)
         return True
 
     def _emit(self, event: ev.Event) -> None:
@@ -730,6 +737,7 @@ class DownloadManager:
             for p in _partial_paths(f.dest):
                 p.unlink(missing_ok=True)
             self._emit(ev.Cancelled(ref=str(f.ref), group_id=f.group_id, name=f.name))
+            self._finish_if_done(f.group_id)
 
     async def _pause_files(self, files: list[FileRecord], reason: PauseReason) -> None:
         stops = []
@@ -761,6 +769,11 @@ class DownloadManager:
                     retry_at=None,
                 )
         self._wake.set()
+
+    def _finish_if_done(self, gid: int) -> None:
+        group = self._groups.get(gid)
+        if group is not None and gid not in self._finish_held:
+            self._maybe_finish_group(group)
 
     def _maybe_finish_group(self, group: GroupRecord) -> None:
         if any(f.status in LIVE_STATUSES for f in group.files):
@@ -962,13 +975,14 @@ class DownloadManager:
                 finished_at=time.time(),
             ):
                 self._emit(ev.Cancelled(ref=str(f.ref), group_id=f.group_id, name=f.name))
+            self._finish_if_done(f.group_id)
         elif reason is StopReason.SHUTDOWN:
             self._transition(
                 f,
                 FileStatus.QUEUED,
                 allowed_from=(FileStatus.ACTIVE,),
                 reason="requeued",
-                bytes_done=run.done,
+                bytes_done=_bytes_on_disk(f.dest),
                 bytes_total=run.total,
             )
         else:
@@ -979,7 +993,7 @@ class DownloadManager:
                 allowed_from=(FileStatus.ACTIVE,),
                 reason=pause.value,
                 pause_reason=pause.value,
-                bytes_done=run.done,
+                bytes_done=_bytes_on_disk(f.dest),
                 bytes_total=run.total,
             )
 
@@ -1017,6 +1031,7 @@ class DownloadManager:
                 )
             )
             self._emit_group_progress(f.group_id, time.monotonic())
+            self._finish_if_done(f.group_id)
 
     def _remember_verified(self, f: FileRecord, result: TransferResult) -> None:
         if not result.verified:
@@ -1097,6 +1112,7 @@ class DownloadManager:
                         message=decision.message,
                     )
                 )
+                self._finish_if_done(f.group_id)
 
     async def _pause_for_disk_full(self) -> None:
         await self._pause_files(self._all_live_files(), PauseReason.DISK_FULL)
@@ -1177,22 +1193,36 @@ class DownloadManager:
             self._store.save_progress(rows)
 
     def _resume_when_space_returns(self) -> None:
-        waiting = [
-            f
-            for f in self._all_live_files()
-            if f.status is FileStatus.PAUSED and f.pause_reason == PauseReason.DISK_FULL.value
-        ]
-        if not waiting:
-            return
+        """Files paused for a full disk resume on their own, in queue order, as far as the free
+        space on their filesystem covers what they still need (plus a small margin)."""
+        order = {key: n for n, key in enumerate(self._queue.order())}
+        waiting = sorted(
+            (
+                f
+                for f in self._all_live_files()
+                if f.status is FileStatus.PAUSED and f.pause_reason == PauseReason.DISK_FULL.value
+            ),
+            key=lambda f: order.get((f.group_id, f.index), 0),
+        )
+        budgets: dict[int, int] = {}
+        resumed = []
         for f in waiting:
-            need = (f.expected_size or f.bytes_total or 0) - f.bytes_done
+            need = max(0, (f.expected_size or f.bytes_total or 0) - f.bytes_done)
             try:
-                free = shutil.disk_usage(_existing_parent(Path(f.dest))).free
+                parent = _existing_parent(Path(f.dest))
+                device = parent.stat().st_dev
+                if device not in budgets:
+                    budgets[device] = shutil.disk_usage(parent).free
             except OSError:
                 continue
-            if free > need + (64 << 20):
-                self._emit(ev.Notice(message=f"space is available again: resuming {f.name}"))
-                self._resume_files([f])
+            margin = min(64 << 20, need // 10)
+            if budgets[device] >= need + margin:
+                budgets[device] -= need + margin
+                resumed.append(f)
+        if resumed:
+            names = ", ".join(f.name for f in resumed[:3]) + ("…" if len(resumed) > 3 else "")
+            self._emit(ev.Notice(message=f"space is available again: resuming {names}"))
+            self._resume_files(resumed)
 
     # ------------------------------------------------------------------ views
 

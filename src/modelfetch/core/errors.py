@@ -8,7 +8,8 @@
     ├── UnknownItemError           an id that names nothing in the queue
     └── TransferError              one file could not be fetched; the retry policy decides what next
         ├── NetworkError           reset, refused, name resolution, protocol garbage
-        │   └── StalledError       no bytes for the stall timeout
+        │   ├── StalledError       no bytes for the stall timeout
+        │   └── HubProtocolError   the Hub API answered with something malformed
         ├── TooManyRedirectsError  a redirect loop or an over-long chain
         ├── SchemeError            a URL (or redirect) to a scheme we do not speak
         ├── IntegrityError         wrong SHA-256 / git blob id / size, or a lying server
@@ -80,6 +81,10 @@ class NetworkError(TransferError):
 
 class StalledError(NetworkError):
     kind = "stalled"
+
+
+class HubProtocolError(NetworkError):
+    kind = "hub_protocol"
 
 
 class TooManyRedirectsError(TransferError):

@@ -176,6 +176,7 @@ class RequestRecord:
     authorization: bool
     status: int
     bytes_sent: int
+    end: float = 0.0  # when the response finished (epoch seconds): with `time`, its lifetime
 
 
 def _check_repo_path(path: str) -> None:
@@ -718,6 +719,7 @@ class FakeHub:
                         authorization="Authorization" in request.headers,
                         status=exchange.status,
                         bytes_sent=exchange.bytes_sent,
+                        end=time.time(),
                     )
                 )
 
