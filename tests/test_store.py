@@ -527,3 +527,37 @@ def test_a_committed_transition_is_visible_from_a_fresh_connection(store: Store)
     finally:
         raw.close()
     assert rows == [(1, "completed", "ab" * 32, 0), (2, "queued", None, 4096)]
+
+
+def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
+    from modelfetch.store import MIGRATIONS, apply_migrations
+
+    home = tmp_path / "home"
+    home.mkdir()
+    db = sqlite3.connect(home / "state.db", isolation_level=None)
+    apply_migrations(db, MIGRATIONS[:1], home / "state.db")
+    db.execute(
+        "INSERT INTO groups (key, spec, name, dest_dir, created_at) VALUES ('k', 's', 'n', '/d', 1)"
+    )
+    db.execute(
+        "INSERT INTO files (group_id, idx, url, dest, name, created_at)"
+        " VALUES (1, 1, 'http://x/f', '/d/f', 'f', 1)"
+    )
+    db.close()
+    with Store(home) as store:
+        group = store.get_group(1)
+        assert group is not None and group.files[0].url == "http://x/f"
+        assert group.files[0].link is None
+        check = sqlite3.connect(store.path)
+        assert check.execute("PRAGMA user_version").fetchone()[0] == Store.SCHEMA_VERSION
+        check.close()
+
+
+def test_verified_digests_are_remembered_by_path_size_and_mtime(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        store.remember_verified("/m/a.gguf", 10, 111, "ab" * 32)
+        assert store.verified_digest("/m/a.gguf", 10, 111) == "ab" * 32
+        assert store.verified_digest("/m/a.gguf", 10, 112) is None  # touched since
+        assert store.verified_digest("/m/a.gguf", 11, 111) is None  # size changed
+        store.remember_verified("/m/a.gguf", 12, 113, "cd" * 32)
+        assert store.verified_digest("/m/a.gguf", 12, 113) == "cd" * 32

@@ -16,7 +16,13 @@ from pathlib import Path, PurePosixPath
 import aiohttp
 from yarl import URL
 
-from modelfetch.core.errors import NotFoundError, SpecError, TransferError
+from modelfetch.core.errors import (
+    AuthRequiredError,
+    GatedError,
+    NotFoundError,
+    SpecError,
+    TransferError,
+)
 from modelfetch.core.headers import content_disposition_filename, parse_content_length
 from modelfetch.core.paths import safe_join, sanitize_filename
 from modelfetch.core.quant import QuantGroup, choose_quant
@@ -84,6 +90,8 @@ class Planner:
         else:
             chosen, quant_name = _choose_model_files(resolved, spec.quant or options.quant)
             name = f"{spec.repo_id}:{quant_name}" if quant_name else spec.repo_id
+        if resolved.gated:
+            await self._check_gate(resolved, chosen[0])
         extras = _included(resolved, options.include, {e.path for e in chosen})
         files = tuple(self._file_request(resolved, entry, options) for entry in (*chosen, *extras))
         return GroupRequest(
@@ -118,6 +126,37 @@ class Planner:
             dest=placement.dest,
             link=placement.link,
         )
+
+    async def _check_gate(self, resolved: ResolvedRepo, entry: RepoFileEntry) -> None:
+        """A gated repo lists its files to anyone; whether we may download them shows only on
+        resolve. Ask once now, so a missing grant fails before anything is queued."""
+        url = self._hub.resolve_url(resolved.repo_id, resolved.commit, entry.path)
+        headers = {}
+        if self._hub.config.token:
+            headers["Authorization"] = f"Bearer {self._hub.config.token}"
+        try:
+            async with self._session.head(
+                url, headers=headers, allow_redirects=False, timeout=_HEAD_TIMEOUT
+            ) as resp:
+                status, code = resp.status, resp.headers.get("X-Error-Code")
+        except (aiohttp.ClientError, TimeoutError):
+            return  # unknown: the transfer will find out and say so
+        page = f"{self._hub.config.endpoint}/{resolved.repo_id}"
+        if status == 403 and code == "GatedRepo":
+            raise GatedError(
+                f"{resolved.repo_id} is gated: accept its terms at {page}"
+                + ("" if self._hub.config.token else " and set HF_TOKEN"),
+                status=403,
+                url=url,
+                error_code=code,
+            )
+        if status == 401:
+            raise AuthRequiredError(
+                f"{resolved.repo_id} needs a token: set HF_TOKEN (and accept its terms at {page})",
+                status=401,
+                url=url,
+                error_code=code,
+            )
 
     # -- plain URLs ------------------------------------------------------------------------------
 

@@ -384,14 +384,10 @@ class Store:
 
     def verified_digest(self, path: str, size: int, mtime_ns: int) -> str | None:
         """The digest recorded for `path` if the file has not changed since (size and mtime)."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT sha256 FROM verified_files WHERE path = ? AND size = ? AND mtime_ns = ?",
-                (path, size, mtime_ns),
-            )
-            .fetchone()
-        )
+        row = self._conn.execute(
+            "SELECT sha256 FROM verified_files WHERE path = ? AND size = ? AND mtime_ns = ?",
+            (path, size, mtime_ns),
+        ).fetchone()
         return None if row is None else str(row[0])
 
     def integrity_check(self) -> str:
