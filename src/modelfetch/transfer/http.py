@@ -1,0 +1,619 @@
+"""Fetch one file over HTTP: redirects by hand, resume with Range/If-Range, verify, publish.
+
+The flow of one `fetch_file` call:
+  1. Look at `<dest>.part` and its sidecar: a prefix we can trust becomes the resume offset.
+  2. GET with `Range: bytes=N-` + `If-Range`, following redirects ourselves (so the token never
+     leaves its origin and the Hub's `X-Linked-*` headers are read from the hop that sends them).
+  3. 206 appends; 200 starts over; 416 publishes a complete partial or starts over once.
+  4. Stream into the `.part` (pwrite on the loop, SHA-256 on the part's digest thread), with a
+     stall deadline around every read.
+  5. Verify size and digest, fsync, rename into place, fsync the directory.
+Every failure leaves as a `TransferError` subclass, translated in `_translate_exception` /
+`_status_error` (the only places that look at aiohttp exceptions and HTTP statuses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import math
+import re
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from modelfetch.core.errors import (
+    AuthRequiredError,
+    ForbiddenError,
+    GatedError,
+    HTTPStatusError,
+    IntegrityError,
+    NetworkError,
+    NotFoundError,
+    RateLimitedError,
+    SchemeError,
+    ServerBusyError,
+    StalledError,
+    TooManyRedirectsError,
+    TransferError,
+)
+from modelfetch.core.headers import (
+    is_strong_etag,
+    linked_digest,
+    origin_of,
+    parse_content_length,
+    parse_content_range,
+    retry_after_seconds,
+    total_size,
+)
+from modelfetch.core.paths import part_path, sidecar_path
+from modelfetch.transfer.api import (
+    ProgressCallback,
+    StopSignal,
+    TransferRequest,
+    TransferResult,
+)
+from modelfetch.transfer.sink import (
+    PartFile,
+    PartState,
+    disk_full,
+    publish,
+    remove_partial,
+)
+
+READ_BUFSIZE = 4 << 20
+MIN_CHUNK_SIZE = 1 << 20
+PROGRESS_INTERVAL = 0.1
+_HEX = re.compile(r"[0-9a-f]+")
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def make_session(*, connect_timeout: float = 30.0, limit: int = 100) -> aiohttp.ClientSession:
+    """The session every transfer shares. No total timeout (a 50 GB file takes as long as it
+    takes); stalls are caught per transfer. `Accept-Encoding: identity` because we store bytes as
+    served and never decompress (a gzip-encoded body would not match the Hub's digest)."""
+    from modelfetch import __version__  # lazily: the package facade may import this module
+
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
+        read_bufsize=READ_BUFSIZE,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": f"modelfetch/{__version__}", "Accept-Encoding": "identity"},
+    )
+
+
+async def fetch_file(
+    session: aiohttp.ClientSession,
+    request: TransferRequest,
+    *,
+    on_progress: ProgressCallback | None = None,
+    stop: StopSignal | None = None,
+) -> TransferResult:
+    """Download `request.url` to `request.dest`, resuming from `<dest>.part` when it is still the
+    beginning of the same file. Returns only after the verified file is under its final name;
+    raises a `TransferError` subclass otherwise (CancelledError passes through, see StopSignal)."""
+    return await _Transfer(session, request, on_progress, stop).run()
+
+
+def _normalise_hex(value: str | None, length: int, field: str) -> str | None:
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if len(text) != length or not _HEX.fullmatch(text):
+        raise ValueError(f"{field} must be {length} hex digits, got {value!r}")
+    return text
+
+
+def _redact(url: str) -> str:
+    """A URL fit for error messages and the store: no credentials, no signed query string."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _to_yarl(url: str) -> URL:
+    # Keep an already-encoded URL byte for byte: re-quoting can break a CDN's signed query.
+    if url.isascii() and " " not in url:
+        return URL(url, encoded=True)
+    return URL(url)
+
+
+class _Transfer:
+    """The state of one `fetch_file` call."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        request: TransferRequest,
+        on_progress: ProgressCallback | None,
+        stop: StopSignal | None,
+    ) -> None:
+        self.session = session
+        self.request = request
+        self.on_progress = on_progress
+        self.stop = stop
+        self.dest = Path(request.dest)
+        self.part_path = part_path(self.dest)
+        self.sidecar_path = sidecar_path(self.dest)
+        self.chunk_size = max(request.chunk_size, MIN_CHUNK_SIZE)
+        self.stall_timeout = request.stall_timeout if request.stall_timeout > 0 else None
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=request.connect_timeout)
+        self.expected_sha256 = _normalise_hex(request.expected_sha256, 64, "expected_sha256")
+        self.expected_git_oid = _normalise_hex(request.expected_git_oid, 40, "expected_git_oid")
+        self.auth_origin: str | None = None
+        if request.credentials is not None:
+            self.auth_origin = origin_of(request.credentials.origin)
+        self.url = request.url  # the hop in flight, for error reports
+        self.linked_sha256: str | None = None
+        self.linked_size: int | None = None
+        self.repo_commit: str | None = None
+        self.state: PartState | None = None
+        self.part: PartFile | None = None
+        self.total: int | None = None
+        self.bytes_fetched = 0
+        self.resumed_from = 0
+        self.last_report = -math.inf
+
+    # -- the whole call ----------------------------------------------------------------------
+
+    async def run(self) -> TransferResult:
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            self._close_part()
+            reason = self.stop.reason if self.stop is not None else None
+            if reason is not None and not reason.keeps_partial:
+                remove_partial(self.part_path, self.sidecar_path)
+            raise
+        except Exception as exc:
+            self._close_part()
+            translated = _translate_exception(exc, url=self.url, stall=self.stall_timeout)
+            if translated is None:
+                raise
+            raise translated from exc
+        finally:
+            self._close_part()  # idempotent; also for BaseExceptions such as KeyboardInterrupt
+
+    async def _run(self) -> TransferResult:
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        offset = self._usable_partial()
+        self._report(offset, self._known_total(), force=True)
+        restarted_after_416 = False
+        while True:
+            response, redirected = await self._request(offset)
+            try:
+                status = response.status
+                if status not in (200, 206, 416) or (status == 416 and offset == 0):
+                    raise _status_error(response, url=self.url, redirected=redirected)
+                self._cross_check_plan()
+                if offset > 0 and self._partial_is_stale(response):
+                    # The Hub now describes another file than the one our prefix belongs to.
+                    self._start_over()
+                    offset = 0
+                    continue
+                if status == 416:
+                    total = self._total_after_416(response.headers)
+                    self._check_announced_size(total)
+                    if total is not None and offset == total:
+                        response.release()
+                        return await self._publish_complete_partial(response.headers, offset)
+                    if restarted_after_416:
+                        raise _status_error(response, url=self.url, redirected=redirected)
+                    # Our prefix is longer than the file, or the server forgot it: start over.
+                    restarted_after_416 = True
+                    self._start_over()
+                    offset = 0
+                    continue
+                return await self._receive(response, offset)
+            finally:
+                response.close()
+
+    # -- before the request ------------------------------------------------------------------
+
+    def _usable_partial(self) -> int:
+        """The resume offset: the size of a `.part` whose sidecar says it is the beginning of the
+        file we want; an untrustworthy one is deleted (it could only poison the result)."""
+        state = PartState.load(self.sidecar_path)
+        try:
+            size = self.part_path.stat().st_size
+        except FileNotFoundError:
+            self.sidecar_path.unlink(missing_ok=True)
+            return 0
+        want_sha = self.expected_sha256
+        want_size = self.request.expected_size
+        usable = state is not None
+        if state is not None:
+            if want_sha is not None and state.sha256 is not None:
+                usable = want_sha == state.sha256
+            else:
+                usable = state.url == self.request.url
+            if want_size is not None and state.total is not None and want_size != state.total:
+                usable = False
+            known_total = state.total if state.total is not None else want_size
+            if known_total is not None and size > known_total:
+                usable = False
+        if not usable:
+            remove_partial(self.part_path, self.sidecar_path)
+            return 0
+        self.state = state
+        return size
+
+    def _partial_is_stale(self, response: aiohttp.ClientResponse) -> bool:
+        """True when the answer to a resume shows that our prefix belongs to another version:
+        a different digest from the Hub, or a 206 for a different total size."""
+        if self.state is None:
+            return False
+        current = self.expected_sha256 or self.linked_sha256
+        if self.state.sha256 is not None and current is not None and self.state.sha256 != current:
+            return True
+        if response.status == 206 and self.state.total is not None:
+            parsed = parse_content_range(response.headers.get("Content-Range"))
+            return parsed is not None and parsed.total not in (None, self.state.total)
+        return False
+
+    def _start_over(self) -> None:
+        remove_partial(self.part_path, self.sidecar_path)
+        self.state = None
+        self._report(0, self._known_total(), force=True)
+
+    def _known_total(self) -> int | None:
+        if self.total is not None:
+            return self.total
+        if self.state is not None and self.state.total is not None:
+            return self.state.total
+        return self.request.expected_size
+
+    # -- the request and its redirects -------------------------------------------------------
+
+    async def _request(self, offset: int) -> tuple[aiohttp.ClientResponse, bool]:
+        """GET, following up to `max_redirects` redirects by hand. Returns the first non-redirect
+        response (unread) and whether it was reached through a redirect."""
+        conditional: dict[str, str] = {}
+        if offset > 0:
+            conditional["Range"] = f"bytes={offset}-"
+            if self.state is not None and self.state.validator:
+                conditional["If-Range"] = self.state.validator
+        url = self.request.url
+        redirected = False
+        for _ in range(self.request.max_redirects + 1):
+            self.url = url
+            scheme = urlsplit(url).scheme.lower()
+            if scheme not in self.request.allowed_schemes:
+                raise SchemeError(
+                    f"refusing to fetch a {scheme or 'relative'} URL", url=_redact(url)
+                )
+            headers = dict(conditional)
+            if self._may_authenticate(url) and self.request.credentials is not None:
+                headers["Authorization"] = f"Bearer {self.request.credentials.token}"
+            async with asyncio.timeout(self.stall_timeout):  # also bounds waiting for the head
+                response = await self.session.get(
+                    _to_yarl(url), headers=headers, allow_redirects=False, timeout=self.timeout
+                )
+            self._note_hub_headers(response.headers)
+            if 300 <= response.status < 400 and response.status != 304:
+                location = response.headers.get("Location")
+                response.release()
+                if not location:
+                    raise NetworkError(
+                        f"HTTP {response.status} redirect without a Location", url=_redact(url)
+                    )
+                url = urljoin(url, location.strip())
+                redirected = True
+                continue
+            return response, redirected
+        raise TooManyRedirectsError(
+            f"more than {self.request.max_redirects} redirects", url=_redact(url)
+        )
+
+    def _may_authenticate(self, url: str) -> bool:
+        if self.auth_origin is None:
+            return False
+        try:
+            return origin_of(url) == self.auth_origin
+        except ValueError:
+            return False
+
+    def _note_hub_headers(self, headers: CIMultiDictProxy[str]) -> None:
+        """The Hub's resolve hop describes the file; the CDN's own ETag never does."""
+        if self.linked_sha256 is None:
+            self.linked_sha256 = linked_digest(headers.get("X-Linked-Etag"))
+        if self.linked_size is None:
+            self.linked_size = parse_content_length(headers.get("X-Linked-Size"))
+        if self.repo_commit is None:
+            commit = (headers.get("X-Repo-Commit") or "").strip()
+            self.repo_commit = commit or None
+
+    def _cross_check_plan(self) -> None:
+        """The plan and the Hub must agree on what the file is before we spend bandwidth on it."""
+        if (
+            self.expected_sha256 is not None
+            and self.linked_sha256 is not None
+            and self.expected_sha256 != self.linked_sha256
+        ):
+            raise IntegrityError(
+                "the Hub now serves a different file than planned (X-Linked-Etag differs)",
+                url=_redact(self.url),
+                expected=self.expected_sha256,
+                actual=self.linked_sha256,
+            )
+        want = self.request.expected_size
+        if want is not None and self.linked_size is not None and want != self.linked_size:
+            raise IntegrityError(
+                f"the Hub announces {self.linked_size} bytes, the plan expects {want}",
+                url=_redact(self.url),
+                expected=str(want),
+                actual=str(self.linked_size),
+            )
+
+    def _expected_size(self) -> int | None:
+        if self.request.expected_size is not None:
+            return self.request.expected_size
+        return self.linked_size
+
+    def _expected_digest(self) -> str | None:
+        if self.expected_sha256 is not None:
+            return self.expected_sha256
+        if self.linked_sha256 is not None:
+            return self.linked_sha256
+        return self.state.sha256 if self.state is not None else None
+
+    # -- responses ---------------------------------------------------------------------------
+
+    def _total_after_416(self, headers: CIMultiDictProxy[str]) -> int | None:
+        parsed = parse_content_range(headers.get("Content-Range"))
+        if parsed is not None and parsed.start is None and parsed.total is not None:
+            return parsed.total
+        if self.state is not None and self.state.total is not None:
+            return self.state.total
+        return self._expected_size()
+
+    async def _publish_complete_partial(
+        self, headers: CIMultiDictProxy[str], size: int
+    ) -> TransferResult:
+        self.total = size
+        self.resumed_from = size
+        self.part = PartFile(self.part_path)
+        await self.part.start_digests(git_blob_size=size if self.expected_git_oid else None)
+        return await self._verify_and_publish(headers)
+
+    async def _receive(self, response: aiohttp.ClientResponse, offset: int) -> TransferResult:
+        headers = response.headers
+        encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            raise TransferError(
+                f"server applied Content-Encoding {encoding!r} despite identity",
+                url=_redact(self.url),
+            )
+        if response.status == 206:
+            parsed = parse_content_range(headers.get("Content-Range"))
+            if parsed is None or parsed.start is None:
+                raise NetworkError("206 without a usable Content-Range", url=_redact(self.url))
+            if parsed.start != offset:
+                raise NetworkError(
+                    f"asked for bytes from {offset}, got {parsed.start}", url=_redact(self.url)
+                )
+        else:  # 200: the whole body, whatever we asked for
+            offset = 0
+        announced = total_size(
+            status=response.status,
+            content_range=headers.get("Content-Range"),
+            content_length=headers.get("Content-Length"),
+            offset=offset,
+        )
+        self._check_announced_size(announced)
+        expected = self._expected_size()
+        self.total = announced if announced is not None else expected
+        self._begin_part(headers, offset)
+        part = self.part
+        assert part is not None
+        if self.total is not None:
+            part.check_free_space(self.total)
+            part.reserve(self.total)
+        await part.start_digests(git_blob_size=self.total if self.expected_git_oid else None)
+        self.resumed_from = offset
+        await self._stream(response, part)
+        response.release()
+        if self.total is not None and part.size < self.total:
+            raise NetworkError(
+                f"connection closed after {part.size} of {self.total} bytes", url=_redact(self.url)
+            )
+        return await self._verify_and_publish(headers)
+
+    def _check_announced_size(self, announced: int | None) -> None:
+        """A server announcing another size than planned serves another file: refuse it before
+        a byte is written (and leave any partial alone: it may still be the right file's)."""
+        expected = self._expected_size()
+        if announced is not None and expected is not None and announced != expected:
+            raise IntegrityError(
+                f"server announces {announced} bytes, expected {expected}",
+                url=_redact(self.url),
+                expected=str(expected),
+                actual=str(announced),
+            )
+
+    def _begin_part(self, headers: CIMultiDictProxy[str], offset: int) -> None:
+        """Open the `.part` at `offset`; a fresh start (re)writes the sidecar first, so a `.part`
+        never exists without a record of what it holds."""
+        if offset == 0 or self.state is None:
+            etag = headers.get("ETag")
+            validator = etag if is_strong_etag(etag) else headers.get("Last-Modified")
+            self.state = PartState(
+                url=self.request.url,
+                validator=validator,
+                total=self.total,
+                sha256=self._expected_digest(),
+            )
+            self.state.save(self.sidecar_path)
+        self.part = PartFile(self.part_path)
+        if self.part.size != offset:
+            had = self.part.size
+            self.part.discard()
+            if offset != 0:
+                raise NetworkError(
+                    f"{self.part_path.name} changed during the request ({had} != {offset} bytes)",
+                    url=_redact(self.url),
+                )
+            if had:
+                self._report(0, self.total, force=True)
+
+    async def _stream(self, response: aiohttp.ClientResponse, part: PartFile) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self.total
+        stall = self.stall_timeout
+        async with asyncio.timeout(stall) as deadline:
+            async for data in response.content.iter_chunked(self.chunk_size):
+                if limit is not None and part.size + len(data) > limit:
+                    self._close_part()
+                    remove_partial(self.part_path, self.sidecar_path)
+                    raise IntegrityError(
+                        f"server sent more than the expected {limit} bytes",
+                        url=_redact(self.url),
+                        expected=str(limit),
+                        actual=f">{limit}",
+                    )
+                if stall is not None:
+                    deadline.reschedule(None)  # the stall clock measures the network only
+                await part.write(data)
+                self.bytes_fetched += len(data)
+                if stall is not None:
+                    deadline.reschedule(loop.time() + stall)
+                self._report(part.size, self.total)
+
+    async def _verify_and_publish(self, headers: CIMultiDictProxy[str]) -> TransferResult:
+        part = self.part
+        assert part is not None
+        expected_size = self._expected_size()
+        if expected_size is not None and part.size < expected_size:
+            # The body ended cleanly but early (no length announced): a resumable prefix.
+            raise NetworkError(f"got {part.size} of {expected_size} bytes", url=_redact(self.url))
+        if self.expected_git_oid is not None and part.git_blob_size != part.size:
+            await part.start_digests(git_blob_size=part.size)  # size was unknown when we began
+        digests = await part.finish_digests()
+        actual = digests.sha256
+        expected = self._expected_digest()
+        checks: list[tuple[str, str, str]] = []
+        if expected is not None:
+            checks.append(("SHA-256", expected, actual))
+        if self.expected_git_oid is not None:
+            checks.append(("git blob id", self.expected_git_oid, digests.git_oid or ""))
+        for what, want, got in checks:
+            if want != got:
+                self._close_part()
+                remove_partial(self.part_path, self.sidecar_path)
+                raise IntegrityError(
+                    f"{what} mismatch for {self.dest.name}",
+                    url=_redact(self.url),
+                    expected=want,
+                    actual=got,
+                )
+        part.sync_and_close()
+        self.part = None
+        publish(self.part_path, self.dest, self.sidecar_path)
+        self._report(part.size, part.size, force=True)
+        return TransferResult(
+            path=self.dest,
+            size=part.size,
+            sha256=actual,
+            verified=bool(checks),
+            etag=headers.get("ETag"),
+            last_modified=headers.get("Last-Modified"),
+            repo_commit=self.repo_commit,
+            resumed_from=self.resumed_from,
+            bytes_fetched=self.bytes_fetched,
+        )
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _report(self, done: int, total: int | None, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.on_progress is None or (not force and now - self.last_report < PROGRESS_INTERVAL):
+            return
+        self.last_report = now
+        self.on_progress(done, total)
+
+    def _close_part(self) -> None:
+        if self.part is not None:
+            part, self.part = self.part, None
+            with contextlib.suppress(OSError):
+                part.close()
+
+
+def _status_error(
+    response: aiohttp.ClientResponse, *, url: str, redirected: bool
+) -> HTTPStatusError:
+    """The one mapping from an unusable HTTP status to an error (most specific first)."""
+    status = response.status
+    headers = response.headers
+    code = (headers.get("X-Error-Code") or "").strip() or None
+    where = _redact(url)
+    detail = f"HTTP {status} {response.reason or ''}".rstrip() + f" from {where}"
+    if code:
+        detail += f" ({code})"
+
+    def make(cls: type[HTTPStatusError], message: str) -> HTTPStatusError:
+        return cls(message, status=status, url=where, error_code=code, redirected=redirected)
+
+    if status in (404, 410):
+        return make(NotFoundError, detail)
+    if status == 401:
+        return make(AuthRequiredError, detail + ": a valid token is required")
+    if status == 403:
+        if code == "GatedRepo":
+            return make(GatedError, detail + ": request access to the repo on the Hub first")
+        if redirected:  # a CDN refusing a signed URL (expired?) is not about our token
+            return make(ForbiddenError, detail)
+        return make(AuthRequiredError, detail + ": the token does not grant access")
+    if status in (429, 503):
+        error = make(RateLimitedError if status == 429 else ServerBusyError, detail)
+        error.retry_after = retry_after_seconds(headers, time.time())
+        return error
+    return make(HTTPStatusError, detail)
+
+
+def _translate_exception(
+    exc: BaseException, *, url: str, stall: float | None
+) -> TransferError | None:
+    """The one mapping from foreign exceptions to our tree (most specific first). None means
+    "not ours to translate": the caller re-raises it unchanged (a TransferError already, or a
+    local OSError such as EACCES that no retry would fix)."""
+    where = _redact(url)
+    if isinstance(exc, TransferError):
+        return None
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return NetworkError(f"cannot resolve {urlsplit(url).hostname}: {exc.os_error}", url=where)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return NetworkError(f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}", url=where)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return NetworkError("the server closed the connection", url=where)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return NetworkError(f"the response body was cut short: {exc}", url=where)
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return NetworkError(f"timed out connecting: {exc}", url=where)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return NetworkError(f"invalid URL: {exc}", url=where)
+    if isinstance(exc, aiohttp.ClientError):
+        return NetworkError(f"{type(exc).__name__}: {exc}", url=where)
+    if isinstance(exc, (ConnectionError, socket.gaierror)):
+        return NetworkError(f"{type(exc).__name__}: {exc}", url=where)
+    if isinstance(exc, TimeoutError):
+        return StalledError(f"no data for {stall:g} s", url=where)
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return disk_full(exc)
+    return None
+
+
+__all__ = ["MIN_CHUNK_SIZE", "PROGRESS_INTERVAL", "READ_BUFSIZE", "fetch_file", "make_session"]
