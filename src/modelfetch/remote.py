@@ -1,0 +1,449 @@
+"""The daemon's client: the `Backend` methods over its HTTP API.
+
+`connect(home)` finds a running daemon through `<home>/daemon.json`; `RemoteManager` then offers
+the same async methods, return types and exceptions as a `DownloadManager` in this process, so a
+front end never needs to know which one it drives. Errors come back as the same ModelfetchError
+subclasses (the API sends each error's `kind`); a request body the daemon refuses as invalid is a
+ValueError, like the manager's own argument checks; a daemon that cannot be reached is a
+StateError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+
+from modelfetch.core import events as ev
+from modelfetch.core.errors import (
+    ERROR_KINDS,
+    ModelfetchError,
+    StateError,
+)
+from modelfetch.core.models import ItemRef
+from modelfetch.core.quant import Quant, QuantGroup
+from modelfetch.views import FileView, GroupView
+
+__all__ = ["RemoteManager", "connect", "error_from_response"]
+
+DAEMON_FILE = "daemon.json"
+_HEALTH_TIMEOUT = 1.0
+_REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=300, sock_connect=5)
+_STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5)
+
+Ref = str | int | ItemRef
+
+
+# --------------------------------------------------------------------------------- finding it
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _read_daemon_file(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return None
+    if not isinstance(data.get("pid"), int):
+        return None
+    return data
+
+
+async def connect(home: Path, *, health_timeout: float = _HEALTH_TIMEOUT) -> RemoteManager | None:
+    """The daemon serving `home`, or None when none runs. A file left by a daemon that is gone
+    (its process is dead, or nothing listens at its URL) is removed. The result is not entered
+    yet: use it as `async with`."""
+    path = home.expanduser().resolve() / DAEMON_FILE
+    info = _read_daemon_file(path)
+    if info is None:
+        return None
+    pid: int = info["pid"]
+    if not _pid_alive(pid):
+        path.unlink(missing_ok=True)
+        return None
+    token = info.get("token") if isinstance(info.get("token"), str) else None
+    url: str = info["url"]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.get(
+                f"{url}/api/health", timeout=aiohttp.ClientTimeout(total=health_timeout)
+            ) as response,
+        ):
+            health = await response.json() if response.status == 200 else None
+    except aiohttp.ClientConnectorError:
+        # Nothing listens there: the pid was reused by another process after a crash.
+        path.unlink(missing_ok=True)
+        return None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None  # alive but not answering: leave its file alone
+    if not isinstance(health, dict) or health.get("pid") != pid:
+        return None
+    return RemoteManager(url, token=token)
+
+
+# ------------------------------------------------------------------------------- the client
+
+
+def error_from_response(status: int, body: Any) -> Exception:
+    """The exception the daemon's error answer stands for."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        error = {}
+    kind = str(error.get("kind") or "")
+    message = str(error.get("message") or f"the daemon answered {status}")
+    if kind == "invalid":
+        return ValueError(message)
+    if kind in ("unauthorized", "forbidden_host"):
+        return StateError(f"the daemon refused this client: {message}")
+    if kind == "unavailable":
+        return StateError(message)
+    cls = ERROR_KINDS.get(kind)
+    if cls is None:
+        if status >= 500:
+            return RuntimeError(f"the daemon failed: {message}")
+        return ModelfetchError(message)
+    kwargs: dict[str, Any] = {}
+    if "upstream_status" in error:
+        kwargs["status"] = int(error.get("upstream_status") or 0)
+        for name in ("error_code", "retry_after"):
+            if error.get(name) is not None:
+                kwargs[name] = error[name]
+    try:
+        return cls(message, **kwargs)
+    except TypeError:  # a subclass that wants more than the daemon sent
+        return ModelfetchError(message)
+
+
+def _group_view(data: dict[str, Any]) -> GroupView:
+    file_fields = {f.name for f in dataclasses.fields(FileView)}
+    group_fields = {f.name for f in dataclasses.fields(GroupView)} - {"files"}
+    files = [
+        FileView(**{k: v for k, v in f.items() if k in file_fields}) for f in data.get("files", [])
+    ]
+    return GroupView(**{k: v for k, v in data.items() if k in group_fields}, files=files)
+
+
+def _quant_group(data: dict[str, Any]) -> QuantGroup:
+    return QuantGroup(
+        quant=Quant(data["base"], bool(data["ud"])),
+        paths=tuple(data["paths"]),
+        total_size=int(data["total_size"]),
+        shard_count=int(data["shard_count"]),
+        complete=bool(data["complete"]),
+        missing=tuple(data.get("missing", ())),
+        extra=tuple(data.get("extra", ())),
+    )
+
+
+def _ref(ref: Ref) -> ItemRef:
+    # Parsed here as the manager would, so a malformed id is the same SpecError.
+    return ref if isinstance(ref, ItemRef) else ItemRef.parse(ref)
+
+
+@dataclass
+class _Message:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+
+
+class _SSEParser:
+    """Server-Sent Events framing (the WHATWG rules a client needs), fed raw bytes."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._fields: dict[str, str] = {}
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[_Message]:
+        self._buffer += chunk
+        out: list[_Message] = []
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline == -1:
+                return out
+            line = self._buffer[:newline].rstrip(b"\r").decode("utf-8", "replace")
+            self._buffer = self._buffer[newline + 1 :]
+            if not line:
+                if self._data:
+                    out.append(
+                        _Message(
+                            event=self._fields.get("event") or "message",
+                            data="\n".join(self._data),
+                            id=self._fields.get("id"),
+                        )
+                    )
+                self._fields = {}
+                self._data = []
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                self._data.append(value)
+            elif name in ("event", "id"):
+                self._fields[name] = value
+
+
+class RemoteManager:
+    """A running daemon, driven like a DownloadManager (the `backend.Backend` methods).
+
+    Owns an aiohttp session while entered (`async with`)."""
+
+    def __init__(self, url: str, *, token: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._token = token
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"RemoteManager({self.url!r})"
+
+    async def __aenter__(self) -> Self:
+        if self._session is None:
+            headers = {"Accept": "application/json"}
+            if self._token:
+                headers["Authorization"] = f"Bearer {self._token}"
+            self._session = aiohttp.ClientSession(headers=headers, timeout=_REQUEST_TIMEOUT)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # -------------------------------------------------------------------------- plumbing
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the RemoteManager is not open (use `async with`)")
+        return self._session
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        session = self._require_session()
+        kwargs: dict[str, Any] = {"params": params}
+        if method != "GET":
+            kwargs["json"] = body if body is not None else {}
+        try:
+            async with session.request(method, f"{self.url}{path}", **kwargs) as response:
+                raw = await response.read()
+                data: Any = None
+                if raw:
+                    try:
+                        data = json.loads(raw)
+                    except ValueError:
+                        data = None
+                if response.status >= 400:
+                    raise error_from_response(response.status, data)
+                return data
+        except aiohttp.ClientError as exc:
+            raise StateError(f"the daemon at {self.url} is not answering: {exc}") from exc
+
+    # --------------------------------------------------------------------------- backend
+
+    async def add(
+        self,
+        spec: str,
+        *,
+        quant: str | None = None,
+        revision: str | None = None,
+        include: Iterable[str] = (),
+        layout: Any = "plain",
+        models_dir: Path | None = None,
+        dest_dir: Path | None = None,
+        priority: int = 0,
+    ) -> int:
+        body: dict[str, Any] = {
+            "spec": spec,
+            "quant": quant,
+            "revision": revision,
+            "include": list(include),
+            "layout": str(layout.value if hasattr(layout, "value") else layout),
+            "models_dir": str(models_dir.expanduser().absolute()) if models_dir else None,
+            "dest_dir": str(dest_dir.expanduser().absolute()) if dest_dir else None,
+            "priority": priority,
+        }
+        data = await self._call("POST", "/api/downloads", body=body)
+        return int(data["id"])
+
+    async def quants(self, repo: str, revision: str | None = None) -> list[QuantGroup]:
+        params = {"repo": repo}
+        if revision is not None:
+            params["revision"] = revision
+        data = await self._call("GET", "/api/quants", params=params)
+        return [_quant_group(q) for q in data["quants"]]
+
+    async def _act(self, ref: Ref, action: str, body: dict[str, Any] | None = None) -> None:
+        await self._call("POST", f"/api/downloads/{_ref(ref)}/{action}", body=body)
+
+    async def pause(self, ref: Ref) -> None:
+        await self._act(ref, "pause")
+
+    async def resume(self, ref: Ref) -> None:
+        await self._act(ref, "resume")
+
+    async def cancel(self, ref: Ref) -> None:
+        await self._act(ref, "cancel")
+
+    async def retry(self, ref: Ref) -> None:
+        await self._act(ref, "retry")
+
+    async def move(self, ref: Ref, position: int) -> None:
+        await self._act(ref, "move", {"position": position})
+
+    async def set_priority(self, ref: Ref, priority: int) -> None:
+        await self._act(ref, "priority", {"priority": priority})
+
+    async def pause_all(self) -> None:
+        await self._call("POST", "/api/pause-all")
+
+    async def resume_all(self) -> None:
+        await self._call("POST", "/api/resume-all")
+
+    async def forget(self, ref: Ref) -> None:
+        # The manager forgets the whole download a file id belongs to; so does this.
+        await self._call("DELETE", f"/api/downloads/{_ref(ref).group_id}")
+
+    async def forget_finished(self) -> list[int]:
+        data = await self._call("POST", "/api/forget-finished")
+        return [int(i) for i in data["forgotten"]]
+
+    async def set_limits(
+        self,
+        *,
+        max_active: int | None = None,
+        rate_limit: int | None = None,
+        max_connections: int | None = None,
+        max_connections_per_host: int | None = None,
+        connections_per_file: int | None = None,
+    ) -> None:
+        body = {
+            "max_active": max_active,
+            "rate_limit": rate_limit,
+            "max_connections": max_connections,
+            "max_connections_per_host": max_connections_per_host,
+            "connections_per_file": connections_per_file,
+        }
+        await self._call("PUT", "/api/limits", body=body)
+
+    async def set_rate_limit(self, ref: Ref, bytes_per_s: int | None) -> None:
+        """Cap one download's bandwidth (None or 0: no cap of its own), as the manager's."""
+        await self._download_limits(ref, {"rate_limit": bytes_per_s})
+
+    async def set_connections(self, ref: Ref, connections: int | None) -> None:
+        """Connections per file for one download (None: the global setting)."""
+        await self._download_limits(ref, {"connections": connections})
+
+    async def _download_limits(self, ref: Ref, body: dict[str, Any]) -> None:
+        await self._call("PUT", f"/api/downloads/{_ref(ref).group_id}/limits", body=body)
+
+    async def orphan_partials(self) -> list[Path]:
+        data = await self._call("GET", "/api/orphan-partials")
+        return [Path(p) for p in data["paths"]]
+
+    async def remove_orphan_partials(self) -> list[Path]:
+        data = await self._call("DELETE", "/api/orphan-partials")
+        return [Path(p) for p in data["paths"]]
+
+    async def snapshot(self) -> list[GroupView]:
+        data = await self._call("GET", "/api/downloads")
+        return [_group_view(g) for g in data["downloads"]]
+
+    async def group_view(self, ref: Ref) -> GroupView:
+        return _group_view(await self._call("GET", f"/api/downloads/{_ref(ref)}"))
+
+    async def wait(self, group_ids: Iterable[int]) -> None:
+        """Until every given download is settled (nothing queued, active or waiting to retry;
+        paused counts as settled), as DownloadManager.wait. Returns when the daemon stops."""
+        wanted = {int(g) for g in group_ids}
+        if not wanted:
+            return
+        statuses: dict[int, dict[str, str]] = {}
+        busy = {"queued", "active", "waiting_retry"}
+        async for event in self._stream(snapshots=True):
+            if isinstance(event, ev.Snapshot):
+                statuses = {
+                    int(item["id"]): {f["ref"]: f["status"] for f in item.get("files", [])}
+                    for item in event.items
+                    if int(item["id"]) in wanted
+                }
+            elif isinstance(event, ev.StatusChanged) and event.group_id in wanted:
+                statuses.setdefault(event.group_id, {})[event.ref] = event.status
+            else:
+                continue
+            # A download the daemon does not know counts as settled, as in the manager.
+            if not any(s in busy for files in statuses.values() for s in files.values()):
+                return
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        """Events from now on, as typed values (a `Missed` when this client fell behind;
+        ends when the daemon stops)."""
+        async for event in self._stream(snapshots=False):
+            yield event
+
+    async def _stream(self, *, snapshots: bool) -> AsyncIterator[ev.Event]:
+        session = self._require_session()
+        parser = _SSEParser()
+        try:
+            async with session.get(
+                f"{self.url}/api/events",
+                timeout=_STREAM_TIMEOUT,
+                headers={"Accept": "text/event-stream"},
+            ) as response:
+                if response.status >= 400:
+                    body: Any = None
+                    with contextlib.suppress(ValueError, aiohttp.ClientError):
+                        body = await response.json(content_type=None)
+                    raise error_from_response(response.status, body)
+                async for chunk in response.content.iter_any():
+                    for message in parser.feed(chunk):
+                        try:
+                            event = ev.from_dict(json.loads(message.data))
+                        except (ValueError, TypeError):
+                            continue  # a type this version does not know
+                        # The manager's own events() has no snapshots (a `Missed` says when
+                        # to reload one); only `wait` needs them.
+                        if isinstance(event, ev.Snapshot) and not snapshots:
+                            continue
+                        yield event
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+            return  # the daemon went away: the stream ends, as the bus does on shutdown
+        except aiohttp.ClientError as exc:
+            raise StateError(f"the daemon at {self.url} is not answering: {exc}") from exc

@@ -1,0 +1,265 @@
+"""The HTTP API's request and response bodies, as pydantic models.
+
+Requests are validated with these models (a mismatch is a 422). Responses are written from the
+engine's own views (`views.GroupView.to_dict()`), and these models describe them in the OpenAPI
+document; the tests check that both stay field-for-field the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "GROUP_STATUSES",
+    "ActionRequest",
+    "AddRequest",
+    "DownloadLimitsRequest",
+    "DownloadList",
+    "ErrorBody",
+    "ErrorResponse",
+    "FileViewModel",
+    "ForgottenResponse",
+    "GroupViewModel",
+    "HealthResponse",
+    "LimitsRequest",
+    "LimitsResponse",
+    "ListQuery",
+    "MoveRequest",
+    "OkResponse",
+    "PathsResponse",
+    "PriorityRequest",
+    "QuantList",
+    "QuantModel",
+    "QuantsQuery",
+]
+
+GroupStatusName = Literal[
+    "queued", "active", "paused", "completed", "partial", "failed", "cancelled"
+]
+GROUP_STATUSES: tuple[str, ...] = get_args(GroupStatusName)
+
+PRIORITY_LIMIT = 1_000_000
+"""Priorities and positions are bounded so they always fit the store's 64-bit integers."""
+
+
+def _absolute_path(value: str) -> str:
+    # The daemon's working directory means nothing to a client: paths must be absolute.
+    if "\x00" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    if not PurePath(value).is_absolute():
+        raise ValueError("must be an absolute path")
+    return value
+
+
+AbsolutePath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_absolute_path)]
+Priority = Annotated[int, Field(ge=-PRIORITY_LIMIT, le=PRIORITY_LIMIT)]
+
+
+class _Body(BaseModel):
+    # Strict: `true` is not the number 1 and "5" is not 5; unknown fields are mistakes.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# ---------------------------------------------------------------------------------- requests
+
+
+class AddRequest(_Body):
+    """A download to add: a spec and the options `modelfetch add` takes."""
+
+    spec: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="owner/name[:QUANT], owner/name/path.gguf, hf://..., or an http(s) URL",
+        examples=["owner/name:Q4_K_M"],
+    )
+    quant: str | None = Field(default=None, max_length=64, examples=["Q4_K_M"])
+    revision: str | None = Field(default=None, max_length=256, examples=["main"])
+    include: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="extra repo files to fetch too, by glob (e.g. mmproj-*)",
+    )
+    layout: Literal["plain", "hf-cache"] = "plain"
+    models_dir: AbsolutePath | None = Field(
+        default=None, description="root for models (default: the daemon's models directory)"
+    )
+    dest_dir: AbsolutePath | None = Field(
+        default=None, description="directory for a plain URL download"
+    )
+    priority: Priority = 0
+
+
+class ActionRequest(_Body):
+    """State-changing calls without parameters take an empty JSON object (or an empty body)."""
+
+
+class MoveRequest(_Body):
+    position: int = Field(ge=1, le=PRIORITY_LIMIT, description="1 is the front of the queue")
+
+
+class PriorityRequest(_Body):
+    priority: Priority = Field(description="higher runs first")
+
+
+class LimitsRequest(_Body):
+    """Limits for the whole daemon; an omitted (or null) field stays as it is."""
+
+    max_active: int | None = Field(default=None, ge=1, le=256, description="files at once")
+    rate_limit: int | None = Field(
+        default=None, ge=0, le=1 << 50, description="bytes/s over every download; 0: unlimited"
+    )
+    max_connections: int | None = Field(
+        default=None, ge=1, le=1024, description="connections at once over every download"
+    )
+    max_connections_per_host: int | None = Field(
+        default=None, ge=0, le=1024, description="connections at once to one host; 0: no cap"
+    )
+    connections_per_file: int | None = Field(
+        default=None, ge=1, le=64, description="ranged connections per large file"
+    )
+
+
+class DownloadLimitsRequest(_Body):
+    """Limits of one download; an omitted field stays as it is, null removes it."""
+
+    rate_limit: int | None = Field(
+        default=None, ge=0, le=1 << 50, description="bytes/s for this download; 0 or null: none"
+    )
+    connections: int | None = Field(
+        default=None, ge=1, le=64, description="connections per file; null: the global setting"
+    )
+
+
+class ListQuery(_Body):
+    status: list[GroupStatusName] | None = Field(
+        default=None,
+        min_length=1,
+        description="only downloads in these states (repeat the parameter or separate by commas)",
+    )
+    q: str | None = Field(
+        default=None, max_length=512, description="case-insensitive text in the name, spec or files"
+    )
+
+
+class QuantsQuery(_Body):
+    repo: str = Field(min_length=1, max_length=512, examples=["owner/name"])
+    revision: str | None = Field(default=None, max_length=256)
+
+
+# --------------------------------------------------------------------------------- responses
+
+
+class FileViewModel(BaseModel):
+    """One file of a download (mirrors `views.FileView`)."""
+
+    ref: str = Field(description='"12.3": file 3 of download 12')
+    name: str
+    status: Literal[
+        "queued", "active", "paused", "waiting_retry", "completed", "failed", "cancelled"
+    ]
+    dest: str
+    url: str
+    position: int | None = Field(description="place among waiting files, 1 first")
+    downloaded: int
+    total: int | None
+    speed: float | None = Field(description="bytes/s; null while unknown")
+    eta: float | None = Field(description="seconds; null while unknown")
+    attempts: int
+    error_kind: str | None
+    error_message: str | None
+    retry_at: float | None = Field(description="epoch seconds of the next attempt")
+    pause_reason: str | None
+    sha256: str | None
+    idle_for: float | None = Field(description="seconds since the last byte, while active")
+
+
+class GroupViewModel(BaseModel):
+    """One download: a model (its shards and extra files) or a URL (mirrors `views.GroupView`)."""
+
+    id: int
+    name: str
+    spec: str
+    status: GroupStatusName
+    dest_dir: str
+    position: int | None = Field(description="place among waiting downloads, 1 first")
+    downloaded: int
+    total: int | None
+    speed: float | None
+    eta: float | None
+    created_at: float
+    finished_at: float | None
+    files: list[FileViewModel]
+
+
+class DownloadList(BaseModel):
+    seq: int = Field(description="the last event seq this list reflects (for /api/events?since=)")
+    downloads: list[GroupViewModel]
+
+
+class ErrorBody(BaseModel):
+    kind: str = Field(
+        description="a modelfetch error kind (spec, unknown_item, not_found, ...), or one of "
+        "invalid, unauthorized, forbidden_host, unsupported_media_type, "
+        "method_not_allowed, route_not_found, unavailable, internal"
+    )
+    message: str
+    accepted_forms: str | None = Field(default=None, description="with kind=spec")
+    details: list[dict[str, Any]] | None = Field(default=None, description="with kind=invalid")
+    upstream_status: int | None = Field(default=None, description="the Hub's HTTP status")
+    error_code: str | None = Field(default=None, description="the Hub's X-Error-Code")
+    retry_after: float | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class OkResponse(BaseModel):
+    ok: bool = True
+
+
+class ForgottenResponse(BaseModel):
+    forgotten: list[int]
+
+
+class PathsResponse(BaseModel):
+    paths: list[str]
+
+
+class LimitsResponse(BaseModel):
+    max_active: int
+    rate_limit: int | None = Field(description="bytes/s over every download; null: unlimited")
+    max_connections: int
+    max_connections_per_host: int = Field(description="0: no per-host cap")
+    connections_per_file: int
+
+
+class QuantModel(BaseModel):
+    name: str = Field(examples=["Q4_K_M", "UD-Q4_K_M"])
+    base: str
+    ud: bool
+    paths: list[str]
+    total_size: int
+    shard_count: int
+    complete: bool
+    missing: list[str]
+    extra: list[str]
+    description: str
+
+
+class QuantList(BaseModel):
+    repo: str
+    revision: str | None
+    quants: list[QuantModel]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    version: str
+    pid: int
+    home: str
+    started_at: float
+    seq: int

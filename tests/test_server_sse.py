@@ -1,0 +1,275 @@
+"""The live event stream (/api/events): ids, replay on reconnect, snapshots, keep-alive, slow
+clients and shutdown, against a real daemon on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from modelfetch.bus import EventBus
+from modelfetch.core import events as ev
+from modelfetch.manager import DownloadManager
+from modelfetch.server import app as server_app
+from modelfetch.testing.fakehub import SAMPLE_REPO, Fault
+
+from .test_server_api import Daemon, run_daemon
+
+MiB = 1 << 20
+
+
+@dataclass
+class Message:
+    id: int | None
+    event: str
+    data: dict[str, Any]
+
+
+@dataclass
+class EventReader:
+    """Reads SSE messages from a response, keeping comment lines aside."""
+
+    response: aiohttp.ClientResponse
+    comments: list[str] = field(default_factory=list)
+    retry: int | None = None
+
+    async def next(self, timeout: float = 10.0) -> Message:
+        fields: dict[str, str] = {}
+        data: list[str] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self.response.content.readline()
+                if not raw:
+                    raise EOFError("the stream ended")
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith(":"):
+                    self.comments.append(line)
+                    continue
+                if not line:
+                    if data:
+                        return Message(
+                            id=int(fields["id"]) if "id" in fields else None,
+                            event=fields.get("event", "message"),
+                            data=json.loads("\n".join(data)),
+                        )
+                    continue
+                name, _, value = line.partition(": ")
+                if name == "data":
+                    data.append(value)
+                elif name == "retry":
+                    self.retry = int(value)
+                else:
+                    fields[name] = value
+
+    async def until(self, event: str, timeout: float = 10.0) -> Message:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.next()
+                if message.event == event:
+                    return message
+
+
+@contextlib.asynccontextmanager
+async def open_stream(
+    daemon: Daemon, *, last_event_id: int | str | None = None, query: str = ""
+) -> AsyncIterator[EventReader]:
+    headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+    async with daemon.session.get(f"{daemon.url}/api/events{query}", headers=headers) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        yield EventReader(response)
+
+
+@pytest.fixture(autouse=True)
+def _no_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODELFETCH_TOKEN", raising=False)
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    async with run_daemon(tmp_path) as running:
+        yield running
+
+
+async def add_and_finish(daemon: Daemon, spec: str = SAMPLE_REPO) -> int:
+    gid = await daemon.manager.add(spec)
+    async with asyncio.timeout(20):
+        await daemon.manager.wait([gid])
+    return gid
+
+
+async def test_a_stream_starts_with_a_snapshot_then_events_with_ids(daemon: Daemon) -> None:
+    gid = await add_and_finish(daemon)
+    async with open_stream(daemon) as reader:
+        snapshot = await reader.next()
+        assert reader.retry is not None
+        assert snapshot.event == "snapshot"
+        assert snapshot.id == daemon.manager.bus.last_seq == snapshot.data["seq"]
+        _, listing = await daemon.call("GET", "/api/downloads")
+        assert snapshot.data["items"] == listing["downloads"]
+        assert [item["id"] for item in snapshot.data["items"]] == [gid]
+
+        second = await daemon.manager.add(f"{SAMPLE_REPO}:Q8_0")
+        seen: list[Message] = []
+        while not seen or seen[-1].event != "group_finished":
+            seen.append(await reader.next())
+    ids = [m.id for m in seen]
+    assert ids == list(range(snapshot.id + 1, snapshot.id + 1 + len(ids)))
+    for message in seen:
+        assert message.event == message.data["type"]
+        assert message.id == message.data["seq"]
+        assert isinstance(ev.from_dict(message.data), ev.Event)
+    types = [m.event for m in seen]
+    assert types[0] == "group_queued" and seen[0].data["group_id"] == second
+    assert {"status_changed", "file_started", "file_completed"} <= set(types)
+
+
+async def test_last_event_id_replays_exactly_what_was_missed(daemon: Daemon) -> None:
+    async with open_stream(daemon) as reader:
+        seen_until = (await reader.next()).id
+    assert seen_until is not None
+    await add_and_finish(daemon)  # events the client was not there for
+    missed = daemon.manager.bus.history_since(seen_until)
+    assert missed is not None and len(missed) > 5
+
+    for how in ("header", "query"):
+        if how == "header":
+            stream = open_stream(daemon, last_event_id=seen_until)
+        else:
+            stream = open_stream(daemon, query=f"?since={seen_until}")
+        async with stream as reader:
+            replayed = [await reader.next() for _ in missed]
+            assert [(m.id, m.event) for m in replayed] == [(e.seq, e.type) for e in missed]
+            assert [m.data for m in replayed] == [ev.to_dict(e) for e in missed]
+            # Then live events continue the sequence with no snapshot in between.
+            daemon.manager.bus.publish(ev.Notice(message="still here"))
+            live = await reader.next()
+            assert (live.event, live.id) == ("notice", missed[-1].seq + 1)
+
+
+async def test_an_id_too_old_or_from_an_earlier_run_gets_a_snapshot_first(
+    tmp_path: Path,
+) -> None:
+    def small_history(manager: DownloadManager) -> None:
+        manager.bus = EventBus(history=4)
+
+    async with run_daemon(tmp_path, manager_setup=small_history) as daemon:
+        await add_and_finish(daemon)
+        last = daemon.manager.bus.last_seq
+        assert last > 6
+        for stale in (1, last + 1000, "not-a-number"):
+            async with open_stream(daemon, last_event_id=stale) as reader:
+                first = await reader.next()
+                assert (first.event, first.id) == ("snapshot", last), stale
+                assert len(first.data["items"]) == 1
+                daemon.manager.bus.publish(ev.Notice(message="next"))
+                after = await reader.next()
+                assert first.id is not None and after.id == first.id + 1
+                assert after.event == "notice"
+                last = after.id
+
+
+async def test_keep_alive_comments_while_idle(tmp_path: Path) -> None:
+    async with run_daemon(tmp_path, keepalive=0.1) as daemon, open_stream(daemon) as reader:
+        await reader.next()  # the snapshot
+        with pytest.raises(TimeoutError):
+            await reader.next(timeout=0.5)
+        assert len(reader.comments) >= 2
+        assert all(c.startswith(": keep-alive") for c in reader.comments)
+
+
+async def test_a_client_that_falls_behind_gets_missed_then_a_fresh_snapshot(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_app, "_SSE_BUFFER", 4)
+    async with open_stream(daemon) as reader:
+        await reader.next()
+        # A burst with no chance for the stream's task to run in between.
+        for n in range(50):
+            daemon.manager.bus.publish(ev.Notice(message=f"burst {n}"))
+        missed = await reader.next()
+        assert missed.event == "missed" and missed.data["count"] == 46
+        fresh = await reader.next()
+        assert fresh.event == "snapshot" and fresh.id == daemon.manager.bus.last_seq
+        daemon.manager.bus.publish(ev.Notice(message="after"))
+        after = await reader.next()
+        assert (after.event, after.id) == ("notice", fresh.id + 1)
+
+
+async def test_a_client_that_stops_reading_neither_slows_downloads_nor_stays_forever(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_app, "_SSE_BUFFER", 8)
+    monkeypatch.setattr(server_app, "_SSE_WRITE_TIMEOUT", 0.5)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", daemon.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(
+        f"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:{daemon.port}\r\n\r\n".encode("ascii")
+    )
+    await writer.drain()
+    try:
+        # Far more than the socket buffers hold, while a download runs.
+        daemon.hub.add_fault(Fault("throttle", origin="cdn", rate=8 * MiB))
+        gid = await daemon.manager.add(SAMPLE_REPO)
+        big = "x" * 60_000
+        for n in range(300):
+            daemon.manager.bus.publish(ev.Notice(message=f"{n} {big}"))
+            await asyncio.sleep(0)
+        async with asyncio.timeout(20):
+            await daemon.manager.wait([gid])
+        assert (await daemon.manager.group_view(gid)).status == "completed"
+        # Its socket stayed full for longer than the write timeout, so it was dropped:
+        # reading now reaches the end of the connection instead of a live stream.
+        await asyncio.sleep(4 * server_app._SSE_WRITE_TIMEOUT)
+        async with asyncio.timeout(10):
+            while await reader.read(1 << 20):
+                pass
+    finally:
+        writer.close()
+
+
+async def test_streams_end_cleanly_when_the_server_stops(daemon: Daemon) -> None:
+    async with open_stream(daemon) as first, open_stream(daemon) as second:
+        await first.next()
+        await second.next()
+        daemon.task.cancel()
+        async with asyncio.timeout(2):
+            for reader in (first, second):
+                with pytest.raises((EOFError, aiohttp.ClientPayloadError)):
+                    await reader.next()
+            with contextlib.suppress(asyncio.CancelledError):
+                await daemon.task
+    assert not (daemon.home / "daemon.json").exists()
+
+
+async def test_streams_end_when_the_manager_shuts_down(daemon: Daemon) -> None:
+    async with open_stream(daemon) as reader:
+        await reader.next()
+        await daemon.manager.shutdown()
+        async with asyncio.timeout(5):
+            with pytest.raises((EOFError, aiohttp.ClientPayloadError)):
+                await reader.next()
+    status, error = await daemon.call("GET", "/api/events")
+    assert (status, error["error"]["kind"]) == (503, "unavailable")
+
+
+async def test_the_stream_takes_the_token_in_the_query(tmp_path: Path) -> None:
+    token = "sse-token-0123456789abcdef"
+    async with run_daemon(tmp_path, token=token) as daemon, aiohttp.ClientSession() as anonymous:
+        async with anonymous.get(f"{daemon.url}/api/events") as response:
+            assert response.status == 401
+        async with anonymous.get(f"{daemon.url}/api/events?token={token}") as response:
+            assert response.status == 200
+            message = await EventReader(response).next()
+            assert message.event == "snapshot"
