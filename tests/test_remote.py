@@ -16,6 +16,7 @@ from aiohttp import web
 from modelfetch.backend import Backend, open_backend
 from modelfetch.core import events as ev
 from modelfetch.core.errors import (
+    ConflictError,
     ModelfetchError,
     NotFoundError,
     SpecError,
@@ -271,7 +272,7 @@ async def test_errors_come_back_as_the_same_classes(daemon: Daemon, remote: Remo
     live = await remote.add(SAMPLE_REPO)
     with pytest.raises(ModelfetchError, match="cancel it first") as conflict:
         await remote.forget(live)
-    assert type(conflict.value) is ModelfetchError
+    assert type(conflict.value) is ConflictError
 
     # The same calls in-process raise the same classes.
     for call in (
@@ -281,7 +282,7 @@ async def test_errors_come_back_as_the_same_classes(daemon: Daemon, remote: Remo
     ):
         with pytest.raises(ModelfetchError) as local:
             await call()
-        assert type(local.value) in (UnknownItemError, SpecError, ModelfetchError)
+        assert type(local.value) in (UnknownItemError, SpecError, ConflictError)
 
 
 def test_error_bodies_map_to_exceptions() -> None:

@@ -279,7 +279,7 @@ async def test_move_and_priority(daemon: Daemon) -> None:
     # Moving what is not waiting in the queue any more is a conflict; an unknown id is a 404.
     await daemon.call("POST", f"/api/downloads/{third['id']}/cancel")
     status, error = await daemon.call("POST", f"/api/downloads/{third['id']}/move", {"position": 1})
-    assert (status, error["error"]["kind"]) == (409, "unknown_item")
+    assert (status, error["error"]["kind"]) == (409, "conflict")
     status, error = await daemon.call("POST", "/api/downloads/77/move", {"position": 1})
     assert (status, error["error"]["kind"]) == (404, "unknown_item")
     status, error = await daemon.call("POST", "/api/downloads/77/priority", {"priority": 1})
@@ -442,7 +442,7 @@ async def test_forget(daemon: Daemon) -> None:
     _, view = await daemon.call("POST", "/api/downloads", {"spec": SAMPLE_Q8})
     gid = view["id"]
     status, error = await daemon.call("DELETE", f"/api/downloads/{gid}")
-    assert (status, error["error"]["kind"]) == (409, "error")
+    assert (status, error["error"]["kind"]) == (409, "conflict")
     assert "cancel it first" in error["error"]["message"]
     status, error = await daemon.call("DELETE", f"/api/downloads/{gid}.1")
     assert (status, error["error"]["kind"]) == (400, "spec")

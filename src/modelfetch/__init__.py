@@ -12,6 +12,7 @@ from modelfetch._version import __version__
 from modelfetch.core import events
 from modelfetch.core.errors import (
     AuthRequiredError,
+    ConflictError,
     DiskFullError,
     ForbiddenError,
     GatedError,
@@ -40,6 +41,7 @@ from modelfetch.views import FileView, GroupView
 
 __all__ = [
     "AuthRequiredError",
+    "ConflictError",
     "DiskFullError",
     "DownloadManager",
     "FileRequest",

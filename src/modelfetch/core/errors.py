@@ -6,6 +6,7 @@
     ├── StateError                 the state directory or database cannot be used
     │   └── StateLockedError       another process owns the state directory
     ├── UnknownItemError           an id that names nothing in the queue
+    ├── ConflictError              the item exists but is not in a state that allows this
     └── TransferError              one file could not be fetched; the retry policy decides what next
         ├── NetworkError           reset, refused, name resolution, protocol garbage
         │   ├── StalledError       no bytes for the stall timeout
@@ -63,6 +64,10 @@ class StateLockedError(StateError):
 
 class UnknownItemError(ModelfetchError):
     kind = "unknown_item"
+
+
+class ConflictError(ModelfetchError):
+    kind = "conflict"
 
 
 class TransferError(ModelfetchError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from modelfetch.core.errors import SpecError
+from modelfetch.core.errors import SpecError, UnknownItemError
 
 
 class FileStatus(enum.StrEnum):
@@ -88,6 +88,9 @@ def derive_group_status(statuses: list[FileStatus]) -> GroupStatus:
     return GroupStatus.CANCELLED
 
 
+MAX_ID = (1 << 63) - 1  # SQLite's integers: a larger id can name nothing
+
+
 @dataclass(frozen=True, slots=True)
 class ItemRef:
     """`12` (group 12) or `12.3` (file 3 of group 12)."""
@@ -97,9 +100,7 @@ class ItemRef:
 
     @classmethod
     def parse(cls, text: str | int) -> ItemRef:
-        if isinstance(text, int):
-            return cls(text)
-        raw = text.strip()
+        raw = str(text).strip()
         head, dot, tail = raw.partition(".")
         try:
             gid = int(head)
@@ -107,9 +108,11 @@ class ItemRef:
         except ValueError:
             raise SpecError(
                 f"not an id: {text!r} (use 12 for a download, 12.3 for one of its files)"
-            )
+            ) from None
         if gid < 1 or (idx is not None and idx < 1):
             raise SpecError(f"not an id: {text!r} (ids start at 1)")
+        if gid > MAX_ID or (idx is not None and idx > MAX_ID):
+            raise UnknownItemError(f"no download with id {raw}")
         return cls(gid, idx)
 
     def __str__(self) -> str:

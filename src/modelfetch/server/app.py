@@ -85,6 +85,7 @@ STATUS_BY_KIND: dict[str, int] = {
     "spec": 400,
     "unsafe_path": 400,
     "unknown_item": 404,
+    "conflict": 409,
     "error": 409,  # the root class: "not in this state" (e.g. forgetting a live download)
     # The daemon's own state directory is unusable.
     "state": 503,
