@@ -1,0 +1,314 @@
+"""The effective settings of one command: flags, then environment, then a TOML file, then defaults.
+
+    flag            environment              config.toml     default
+    --home          MODELFETCH_HOME          home            the platform's data dir for modelfetch
+    --dir           MODELFETCH_MODELS_DIR    models_dir      <home>/models
+    --jobs          MODELFETCH_MAX_ACTIVE    max_active      3
+    --layout        MODELFETCH_LAYOUT        layout          plain
+                    HF_ENDPOINT              hf_endpoint     https://huggingface.co
+                    HF_TOKEN (and what       hf_token        none
+                    huggingface_hub reads)
+                                             stall_timeout   30 (seconds)
+
+The file is `<home>/config.toml` when the home directory was given by `--home` or
+`MODELFETCH_HOME`, else `$XDG_CONFIG_HOME/modelfetch/config.toml` (`~/.config/...`); only that
+file may set `home`. `Config.sources` says where each value came from, for `modelfetch config`.
+The token is never part of a repr or of `describe()`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from modelfetch.core.errors import ModelfetchError, SpecError
+from modelfetch.core.spec import DEFAULT_ENDPOINT
+
+if TYPE_CHECKING:
+    from modelfetch.hub import HubConfig
+
+__all__ = [
+    "DEFAULT_MAX_ACTIVE",
+    "Config",
+    "ConfigError",
+    "FileSettings",
+    "Overrides",
+    "load_config",
+    "mask_token",
+    "user_config_path",
+]
+
+DEFAULT_MAX_ACTIVE = 3
+DEFAULT_STALL_TIMEOUT = 30.0
+LayoutName = Literal["plain", "hf-cache"]
+_LAYOUTS: tuple[str, ...] = ("plain", "hf-cache")
+
+ENV_HOME = "MODELFETCH_HOME"
+ENV_MODELS_DIR = "MODELFETCH_MODELS_DIR"
+ENV_MAX_ACTIVE = "MODELFETCH_MAX_ACTIVE"
+ENV_LAYOUT = "MODELFETCH_LAYOUT"
+
+
+class ConfigError(ModelfetchError):
+    """A setting that cannot be used: a malformed value in a flag, variable or config file."""
+
+    kind = "config"
+
+
+class FileSettings(BaseModel):
+    """What `config.toml` may contain. Unknown keys are refused (a typo should not be silent)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path | None = None
+    models_dir: Path | None = None
+    max_active: int | None = Field(default=None, ge=1, le=64)
+    layout: LayoutName | None = None
+    hf_endpoint: str | None = None
+    hf_token: SecretStr | None = None
+    stall_timeout: float | None = Field(default=None, gt=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Values given as flags on the command line (None: not given)."""
+
+    home: Path | None = None
+    models_dir: Path | None = None
+    max_active: int | None = None
+    layout: str | None = None
+
+
+class Config(BaseModel):
+    """The effective settings. `manager_kwargs()` is what `open_backend` / DownloadManager take."""
+
+    model_config = ConfigDict(frozen=True)
+
+    home: Path
+    models_dir: Path
+    max_active: int = Field(ge=1)
+    layout: LayoutName
+    hf_endpoint: str
+    hf_token: SecretStr | None = None
+    stall_timeout: float = Field(gt=0)
+    config_file: Path
+    config_file_found: bool = False
+    sources: dict[str, str] = Field(default_factory=dict)
+
+    def hub_config(self) -> HubConfig:
+        """Where the Hub is and the token to show it."""
+        from modelfetch.hub import HubConfig
+
+        token = self.hf_token.get_secret_value() if self.hf_token is not None else None
+        return HubConfig(self.hf_endpoint, token)
+
+    def manager_kwargs(self, **extra: Any) -> dict[str, Any]:
+        """`home`, `settings`, `hub` and `models_dir` for DownloadManager / open_backend."""
+        from modelfetch.manager import ManagerSettings
+
+        settings = ManagerSettings(max_active=self.max_active, stall_timeout=self.stall_timeout)
+        return {
+            "home": self.home,
+            "settings": settings,
+            "hub": self.hub_config(),
+            "models_dir": self.models_dir,
+            **extra,
+        }
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, value as shown, where it came from) for every setting; the token masked."""
+        token = self.hf_token.get_secret_value() if self.hf_token is not None else None
+        rows = [
+            ("home", str(self.home)),
+            ("models_dir", str(self.models_dir)),
+            ("max_active", str(self.max_active)),
+            ("layout", self.layout),
+            ("hf_endpoint", self.hf_endpoint),
+            ("hf_token", mask_token(token)),
+            ("stall_timeout", f"{self.stall_timeout:g} s"),
+        ]
+        return [(name, value, self.sources.get(name, "default")) for name, value in rows]
+
+
+def mask_token(token: str | None) -> str:
+    """`hf_…wxyz` for a long token, `***` for a short one, `(none)` without one."""
+    if not token:
+        return "(none)"
+    if len(token) < 12:
+        return "***"
+    prefix = "hf_" if token.startswith("hf_") else ""
+    return f"{prefix}…{token[-4:]}"
+
+
+def user_config_path(environ: Mapping[str, str] = os.environ) -> Path:
+    base = environ.get("XDG_CONFIG_HOME") or "~/.config"
+    return Path(base).expanduser() / "modelfetch" / "config.toml"
+
+
+def _default_home() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("modelfetch"))
+
+
+def _read_file(path: Path) -> FileSettings | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return FileSettings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        problem = "unknown setting" if first["type"] == "extra_forbidden" else first["msg"]
+        known = ", ".join(FileSettings.model_fields)
+        raise ConfigError(f"{path}: {where}: {problem} (settings: {known})") from None
+
+
+def _env_int(environ: Mapping[str, str], name: str) -> int | None:
+    text = environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+def _check_layout(value: str, where: str) -> LayoutName:
+    if value not in _LAYOUTS:
+        raise ConfigError(f"{where}: unknown layout {value!r} (use plain or hf-cache)")
+    return "plain" if value == "plain" else "hf-cache"
+
+
+def _token_source(environ: Mapping[str, str]) -> str:
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if environ.get(name, "").strip():
+            return name
+    if environ.get("HF_TOKEN_PATH"):
+        return f"HF_TOKEN_PATH ({environ['HF_TOKEN_PATH']})"
+    if environ.get("HF_HOME"):
+        return f"$HF_HOME/token ({environ['HF_HOME']}/token)"
+    return "huggingface_hub's token file"
+
+
+def load_config(
+    overrides: Overrides | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Combine flags, environment, the config file and defaults. ConfigError if any is unusable."""
+    flags = overrides or Overrides()
+    env = os.environ if environ is None else environ
+    sources: dict[str, str] = {}
+
+    home: Path | None = None
+    if flags.home is not None:
+        home, sources["home"] = flags.home, "--home"
+    elif env.get(ENV_HOME, "").strip():
+        home, sources["home"] = Path(env[ENV_HOME].strip()), ENV_HOME
+    config_file = (home.expanduser() / "config.toml") if home is not None else user_config_path(env)
+    file = _read_file(config_file)
+    found = file is not None
+    file = file or FileSettings()
+    from_file = str(config_file)
+    if home is None:
+        if file.home is not None:
+            home, sources["home"] = file.home, from_file
+        else:
+            home = _default_home()
+    home = home.expanduser().absolute()
+
+    models_dir: Path
+    if flags.models_dir is not None:
+        models_dir, sources["models_dir"] = flags.models_dir, "--dir"
+    elif env.get(ENV_MODELS_DIR, "").strip():
+        models_dir, sources["models_dir"] = Path(env[ENV_MODELS_DIR].strip()), ENV_MODELS_DIR
+    elif file.models_dir is not None:
+        models_dir, sources["models_dir"] = file.models_dir, from_file
+    else:
+        models_dir = home / "models"
+    models_dir = models_dir.expanduser().absolute()
+
+    max_active = DEFAULT_MAX_ACTIVE
+    env_max = _env_int(env, ENV_MAX_ACTIVE)
+    if flags.max_active is not None:
+        if flags.max_active < 1:
+            raise ConfigError(f"--jobs must be at least 1, not {flags.max_active}")
+        max_active, sources["max_active"] = flags.max_active, "--jobs"
+    elif env_max is not None:
+        max_active, sources["max_active"] = env_max, ENV_MAX_ACTIVE
+    elif file.max_active is not None:
+        max_active, sources["max_active"] = file.max_active, from_file
+
+    layout: LayoutName = "plain"
+    if flags.layout is not None:
+        layout, sources["layout"] = _check_layout(flags.layout, "--layout"), "--layout"
+    elif env.get(ENV_LAYOUT, "").strip():
+        layout = _check_layout(env[ENV_LAYOUT].strip(), ENV_LAYOUT)
+        sources["layout"] = ENV_LAYOUT
+    elif file.layout is not None:
+        layout, sources["layout"] = file.layout, from_file
+
+    # The Hub settings read exactly as huggingface_hub reads them (HF_ENDPOINT, HF_TOKEN, its
+    # legacy name, and its token file); the config file fills in only what they leave unset.
+    from modelfetch.hub import hub_config_from_env
+
+    try:
+        hub = hub_config_from_env(env)
+    except SpecError as exc:
+        raise ConfigError(exc.message) from None
+    endpoint = hub.endpoint
+    if env.get("HF_ENDPOINT", "").strip():
+        sources["hf_endpoint"] = "HF_ENDPOINT"
+    elif file.hf_endpoint is not None:
+        endpoint, sources["hf_endpoint"] = file.hf_endpoint.strip().rstrip("/"), from_file
+    else:
+        endpoint = DEFAULT_ENDPOINT
+    _check_endpoint(endpoint, sources.get("hf_endpoint", "default"))
+
+    token: SecretStr | None = None
+    if hub.token is not None:
+        token, sources["hf_token"] = SecretStr(hub.token), _token_source(env)
+    elif file.hf_token is not None and file.hf_token.get_secret_value().strip():
+        token = SecretStr(file.hf_token.get_secret_value().strip())
+        sources["hf_token"] = from_file
+
+    stall_timeout = DEFAULT_STALL_TIMEOUT
+    if file.stall_timeout is not None:
+        stall_timeout, sources["stall_timeout"] = file.stall_timeout, from_file
+
+    return Config(
+        home=home,
+        models_dir=models_dir,
+        max_active=max_active,
+        layout=layout,
+        hf_endpoint=endpoint,
+        hf_token=token,
+        stall_timeout=stall_timeout,
+        config_file=config_file,
+        config_file_found=found,
+        sources=sources,
+    )
+
+
+def _check_endpoint(endpoint: str, where: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: the Hub endpoint must be an http(s) URL, not {endpoint!r}")
