@@ -47,6 +47,7 @@ def file_view(index: int = 1, **changes: Any) -> FileView:
         retry_at=None,
         pause_reason=None,
         sha256=None,
+        verified=False,
         idle_for=0.2,
     )
     return dataclasses.replace(base, **changes)

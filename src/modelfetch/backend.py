@@ -42,7 +42,15 @@ class Backend(Protocol):
     async def resume_all(self) -> None: ...
     async def forget(self, ref: Ref) -> None: ...
     async def forget_finished(self) -> list[int]: ...
-    async def set_limits(self, *, max_active: int | None = None) -> None: ...
+    async def set_limits(
+        self,
+        *,
+        max_active: int | None = None,
+        rate_limit: int | None = None,
+        max_connections: int | None = None,
+        max_connections_per_host: int | None = None,
+        connections_per_file: int | None = None,
+    ) -> None: ...
     async def orphan_partials(self) -> list[Path]: ...
     async def remove_orphan_partials(self) -> list[Path]: ...
     async def snapshot(self) -> list[GroupView]: ...
@@ -55,16 +63,13 @@ class Backend(Protocol):
 async def open_backend(*, home: Path, **manager_kwargs: Any) -> AsyncIterator[Backend]:
     """The daemon for `home` if one is running, else a manager in this process
     (`manager_kwargs` go to DownloadManager; `workers=False` edits the queue without running it)."""
-    try:
-        from modelfetch.remote import connect
-    except ImportError:  # the daemon client is optional until it exists
-        connect = None
-    if connect is not None:
-        remote = await connect(home)
-        if remote is not None:
-            async with remote:
-                yield remote
-            return
+    from modelfetch.remote import connect
+
+    remote = await connect(home)
+    if remote is not None:
+        async with remote:
+            yield remote
+        return
     from modelfetch.manager import DownloadManager
 
     async with DownloadManager(home=home, **manager_kwargs) as manager:

@@ -24,6 +24,7 @@ class FileView:
     retry_at: float | None
     pause_reason: str | None
     sha256: str | None
+    verified: bool  # completed and checked against the digest the Hub (or server) listed
     idle_for: float | None  # seconds since the last byte, while active
 
 

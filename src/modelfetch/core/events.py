@@ -112,6 +112,7 @@ class FileCompleted(Event):
     path: str
     sha256: str
     size: int
+    verified: bool = False  # checked against a digest the server or the Hub listed
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

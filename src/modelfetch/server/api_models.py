@@ -173,6 +173,7 @@ class FileViewModel(BaseModel):
     retry_at: float | None = Field(description="epoch seconds of the next attempt")
     pause_reason: str | None
     sha256: str | None
+    verified: bool = Field(description="completed and checked against the listed digest")
     idle_for: float | None = Field(description="seconds since the last byte, while active")
 
 
