@@ -64,6 +64,7 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]*)*)")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
+_MAX_SIZE = 1 << 50  # 1 PiB: no model file is larger; beyond it a listed size is a lie
 _MAX_BODY = 64 << 20  # a tree page is kilobytes; refuse to buffer a runaway body
 
 
@@ -308,7 +309,7 @@ class HubClient:
         reply = await self._with_retries(url, what)
         try:
             data = json.loads(reply.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # Recursion: absurd nesting
             kind = reply.headers.get("Content-Type", "no content type")
             raise self._malformed(
                 str(reply.url),
@@ -456,7 +457,7 @@ class HubClient:
         path, size, oid, lfs = item.get("path"), item.get("size"), item.get("oid"), item.get("lfs")
         if not isinstance(path, str) or not path:
             raise self._malformed(url, what, "a tree entry has no path")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= _MAX_SIZE:
             raise self._malformed(url, what, f"{path!r} has no valid size")
         if not isinstance(oid, str) or not _HEX40.fullmatch(oid.lower()):
             raise self._malformed(url, what, f"{path!r} has no valid git oid")

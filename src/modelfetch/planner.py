@@ -94,6 +94,7 @@ class Planner:
             await self._check_gate(resolved, chosen[0])
         extras = _included(resolved, options.include, {e.path for e in chosen})
         files = tuple(self._file_request(resolved, entry, options) for entry in (*chosen, *extras))
+        _refuse_shared_destinations(files)
         return GroupRequest(
             name=name,
             files=files,
@@ -199,6 +200,19 @@ class Planner:
         except TransferError:
             raise
         return fallback, None
+
+
+def _refuse_shared_destinations(files: tuple[FileRequest, ...]) -> None:
+    """Two repo paths that land in one file on disk (equal once Unicode-normalised) would race
+    on one `.part`: refuse the plan, naming both."""
+    seen: dict[Path | None, str] = {}
+    for f in files:
+        key = f.dest
+        if key in seen:
+            raise SpecError(
+                f"{seen[key]!r} and {f.path!r} would be written to the same file; refusing both"
+            )
+        seen[key] = f.path
 
 
 def _choose_model_files(
