@@ -1,21 +1,35 @@
-"""Single-stream throughput of modelfetch's transfer against the curl CLI, from nginx on loopback.
+"""modelfetch against curl and aria2c, from nginx on loopback: `make bench`.
 
-    python benchmarks/bench_transfer.py [--size-mib 1024] [--runs 3]
+    python benchmarks/bench_transfer.py [--runs 3] [--size-mib 1024] [--cases 1,2,3,4]
+                                        [--markdown FILE]
 
-A file of random bytes is generated once and cached under .bench/ (git-ignored). nginx (installed
-with apt-get when missing) serves it from a scratch config on a free loopback port. The runs
-alternate modelfetch (`fetch_file` with `expected_sha256`, i.e. verification on) and
-`curl -s -o <file>`; before each: the destination is deleted, `sync`, a 0.3 s pause. Prints each
-run's MiB/s, the medians, and the ratio modelfetch/curl. Loopback numbers on a shared 2-CPU box
-vary by ±30% between runs: read the medians, and only trust differences well beyond that.
+Cases (each tool run `--runs` times, tools alternating, the order rotated every round):
+  1. one 1 GiB file, unthrottled: modelfetch vs `curl -o`, `curl -o` + hashlib SHA-256 of the
+     result ("curl+verify": modelfetch always verifies, curl never does), `aria2c -x1` and
+     `aria2c -x8 -s8 -k1M`;
+  2. the same file from a server that caps each connection (nginx `limit_rate 25m`):
+     modelfetch vs `aria2c -x8 -s8 -k1M`;
+  3. 200 files of 256 KiB: modelfetch (a DownloadManager with max_active 16: queue, SQLite
+     store, events, SHA-256 of every file) vs `aria2c -j16 -i list` (no verification);
+  4. peak RSS of modelfetch during case 1, and of a manager working a queue of 1,000 items.
+
+Every tool runs as its own process and is timed from spawn to exit (modelfetch therefore pays
+its interpreter start and imports, as a command-line user would); modelfetch also reports the
+time its work took inside the process. Before each run: destination deleted, `sync`, 0.3 s pause.
+Source files are random bytes generated once under .bench/ (git-ignored) and served by nginx
+(apt-get installs it when missing) from a scratch config: one worker, sendfile on.
+
+Loopback numbers on a shared 2-CPU machine swing by +-30% between runs: read the medians, note
+the load average printed with them, and distrust differences smaller than that.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
+import json
 import os
+import platform
 import shutil
 import socket
 import statistics
@@ -23,15 +37,45 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from modelfetch.transfer import TransferRequest, fetch_file, make_session
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
+OUT_DIR = BENCH_DIR / "transfer-out"  # this suite's scratch space (other suites share .bench/)
+CHILD = Path(__file__).with_name("mf_child.py")
 MiB = 1 << 20
+KiB = 1 << 10
+SMALL_FILES = 200
+SMALL_SIZE = 256 * KiB
+QUEUE_ITEMS = 1000
+RATE_CAP = "25m"  # nginx limit_rate per connection (25 MiB/s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: files, nginx
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_random(path: Path, size: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as out:
+        left = size
+        while left:
+            block = os.urandom(min(16 * MiB, left))
+            out.write(block)
+            left -= len(block)
+    os.replace(tmp, path)
+
+
+def _sha256_of(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 * MiB):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def source_file(size: int) -> tuple[Path, str]:
@@ -42,20 +86,29 @@ def source_file(size: int) -> tuple[Path, str]:
     if not path.exists() or path.stat().st_size != size:
         print(f"generating {path} ...", flush=True)
         digest_path.unlink(missing_ok=True)
-        with open(path.with_suffix(".tmp"), "wb") as out:
-            left = size
-            while left:
-                block = os.urandom(min(16 * MiB, left))
-                out.write(block)
-                left -= len(block)
-        os.replace(path.with_suffix(".tmp"), path)
+        _write_random(path, size)
     if not digest_path.exists():
-        sha = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(8 * MiB):
-                sha.update(block)
-        digest_path.write_text(sha.hexdigest())
+        digest_path.write_text(_sha256_of(path))
     return path, digest_path.read_text().strip()
+
+
+def small_files() -> list[tuple[str, str]]:
+    """The cached 200 files of 256 KiB: (name relative to BENCH_DIR, sha256)."""
+    folder = BENCH_DIR / "small"
+    index = folder / "index.json"
+    if index.exists():
+        found = [(str(name), str(sha)) for name, sha in json.loads(index.read_text())]
+        if len(found) == SMALL_FILES:
+            return found
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"generating {SMALL_FILES} files of {SMALL_SIZE // KiB} KiB ...", flush=True)
+    found = []
+    for i in range(SMALL_FILES):
+        path = folder / f"part-{i:04d}.bin"
+        _write_random(path, SMALL_SIZE)
+        found.append((f"small/{path.name}", _sha256_of(path)))
+    index.write_text(json.dumps(found))
+    return found
 
 
 def nginx_binary() -> str:
@@ -80,11 +133,18 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class Servers:
+    plain: str  # http://127.0.0.1:port
+    capped: str  # the same files, each connection limited to RATE_CAP
+
+
 @contextmanager
-def running_nginx(root: Path) -> Iterator[str]:
-    """nginx in the foreground from a scratch config (one worker, sendfile on); yields its URL."""
+def running_nginx(root: Path) -> Iterator[Servers]:
+    """nginx in the foreground from a scratch config (one worker, sendfile on), with a second
+    server block that caps every connection at RATE_CAP."""
     binary = nginx_binary()
-    port = free_port()
+    plain, capped = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="bench-nginx-") as scratch:
         user = "user root root;" if os.geteuid() == 0 else ""
         temp_paths = "\n".join(
@@ -98,34 +158,41 @@ worker_processes 1;
 daemon off;
 pid {scratch}/nginx.pid;
 error_log {scratch}/error.log warn;
-events {{ worker_connections 64; }}
+events {{ worker_connections 256; }}
 http {{
   access_log off;
   sendfile on;
   tcp_nopush on;
+  keepalive_requests 10000;
   default_type application/octet-stream;
 {temp_paths}
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{plain};
     root {root};
+  }}
+  server {{
+    listen 127.0.0.1:{capped};
+    root {root};
+    limit_rate {RATE_CAP};
   }}
 }}
 """
         )
         proc = subprocess.Popen([binary, "-p", scratch, "-c", str(conf)])
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                if proc.poll() is not None:
-                    sys.exit(f"nginx exited: {(Path(scratch) / 'error.log').read_text()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            yield f"http://127.0.0.1:{port}"
+            for port in (plain, capped):
+                deadline = time.monotonic() + 10
+                while True:
+                    if proc.poll() is not None:
+                        sys.exit(f"nginx exited: {(Path(scratch) / 'error.log').read_text()}")
+                    try:
+                        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
+            yield Servers(f"http://127.0.0.1:{plain}", f"http://127.0.0.1:{capped}")
         finally:
             proc.terminate()
             try:
@@ -135,68 +202,397 @@ http {{
                 proc.wait()
 
 
-def prepare(dest: Path) -> None:
-    for leftover in (dest, dest.with_name(dest.name + ".part")):
-        leftover.unlink(missing_ok=True)
+# ---------------------------------------------------------------------------------------------
+# Running one tool once
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    seconds: float  # spawn to exit
+    work: float | None = None  # modelfetch: the work inside the process
+    rss_kib: int | None = None
+    connections: int | None = None  # modelfetch: connections it opened
+
+
+def clean(*paths: Path) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            for leftover in (path, path.with_name(path.name + ".part")):
+                leftover.unlink(missing_ok=True)
     subprocess.run(["sync"], check=True)
     time.sleep(0.3)
 
 
-async def modelfetch_once(url: str, dest: Path, sha256: str) -> float:
-    async with make_session() as session:
-        began = time.perf_counter()
-        result = await fetch_file(
-            session, TransferRequest(url=url, dest=dest, expected_sha256=sha256)
-        )
-        elapsed = time.perf_counter() - began
-    if not result.verified:
-        raise SystemExit("modelfetch did not verify the file")
-    return elapsed
-
-
-def curl_once(url: str, dest: Path) -> float:
+def timed(argv: list[str]) -> Run:
+    """Run a command; its wall time and peak RSS (from wait4), and any JSON line it printed."""
     began = time.perf_counter()
-    subprocess.run(["curl", "-s", "-o", str(dest), url], check=True)
-    return time.perf_counter() - began
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    run = Run(seconds)
+    # communicate() reaped the child; its rusage is folded into RUSAGE_CHILDREN only in total,
+    # so modelfetch reports its own peak RSS instead.
+    for line in out.decode().splitlines():
+        if line.startswith("{"):
+            info = json.loads(line)
+            run.work = info.get("work")
+            run.rss_kib = info.get("rss_kib")
+            run.connections = info.get("connections")
+    return run
+
+
+def aria2(*options: str) -> list[str]:
+    return [
+        "aria2c",
+        "--quiet=true",
+        "--allow-overwrite=true",
+        "--auto-file-renaming=false",
+        "--file-allocation=falloc",  # the fastest choice on ext4 (a stronger baseline)
+        *options,
+    ]
+
+
+@dataclass
+class Case:
+    title: str
+    size: int  # bytes moved per run
+    tools: dict[str, Callable[[], Run]]
+    baseline_for_ratio: list[str]
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+
+
+def run_case(case: Case, rounds: int) -> None:
+    names = list(case.tools)
+    case.runs = {name: [] for name in names}
+    print(f"\n== {case.title}  (load {load()})", flush=True)
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            run = case.tools[name]()
+            case.runs[name].append(run)
+            extra = f"  (work {run.work:.2f} s)" if run.work is not None else ""
+            if run.connections:
+                extra += f" {run.connections} connections"
+            print(
+                f"  round {r + 1}  {name:<22} {run.seconds:6.2f} s"
+                f"  {case.size / MiB / run.seconds:7.0f} MiB/s{extra}",
+                flush=True,
+            )
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The cases
+# ---------------------------------------------------------------------------------------------
+
+
+def case_big(servers: Servers, size: int, capped: bool) -> Case:
+    source, sha256 = source_file(size)
+    base = servers.capped if capped else servers.plain
+    url = f"{base}/{source.name}"
+    out = OUT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / "download.bin"
+
+    fetch = [sys.executable, str(CHILD), "fetch", url, str(dest), sha256, str(size)]
+
+    def modelfetch() -> Run:
+        clean(dest)
+        return timed(fetch)
+
+    def modelfetch_one_stream() -> Run:
+        clean(dest)
+        return timed([*fetch, "--connections", "1"])
+
+    def curl() -> Run:
+        clean(dest)
+        run = timed(["curl", "-s", "-o", str(dest), url])
+        check_size(dest, size)
+        return run
+
+    def curl_verify() -> Run:
+        clean(dest)
+        began = time.perf_counter()
+        timed(["curl", "-s", "-o", str(dest), url])
+        if _sha256_of(dest) != sha256:
+            raise SystemExit("curl fetched a corrupt file")
+        return Run(time.perf_counter() - began)
+
+    def aria(*options: str) -> Callable[[], Run]:
+        def go() -> Run:
+            clean(dest)
+            run = timed(aria2(*options, "-d", str(out), "-o", dest.name, url))
+            check_size(dest, size)
+            return run
+
+        return go
+
+    if capped:
+        tools = {
+            "modelfetch": modelfetch,
+            "aria2c -x8 -s8 -k1M": aria("-x8", "-s8", "-k1M"),
+            # Not asked for: aria2's own maximum, for a like-for-like connection count.
+            "aria2c -x16 -s16 -k1M": aria("-x16", "-s16", "-k1M"),
+        }
+        title = f"2. one {size // MiB} MiB file, server capped at {RATE_CAP}/connection"
+        baselines = ["aria2c -x8 -s8 -k1M", "aria2c -x16 -s16 -k1M"]
+    else:
+        tools = {
+            "modelfetch": modelfetch,
+            # Not asked for: the single stream (what segmentation costs where CPU is the limit).
+            "modelfetch, 1 connection": modelfetch_one_stream,
+            "curl -o": curl,
+            "curl+verify": curl_verify,
+            "aria2c -x1": aria("-x1"),
+            "aria2c -x8 -s8 -k1M": aria("-x8", "-s8", "-k1M"),
+        }
+        title = f"1. one {size // MiB} MiB file, unthrottled"
+        baselines = ["curl -o", "curl+verify", "aria2c -x1", "aria2c -x8 -s8 -k1M"]
+    return Case(title, size, tools, baselines)
+
+
+def check_size(path: Path, size: int) -> None:
+    if path.stat().st_size != size:
+        raise SystemExit(f"{path} has {path.stat().st_size} bytes, expected {size}")
+
+
+def write_plan(path: Path, groups: Sequence[Mapping[str, object]]) -> None:
+    path.write_text(json.dumps({"groups": groups}))
+
+
+def case_small(servers: Servers) -> Case:
+    files = small_files()
+    out = OUT_DIR / "small"
+    home = OUT_DIR / "home"
+    plan = OUT_DIR / "small-plan.json"
+    write_plan(
+        plan,
+        [
+            {
+                "name": "small",
+                "dest_dir": str(out),
+                "files": [
+                    {
+                        "url": f"{servers.plain}/{name}",
+                        "path": Path(name).name,
+                        "size": SMALL_SIZE,
+                        "sha256": sha,
+                    }
+                    for name, sha in files
+                ],
+            }
+        ],
+    )
+    url_list = OUT_DIR / "small-list.txt"
+    url_list.write_text("".join(f"{servers.plain}/{name}\n" for name, _ in files))
+
+    def modelfetch() -> Run:
+        clean(out, home)
+        return timed(
+            [sys.executable, str(CHILD), "manager", str(home), str(plan), "--max-active", "16"]
+        )
+
+    def transfers_only() -> Run:
+        clean(out)
+        return timed([sys.executable, str(CHILD), "files", str(plan), "--concurrency", "16"])
+
+    def aria() -> Run:
+        clean(out)
+        return timed(aria2("-j16", "-d", str(out), "-i", str(url_list)))
+
+    return Case(
+        f"3. {SMALL_FILES} files of {SMALL_SIZE // KiB} KiB",
+        SMALL_FILES * SMALL_SIZE,
+        {
+            "modelfetch": modelfetch,
+            # Not asked for: the transfer layer alone (no queue, store or events), to show
+            # where the time goes.
+            "modelfetch fetch_file x16": transfers_only,
+            "aria2c -j16 -i list": aria,
+        },
+        ["aria2c -j16 -i list"],
+    )
+
+
+def queue_rss(servers: Servers) -> Run:
+    """A manager given 1,000 one-file downloads at once (16 at a time), lists them, works them."""
+    files = small_files()
+    out = OUT_DIR / "queue"
+    home = OUT_DIR / "home-queue"
+    plan = OUT_DIR / "queue-plan.json"
+    groups = []
+    for i in range(QUEUE_ITEMS):
+        name, sha = files[i % len(files)]
+        groups.append(
+            {
+                "name": f"item-{i}",
+                "dest_dir": str(out / f"{i:04d}"),
+                "files": [
+                    {
+                        "url": f"{servers.plain}/{name}",
+                        "path": Path(name).name,
+                        "size": SMALL_SIZE,
+                        "sha256": sha,
+                    }
+                ],
+            }
+        )
+    write_plan(plan, groups)
+    clean(out, home)
+    run = timed(
+        [
+            sys.executable,
+            str(CHILD),
+            "manager",
+            str(home),
+            str(plan),
+            "--max-active",
+            "16",
+            "--hold-queue",
+        ]
+    )
+    clean(out, home)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    fs = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", str(BENCH_DIR)],
+        capture_output=True,
+        text=True,
+    ).stdout
+    fs = " ".join(fs.split())
+    versions = []
+    for argv in (["nginx", "-v"], ["curl", "--version"], ["aria2c", "--version"]):
+        try:
+            text = subprocess.run(argv, capture_output=True, text=True)
+            first = (text.stdout or text.stderr).splitlines()[0]
+            versions.append(" ".join(first.split()[:3]).replace("nginx version: ", ""))
+        except (OSError, IndexError):
+            versions.append(f"{argv[0]}: ?")
+    return (
+        f"{os.cpu_count()} vCPU {cpu}, {mem:.0f} GiB RAM, Linux {platform.release()},"
+        f" output on {fs or '?'}; Python {platform.python_version()};"
+        f" {'; '.join(versions)}"
+    )
+
+
+def median(runs: list[Run], pick: Callable[[Run], float | None]) -> float | None:
+    values = [v for v in map(pick, runs) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def report(cases: list[Case], rss: dict[str, int], loads: tuple[str, str]) -> str:
+    """The markdown table: medians [min-max] of spawn-to-exit seconds, and modelfetch's speed
+    as a multiple of each baseline's, from spawn to exit and from its in-process work time
+    (what a running daemon pays: no interpreter start, no imports)."""
+    lines = [
+        f"Machine: {machine()}.",
+        f"Load average (1/5/15 min) at start: {loads[0]}; at end: {loads[1]}.",
+        "",
+        "| case | tool | seconds, median [min-max] | MiB/s | modelfetch speed ÷ tool's:"
+        " spawn to exit | ... in-process work |",
+        "|---|---|---|---|---|---|",
+    ]
+    for case in cases:
+        mf = median(case.runs["modelfetch"], lambda r: r.seconds)
+        mf_work = median(case.runs["modelfetch"], lambda r: r.work)
+        assert mf is not None
+        for name, runs in case.runs.items():
+            secs = median(runs, lambda r: r.seconds)
+            assert secs is not None
+            spread = f"{secs:.2f} [{min(r.seconds for r in runs):.2f}-"
+            spread += f"{max(r.seconds for r in runs):.2f}]"
+            speed = f"{case.size / MiB / secs:.0f}"
+            work = median(runs, lambda r: r.work)
+            if name in case.baseline_for_ratio:
+                by_work = f"**{secs / mf_work:.2f}x**" if mf_work else ""
+                cells = f"**{secs / mf:.2f}x** | {by_work}"
+            else:
+                cells = "| " + (f"work {work:.2f} s" if work is not None else "")
+                connections = [r.connections for r in runs if r.connections]
+                if connections:
+                    cells += f", connections: up to {max(connections)}"
+            tool = f"**{name}**" if name == "modelfetch" else name
+            lines.append(f"| {case.title} | {tool} | {spread} | {speed} | {cells} |")
+    lines += ["", "| case 4: peak RSS of modelfetch | MiB |", "|---|---|"]
+    for what, kib in rss.items():
+        lines.append(f"| {what} | {kib / 1024:.0f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--cases", default="1,2,3,4")
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
-    if shutil.which("curl") is None:
-        sys.exit("curl is required as the baseline")
+    wanted = {int(c) for c in args.cases.split(",")}
+    for tool in ("curl", "aria2c"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is required as a baseline (apt-get install curl aria2)")
     size = args.size_mib * MiB
-    source, sha256 = source_file(size)
-    out_dir = BENCH_DIR / "out"
-    out_dir.mkdir(exist_ok=True)
-    dest = out_dir / "download.bin"
-    speeds: dict[str, list[float]] = {"modelfetch": [], "curl": []}
-    with running_nginx(BENCH_DIR) as base:
-        url = f"{base}/{source.name}"
-        for run in range(1, args.runs + 1):
-            prepare(dest)
-            seconds = asyncio.run(modelfetch_once(url, dest, sha256))
-            speeds["modelfetch"].append(size / MiB / seconds)
-            prepare(dest)
-            seconds = curl_once(url, dest)
-            if dest.stat().st_size != size:
-                sys.exit("curl wrote the wrong number of bytes")
-            speeds["curl"].append(size / MiB / seconds)
-            print(
-                f"run {run}: modelfetch {speeds['modelfetch'][-1]:7.0f} MiB/s   "
-                f"curl {speeds['curl'][-1]:7.0f} MiB/s",
-                flush=True,
-            )
-    dest.unlink(missing_ok=True)
-    medians = {name: statistics.median(values) for name, values in speeds.items()}
-    print(
-        f"median ({args.size_mib} MiB, {args.runs} runs): "
-        f"modelfetch {medians['modelfetch']:.0f} MiB/s (sha256 verified), "
-        f"curl {medians['curl']:.0f} MiB/s"
-    )
-    print(f"ratio modelfetch/curl: {medians['modelfetch'] / medians['curl']:.2f}x")
+    source_file(size)
+    small_files()
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    start_load = load()
+    cases: list[Case] = []
+    rss: dict[str, int] = {}
+    with running_nginx(BENCH_DIR) as servers:
+        if 1 in wanted or 4 in wanted:
+            case = case_big(servers, size, capped=False)
+            if 1 not in wanted:  # case 4 alone: modelfetch only
+                case.tools = {"modelfetch": case.tools["modelfetch"]}
+                case.baseline_for_ratio = []
+            run_case(case, args.runs)
+            cases.append(case)
+            peaks = [r.rss_kib for r in case.runs["modelfetch"] if r.rss_kib]
+            if peaks:
+                rss[f"during case 1 (one {size // MiB} MiB file)"] = max(peaks)
+        if 2 in wanted:
+            case = case_big(servers, size, capped=True)
+            run_case(case, args.runs)
+            cases.append(case)
+        if 3 in wanted:
+            case = case_small(servers)
+            run_case(case, args.runs)
+            cases.append(case)
+        if 4 in wanted:
+            print(f"\n== 4. a manager with {QUEUE_ITEMS} items queued  (load {load()})", flush=True)
+            run = queue_rss(servers)
+            print(f"  {QUEUE_ITEMS} items: {run.seconds:.1f} s, peak RSS {run.rss_kib} KiB")
+            if run.rss_kib:
+                what = f"a manager with {QUEUE_ITEMS} items queued (16 active), listing, working"
+                rss[what] = run.rss_kib
+    (OUT_DIR / "download.bin").unlink(missing_ok=True)
+    table = report(cases, rss, (start_load, load()))
+    print("\n" + table)
+    print(f"\n(total {time.monotonic() - began:.0f} s)")
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
     return 0
 
 

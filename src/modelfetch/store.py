@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from modelfetch.core.errors import StateError, StateLockedError
 from modelfetch.core.models import LIVE_STATUSES, FileRecord, FileStatus, GroupRecord
+from modelfetch.core.segments import SegmentRecord
 
 DB_NAME: Final = "state.db"
 LOCK_NAME: Final = "manager.lock"
@@ -106,9 +107,37 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         sha256   TEXT NOT NULL
     ) STRICT;
     """,
+    # v3: multi-connection downloads. The segment map of a segmented `.part` (which bytes are on
+    # disk: per segment [seg_start, seg_end) with `done` bytes written from seg_start), dropped
+    # with its file and when the file completes or is cancelled; and per-download limits.
+    """
+    CREATE TABLE file_segments (
+        file_id   INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        seg_start INTEGER NOT NULL CHECK (seg_start >= 0),
+        seg_end   INTEGER NOT NULL CHECK (seg_end > seg_start),
+        done      INTEGER NOT NULL CHECK (done >= 0 AND done <= seg_end - seg_start),
+        PRIMARY KEY (file_id, seg_start)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TRIGGER file_segments_end AFTER UPDATE OF status ON files
+        WHEN NEW.status IN ('completed', 'cancelled')
+    BEGIN
+        DELETE FROM file_segments WHERE file_id = NEW.id;
+    END;
+    ALTER TABLE groups ADD COLUMN rate_limit INTEGER CHECK (rate_limit > 0);
+    ALTER TABLE groups ADD COLUMN connections INTEGER CHECK (connections >= 1);
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+class _Keep(enum.Enum):
+    """The "leave it as it is" default of optional setters (None means "clear")."""
+
+    KEEP = "keep"
+
+
+_KEEP: Final = _Keep.KEEP
 
 # Dataclass field -> column. Only these two differ: `index` and `commit` are SQL keywords.
 _RENAMED: Final = {"index": "idx", "commit": "commit_sha"}
@@ -389,6 +418,70 @@ class Store:
             (path, size, mtime_ns),
         ).fetchone()
         return None if row is None else str(row[0])
+
+    # -- segment maps and per-download limits (multi-connection downloads) ----------------------
+
+    def save_segments(
+        self, group_id: int, index: int, segments: Sequence[SegmentRecord] | None
+    ) -> None:
+        """Replace the segment map of a file's `.part` (None or empty: forget it), in one
+        transaction. A missing file is ignored."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id FROM files WHERE group_id = ? AND idx = ?", [group_id, index]
+            ).fetchone()
+            if row is None:
+                return
+            db.execute("DELETE FROM file_segments WHERE file_id = ?", [row[0]])
+            if segments:
+                db.executemany(
+                    "INSERT INTO file_segments (file_id, seg_start, seg_end, done)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(row[0], s.start, s.end, s.done) for s in segments],
+                )
+
+    def segments(self, group_id: int, index: int) -> tuple[SegmentRecord, ...] | None:
+        """The segment map last saved for a file, by start; None when there is none."""
+        with self._errors():
+            rows = self._conn.execute(
+                "SELECT seg_start, seg_end, done FROM file_segments WHERE file_id ="
+                " (SELECT id FROM files WHERE group_id = ? AND idx = ?) ORDER BY seg_start",
+                [group_id, index],
+            ).fetchall()
+        if not rows:
+            return None
+        return tuple(SegmentRecord(int(a), int(b), int(d)) for a, b, d in rows)
+
+    def set_group_limits(
+        self,
+        group_id: int,
+        *,
+        rate_limit: int | _Keep | None = _KEEP,
+        connections: int | _Keep | None = _KEEP,
+    ) -> None:
+        """Set (a value) or clear (None) a download's own bandwidth limit in bytes/s and its
+        connections per file; a limit not given is left as it is."""
+        fields: dict[str, int | None] = {}
+        if not isinstance(rate_limit, _Keep):
+            fields["rate_limit"] = rate_limit
+        if not isinstance(connections, _Keep):
+            fields["connections"] = connections
+        if fields:
+            assignments = ", ".join(f"{name} = ?" for name in fields)
+            with self._errors():
+                self._conn.execute(
+                    f"UPDATE groups SET {assignments} WHERE id = ?", [*fields.values(), group_id]
+                )
+
+    def group_limits(self, group_id: int) -> tuple[int | None, int | None]:
+        """(rate_limit bytes/s, connections per file) of a download; None where not set."""
+        with self._errors():
+            row = self._conn.execute(
+                "SELECT rate_limit, connections FROM groups WHERE id = ?", [group_id]
+            ).fetchone()
+        if row is None:
+            return None, None
+        return row[0], row[1]
 
     def integrity_check(self) -> str:
         """SQLite's own check of the file: "ok", or its list of problems one per line."""

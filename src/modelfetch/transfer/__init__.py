@@ -3,21 +3,30 @@
 The manager uses only what is re-exported here.
 """
 
+from modelfetch.core.segments import SegmentRecord
 from modelfetch.transfer.api import (
     Credentials,
     ProgressCallback,
+    SegmentsCallback,
     StopSignal,
     TransferRequest,
     TransferResult,
 )
 from modelfetch.transfer.http import fetch_file, make_session
+from modelfetch.transfer.limiter import ConnectionSlots, TokenBucket
+from modelfetch.transfer.segments import partial_bytes
 
 __all__ = [
+    "ConnectionSlots",
     "Credentials",
     "ProgressCallback",
+    "SegmentRecord",
+    "SegmentsCallback",
     "StopSignal",
+    "TokenBucket",
     "TransferRequest",
     "TransferResult",
     "fetch_file",
     "make_session",
+    "partial_bytes",
 ]

@@ -13,10 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelfetch.core.models import StopReason
+from modelfetch.core.segments import SegmentRecord
 
 ProgressCallback = Callable[[int, "int | None"], None]
 """on_progress(bytes_on_disk, total_or_None). Called once at the start (with the resumed offset),
-at most ~10 times a second while bytes move, and once at the end with the exact final count."""
+at most ~10 times a second while bytes move, and once at the end with the exact final count.
+In segmented mode bytes_on_disk is the sum over the segment map, not a prefix."""
+
+SegmentsCallback = Callable[["tuple[SegmentRecord, ...] | None"], None]
+"""on_segments(records_or_None): persist the segment map of a segmented `.part` (records), or
+forget it (None: the partial is gone, or is a plain front-to-back prefix again). The caller
+stores it and hands it back as `TransferRequest.segments` on the next attempt: for a segmented
+`.part` that map is the only record of which bytes are on disk. Called (synchronously, so a
+store write has committed when it returns) before a fresh segmented `.part` is created, about
+every `checkpoint_interval` while bytes move, and whenever the transfer stops, fails or ends."""
+
+SEGMENT_THRESHOLD = 64 << 20
+MIN_SEGMENT_SIZE = 16 << 20
+MIN_STEAL_SIZE = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,16 @@ class TransferRequest:
     max_redirects: int = 10
     chunk_size: int = 4 << 20
     allowed_schemes: frozenset[str] = frozenset({"http", "https"})
+    # Multi-connection (segmented) mode: used when connections > 1 and the size is known (the
+    # plan's expected_size) and at least segment_threshold, or when `segments` says the `.part`
+    # is segmented already. connections = 1 is the plain single stream; above 1 it is the most
+    # connections one file may use (up to 8 open at once, more while they add throughput).
+    connections: int = 1
+    segment_threshold: int = SEGMENT_THRESHOLD
+    min_segment_size: int = MIN_SEGMENT_SIZE  # pieces handed out front to back are >= this
+    min_steal_size: int = MIN_STEAL_SIZE  # never split a remainder below 2x this
+    segments: tuple[SegmentRecord, ...] | None = None  # as last given to on_segments
+    checkpoint_interval: float = 1.0  # seconds between on_segments calls while bytes move
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +80,8 @@ class TransferResult:
     repo_commit: str | None  # X-Repo-Commit from the resolve hop
     resumed_from: int  # bytes already on disk when this attempt began
     bytes_fetched: int  # bytes received over the network in this attempt
+    connections: int = 1  # the most connections this attempt opened at once
+    steals: int = 0  # segmented: how often an idle connection took over half of another's rest
 
 
 class StopSignal:

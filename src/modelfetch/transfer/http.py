@@ -8,6 +8,10 @@ The flow of one `fetch_file` call:
   4. Stream into the `.part` (pwrite on the loop, SHA-256 on the part's digest thread), with a
      stall deadline around every read.
   5. Verify size and digest, fsync, rename into place, fsync the directory.
+A large file with a known size may instead go segmented (several ranged connections, see
+transfer/segments.py): `_run_segmented` makes the first ranged request here, with the same
+redirect, validator and cross-check rules, and falls back to the single stream above when the
+server answers a ranged request with the whole body.
 Every failure leaves as a `TransferError` subclass, translated in `_translate_exception` /
 `_status_error` (the only places that look at aiohttp exceptions and HTTP statuses).
 """
@@ -18,9 +22,11 @@ import asyncio
 import contextlib
 import errno
 import math
+import os
 import re
 import socket
 import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -53,15 +59,27 @@ from modelfetch.core.headers import (
     total_size,
 )
 from modelfetch.core.paths import part_path, sidecar_path
+from modelfetch.core.segments import SegmentMap, SegmentRecord
 from modelfetch.transfer.api import (
     ProgressCallback,
+    SegmentsCallback,
     StopSignal,
     TransferRequest,
     TransferResult,
 )
+from modelfetch.transfer.limiter import ConnectionSlots, Slot, TokenBucket, read_size_for
+from modelfetch.transfer.segments import (
+    FirstPiece,
+    RawTarget,
+    SegmentedFetch,
+    SegmentSettings,
+    piece_size,
+)
 from modelfetch.transfer.sink import (
+    INLINE_HASH_LIMIT,
     PartFile,
     PartState,
+    SegmentedPartFile,
     disk_full,
     publish,
     remove_partial,
@@ -96,11 +114,24 @@ async def fetch_file(
     *,
     on_progress: ProgressCallback | None = None,
     stop: StopSignal | None = None,
+    on_segments: SegmentsCallback | None = None,
+    limits: Sequence[TokenBucket] = (),
+    slots: ConnectionSlots | None = None,
 ) -> TransferResult:
     """Download `request.url` to `request.dest`, resuming from `<dest>.part` when it is still the
     beginning of the same file. Returns only after the verified file is under its final name;
-    raises a `TransferError` subclass otherwise (CancelledError passes through, see StopSignal)."""
-    return await _Transfer(session, request, on_progress, stop).run()
+    raises a `TransferError` subclass otherwise (CancelledError passes through, see StopSignal).
+
+    Shared limits (owned by the caller, the same objects for every transfer they govern):
+    `limits` are bandwidth buckets every received byte passes through (e.g. the download's own
+    and the global one); `slots` caps concurrent connections in total and per host. Segmented
+    mode (`request.connections > 1`) needs `on_segments` to persist its map for a resume across
+    processes; without it a stopped segmented `.part` cannot be resumed by a later call."""
+    transfer = _Transfer(session, request, on_progress, stop)
+    transfer.on_segments = on_segments
+    transfer.limits = tuple(limits)
+    transfer.slots = slots
+    return await transfer.run()
 
 
 def _normalise_hex(value: str | None, length: int, field: str) -> str | None:
@@ -167,6 +198,15 @@ class _Transfer:
         self.bytes_fetched = 0
         self.resumed_from = 0
         self.last_report = -math.inf
+        self.on_segments: SegmentsCallback | None = None
+        self.limits: tuple[TokenBucket, ...] = ()
+        self.slots: ConnectionSlots | None = None
+        self.resume_map: SegmentMap | None = None  # the segmented partial found on disk
+        self.segmap: SegmentMap | None = None  # the map in use, while segmented
+        self.slot: Slot | None = None  # the connection slot held by the request in flight
+        self.steals = 0
+        self.connections = 1
+        self.reopened = 0
 
     # -- the whole call ----------------------------------------------------------------------
 
@@ -178,9 +218,11 @@ class _Transfer:
             reason = self.stop.reason if self.stop is not None else None
             if reason is not None and not reason.keeps_partial:
                 remove_partial(self.part_path, self.sidecar_path)
+            self._save_segments()
             raise
         except Exception as exc:
             self._close_part()
+            self._save_segments()
             translated = _translate_exception(exc, url=self.url, stall=self.stall_timeout)
             if translated is None:
                 raise
@@ -191,11 +233,24 @@ class _Transfer:
     async def _run(self) -> TransferResult:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         offset = self._usable_partial()
+        total = self._segment_total()
+        if total is not None:
+            return await self._run_segmented(total, offset)
+        self.slot = await self._acquire_slot(self.request.url)
+        try:
+            return await self._run_single(offset)
+        finally:
+            if self.slot is not None:
+                self.slot.release()
+                self.slot = None
+
+    async def _run_single(self, offset: int) -> TransferResult:
         self._report(offset, self._known_total(), force=True)
         restarted_after_416 = False
         while True:
             response, redirected = await self._request(offset)
             try:
+                await self._move_slot(self.url)
                 status = response.status
                 if status not in (200, 206, 416) or (status == 416 and offset == 0):
                     raise _status_error(response, url=self.url, redirected=redirected)
@@ -222,6 +277,233 @@ class _Transfer:
             finally:
                 response.close()
 
+    # -- segmented mode (several ranged connections; see transfer/segments.py) -------------------
+
+    def _segment_total(self) -> int | None:
+        """The size to split when this transfer goes segmented, else None (single stream)."""
+        if self.resume_map is not None:
+            return self.resume_map.total  # a segmented partial can only continue segmented
+        if self.request.connections <= 1:
+            return None
+        size = self.request.expected_size
+        if size is None and self.state is not None:
+            size = self.state.total
+        if size is None or size < max(1, self.request.segment_threshold):
+            return None
+        return size
+
+    async def _run_segmented(self, total: int, offset: int) -> TransferResult:
+        """Claim the first piece, make its request (redirects, validators, cross-checks), set up
+        the `.part` and hand over to `SegmentedFetch`; fall back to one stream on a 200."""
+        segmap = self.resume_map
+        if segmap is None:  # a fresh start, or a front-to-back prefix that goes segmented now
+            segmap = SegmentMap(total, _prefix_records(offset, total) if offset else None)
+        connections = max(1, self.request.connections)
+        settings = SegmentSettings(
+            connections=connections,
+            piece=piece_size(total, connections, self.request.min_segment_size),
+            min_steal=max(1, self.request.min_steal_size),
+            stall_timeout=self.stall_timeout,
+            chunk_size=self.chunk_size,
+            checkpoint_interval=self.request.checkpoint_interval,
+        )
+        started_over = False
+        while True:
+            resuming = self.state is not None and self.state.segmented
+            self.segmap = segmap
+            # The map is recorded before the `.part` changes, so a crash can never pair a new
+            # file with an old map.
+            self._save_segments()
+            self._report(segmap.done_bytes, total, force=True)
+            self.resumed_from = segmap.done_bytes
+            first = segmap.claim(0, piece=settings.piece, min_steal=settings.min_steal)
+            # A complete map (a crash after the last byte) still asks for one byte: that checks
+            # the file is unchanged and brings the headers to publish with.
+            start, end = (first.pos, first.end) if first is not None else (total - 1, total)
+            self.slot = await self._acquire_slot(self.request.url)
+            response: aiohttp.ClientResponse | None = None
+            try:
+                response, redirected = await self._request(start, end=end)
+                await self._move_slot(self.url)
+                status = response.status
+                if status not in (200, 206):
+                    if status == 416:
+                        self._check_announced_size(self._total_after_416(response.headers))
+                    raise _status_error(response, url=self.url, redirected=redirected)
+                self._cross_check_plan()
+                if status == 200:
+                    # Range ignored, or If-Range found another file: one stream from zero.
+                    self.segmap = None
+                    if self.on_segments is not None:
+                        self.on_segments(None)
+                    return await self._receive(response, 0)
+                parsed = parse_content_range(response.headers.get("Content-Range"))
+                if parsed is None or parsed.start != start:
+                    raise NetworkError(
+                        f"asked for bytes from {start},"
+                        f" got {response.headers.get('Content-Range')}",
+                        url=_redact(self.url),
+                    )
+                kept = resuming or offset > 0
+                if parsed.total != total or (kept and self._partial_is_stale(response)):
+                    if parsed.total is not None and parsed.total != total:
+                        self._check_announced_size(parsed.total)  # the plan disagrees: refuse
+                    if started_over or not kept:
+                        raise IntegrityError(
+                            f"server announces {parsed.total} bytes, expected {total}",
+                            url=_redact(self.url),
+                            expected=str(total),
+                            actual=str(parsed.total),
+                        )
+                    # Our partial belongs to another version of the file: start over, once.
+                    started_over = True
+                    response.close()
+                    remove_partial(self.part_path, self.sidecar_path)
+                    self.state = None
+                    offset = 0
+                    total = parsed.total if parsed.total is not None else total
+                    segmap = SegmentMap(total)
+                    continue
+                self._begin_segmented_part(response, total, fresh=not resuming)
+                self._save_segments()
+                part = self.part
+                assert isinstance(part, SegmentedPartFile)
+                await part.start_digests(git_blob_size=total if self.expected_git_oid else None)
+                headers = response.headers
+                if first is None:
+                    response.close()
+                    response = None
+                    break
+                fetch = SegmentedFetch(
+                    segmap=segmap,
+                    part=part,
+                    open_range=self._open_range_from(self.url, redirected),
+                    host=_host_of(self.url),
+                    settings=settings,
+                    slots=self.slots,
+                    limits=self.limits,
+                    on_progress=self._report_done,
+                    on_checkpoint=self._save_segments,
+                    url=_redact(self.url),
+                    raw=RawTarget.of(self.url, self._piece_headers(self.url)),
+                )
+                piece = FirstPiece(first, response, self.slot)
+                response = self.slot = None
+            finally:
+                if response is not None:
+                    response.close()
+                if self.slot is not None:
+                    self.slot.release()
+                    self.slot = None
+            try:
+                await fetch.run(piece)
+            finally:
+                self.bytes_fetched += fetch.bytes_fetched
+                self.steals = segmap.steals
+                self.connections = fetch.peak
+                self.reopened = fetch.reopened
+            break
+        self._save_segments()  # complete: if publishing fails, a retry needs no bytes again
+        part.hash_upto(total)
+        result = await self._verify_and_publish(headers)
+        self.segmap = None
+        if self.on_segments is not None:
+            self.on_segments(None)
+        return result
+
+    def _begin_segmented_part(
+        self, response: aiohttp.ClientResponse, total: int, *, fresh: bool
+    ) -> None:
+        """Open the `.part` allocated to `total` bytes; a fresh one gets its sidecar first."""
+        encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            raise TransferError(
+                f"server applied Content-Encoding {encoding!r} despite identity",
+                url=_redact(self.url),
+            )
+        if fresh or self.state is None:
+            etag = response.headers.get("ETag")
+            validator = etag if is_strong_etag(etag) else response.headers.get("Last-Modified")
+            if self.state is not None and self.state.validator:
+                validator = self.state.validator  # a prefix going segmented keeps its own
+            self.state = PartState(
+                url=self.request.url,
+                validator=validator,
+                total=total,
+                sha256=self._expected_digest(),
+                segmented=True,
+            )
+            self.state.save(self.sidecar_path)
+        self.total = total
+        part = self.part = SegmentedPartFile(self.part_path, total)
+        part.check_free_space(total)
+        part.allocate()
+
+    def _open_range_from(
+        self, url: str, redirected: bool
+    ) -> Callable[[int, int], Awaitable[aiohttp.ClientResponse]]:
+        """How the other connections ask for a piece: straight at the URL the first request
+        ended at (the CDN), with the partial's validator, checking every answer."""
+        validator = self.state.validator if self.state is not None else None
+        total = self.total
+
+        async def open_range(start: int, end: int) -> aiohttp.ClientResponse:
+            response, hopped = await self._request(start, end=end, url=url, validator=validator)
+            try:
+                if response.status == 206:
+                    parsed = parse_content_range(response.headers.get("Content-Range"))
+                    if parsed is None or parsed.start != start or parsed.total != total:
+                        raise NetworkError(
+                            f"asked for bytes {start}-{end - 1}/{total},"
+                            f" got {response.headers.get('Content-Range')}",
+                            url=_redact(url),
+                        )
+                    return response
+                if response.status == 200:
+                    if validator:
+                        raise IntegrityError(
+                            "the file changed on the server during the download",
+                            url=_redact(url),
+                        )
+                    raise NetworkError("the server stopped honouring Range", url=_redact(url))
+                raise _status_error(response, url=self.url, redirected=redirected or hopped)
+            except BaseException:
+                response.close()
+                raise
+
+        return open_range
+
+    def _piece_headers(self, url: str) -> dict[str, str]:
+        """The headers a piece request to `url` carries besides Host and Range: the session's
+        own, the partial's validator, and the token if `url` is its origin."""
+        headers = {k: v for k, v in self.session.headers.items() if k.lower() != "host"}
+        if self.state is not None and self.state.validator:
+            headers["If-Range"] = self.state.validator
+        if self._may_authenticate(url) and self.request.credentials is not None:
+            headers["Authorization"] = f"Bearer {self.request.credentials.token}"
+        return headers
+
+    async def _acquire_slot(self, url: str) -> Slot | None:
+        return None if self.slots is None else await self.slots.acquire(_host_of(url))
+
+    async def _move_slot(self, url: str) -> None:
+        """The body comes from `url` (after redirects): count the connection against that
+        host's cap, so the caps hold as the serving host sees them."""
+        slot = self.slot
+        if slot is not None and slot.host != _host_of(url):
+            self.slot = None
+            slot.release()
+            self.slot = await self._acquire_slot(url)
+
+    def _save_segments(self) -> None:
+        """Hand the current map to the caller to persist (None once the `.part` is gone)."""
+        if self.segmap is None or self.on_segments is None:
+            return
+        if self.part_path.exists():
+            self.on_segments(self.segmap.records())
+        else:
+            self.on_segments(None)
+
     # -- before the request ------------------------------------------------------------------
 
     def _usable_partial(self) -> int:
@@ -232,6 +514,7 @@ class _Transfer:
             size = self.part_path.stat().st_size
         except FileNotFoundError:
             self.sidecar_path.unlink(missing_ok=True)
+            self._forget_stale_map()
             return 0
         want_sha = self.expected_sha256
         want_size = self.request.expected_size
@@ -246,11 +529,37 @@ class _Transfer:
             known_total = state.total if state.total is not None else want_size
             if known_total is not None and size > known_total:
                 usable = False
+        if usable and state is not None and state.segmented:
+            self.resume_map = self._resumable_map(state, size)
+            usable = self.resume_map is not None
         if not usable:
             remove_partial(self.part_path, self.sidecar_path)
+            self._forget_stale_map()
             return 0
         self.state = state
+        if self.resume_map is not None:
+            return 0  # the map, not an offset, says what is on disk
+        self._forget_stale_map()
         return size
+
+    def _resumable_map(self, state: PartState, size: int) -> SegmentMap | None:
+        """The segment map handed back by the caller, if it fits this segmented `.part`."""
+        records = self.request.segments
+        if records is None or state.total is None:
+            return None
+        try:
+            segmap = SegmentMap(state.total, records)
+        except ValueError:
+            return None
+        # Bytes the map counts must lie inside the file (its allocation may not have happened).
+        if any(s.done and s.pos > size for s in segmap):
+            return None
+        return segmap
+
+    def _forget_stale_map(self) -> None:
+        """A map was handed in but the `.part` it described is gone or not segmented."""
+        if self.request.segments is not None and self.on_segments is not None:
+            self.on_segments(None)
 
     def _partial_is_stale(self, response: aiohttp.ClientResponse) -> bool:
         """True when the answer to a resume shows that our prefix belongs to another version:
@@ -279,15 +588,26 @@ class _Transfer:
 
     # -- the request and its redirects -------------------------------------------------------
 
-    async def _request(self, offset: int) -> tuple[aiohttp.ClientResponse, bool]:
+    async def _request(
+        self,
+        offset: int,
+        *,
+        end: int | None = None,
+        url: str | None = None,
+        validator: str | None = None,
+    ) -> tuple[aiohttp.ClientResponse, bool]:
         """GET, following up to `max_redirects` redirects by hand. Returns the first non-redirect
-        response (unread) and whether it was reached through a redirect."""
+        response (unread) and whether it was reached through a redirect. Asks for bytes from
+        `offset` (to `end`, exclusive, when given), with `If-Range: validator` (by default the
+        partial's); starts at `url` (by default the request's)."""
         conditional: dict[str, str] = {}
-        if offset > 0:
-            conditional["Range"] = f"bytes={offset}-"
-            if self.state is not None and self.state.validator:
-                conditional["If-Range"] = self.state.validator
-        url = self.request.url
+        if offset > 0 or end is not None:
+            conditional["Range"] = f"bytes={offset}-{'' if end is None else end - 1}"
+            if validator is None and self.state is not None:
+                validator = self.state.validator
+            if validator:
+                conditional["If-Range"] = validator
+        url = url or self.request.url
         redirected = False
         for _ in range(self.request.max_redirects + 1):
             self.url = url
@@ -387,7 +707,10 @@ class _Transfer:
         self.total = size
         self.resumed_from = size
         self.part = PartFile(self.part_path)
-        await self.part.start_digests(git_blob_size=size if self.expected_git_oid else None)
+        await self.part.start_digests(
+            git_blob_size=size if self.expected_git_oid else None,
+            inline=size <= INLINE_HASH_LIMIT,
+        )
         return await self._verify_and_publish(headers)
 
     async def _receive(self, response: aiohttp.ClientResponse, offset: int) -> TransferResult:
@@ -423,7 +746,10 @@ class _Transfer:
         if self.total is not None:
             part.check_free_space(self.total)
             part.reserve(self.total)
-        await part.start_digests(git_blob_size=self.total if self.expected_git_oid else None)
+        await part.start_digests(
+            git_blob_size=self.total if self.expected_git_oid else None,
+            inline=self.total is not None and self.total <= INLINE_HASH_LIMIT,
+        )
         self.resumed_from = offset
         await self._stream(response, part)
         response.release()
@@ -474,8 +800,11 @@ class _Transfer:
         loop = asyncio.get_running_loop()
         limit = self.total
         stall = self.stall_timeout
-        async with asyncio.timeout(stall) as deadline:
-            async for data in response.content.iter_chunked(self.chunk_size):
+        async with (
+            asyncio.timeout(stall) as deadline,
+            contextlib.aclosing(self._chunks(response.content)) as chunks,
+        ):
+            async for data in chunks:
                 if limit is not None and part.size + len(data) > limit:
                     self._close_part()
                     remove_partial(self.part_path, self.sidecar_path)
@@ -487,11 +816,22 @@ class _Transfer:
                     )
                 if stall is not None:
                     deadline.reschedule(None)  # the stall clock measures the network only
+                for bucket in self.limits:
+                    await bucket.consume(len(data))
                 await part.write(data)
                 self.bytes_fetched += len(data)
                 if stall is not None:
                     deadline.reschedule(loop.time() + stall)
                 self._report(part.size, self.total)
+
+    async def _chunks(self, content: aiohttp.StreamReader) -> AsyncGenerator[bytes, None]:
+        if not self.limits:
+            async for data in content.iter_chunked(self.chunk_size):
+                yield data
+            return
+        # A bandwidth limit: smaller reads, re-sized as the limit changes.
+        while data := await content.read(read_size_for(self.chunk_size, self.limits)):
+            yield data
 
     async def _verify_and_publish(self, headers: CIMultiDictProxy[str]) -> TransferResult:
         part = self.part
@@ -501,7 +841,8 @@ class _Transfer:
             # The body ended cleanly but early (no length announced): a resumable prefix.
             raise NetworkError(f"got {part.size} of {expected_size} bytes", url=_redact(self.url))
         if self.expected_git_oid is not None and part.git_blob_size != part.size:
-            await part.start_digests(git_blob_size=part.size)  # size was unknown when we began
+            # The size was unknown when we began: hash again from the file.
+            await part.start_digests(git_blob_size=part.size, inline=part.size <= INLINE_HASH_LIMIT)
         digests = await part.finish_digests()
         actual = digests.sha256
         expected = self._expected_digest()
@@ -520,7 +861,8 @@ class _Transfer:
                     expected=want,
                     actual=got,
                 )
-        part.sync_and_close()
+        await _off_loop(os.fsync, part.fd)
+        part.close()
         self.part = None
         publish(self.part_path, self.dest, self.sidecar_path)
         self._report(part.size, part.size, force=True)
@@ -534,6 +876,8 @@ class _Transfer:
             repo_commit=self.repo_commit,
             resumed_from=self.resumed_from,
             bytes_fetched=self.bytes_fetched,
+            connections=self.connections,
+            steals=self.steals,
         )
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -545,11 +889,44 @@ class _Transfer:
         self.last_report = now
         self.on_progress(done, total)
 
+    def _report_done(self, done: int) -> None:
+        self._report(done, self.total)
+
     def _close_part(self) -> None:
         if self.part is not None:
             part, self.part = self.part, None
             with contextlib.suppress(OSError):
                 part.close()
+
+
+async def _off_loop(func: Callable[..., object], *args: object) -> None:
+    """`func(*args)` on a worker thread (an fsync: milliseconds of waiting for the disk that
+    would stall every other transfer, and many files' fsyncs can overlap there). A cancel
+    waits for the thread first, so the fd it uses is never closed under it."""
+    task = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+def _host_of(url: str) -> str:
+    """The key of the per-host connection cap: scheme-less host[:port], lowercased."""
+    try:
+        return urlsplit(url).netloc.lower()
+    except ValueError:
+        return ""
+
+
+def _prefix_records(prefix: int, total: int) -> list[SegmentRecord]:
+    """The map of a front-to-back partial of `prefix` bytes."""
+    prefix = min(prefix, total)
+    records = [SegmentRecord(0, prefix, prefix)] if prefix else []
+    if prefix < total:
+        records.append(SegmentRecord(prefix, total, 0))
+    return records
 
 
 def _status_error(

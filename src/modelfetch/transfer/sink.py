@@ -21,6 +21,18 @@ which can run ahead of the data after a power cut). Instead, on Linux we call
 is not fragmented) but `st_size` still grows only as bytes are written front to back. So `st_size`
 is always the committed prefix, and a resume takes its offset from `st_size` alone. Where that call
 is unavailable (other OSes, filesystems without it) we simply skip preallocation.
+
+Segmented files are the exception (`SegmentedPartFile`, see transfer/segments.py). Several
+connections fill the file out of order, so it is allocated to its full size at once (plain
+`fallocate`, or a sparse `ftruncate`) and `st_size` means nothing: what is on disk is the
+segment map the caller persists, and the sidecar says so (`PartState.segmented`, saved as
+version 2 so a reader that only knows prefix files discards it). Their digests cannot follow
+the network bytes either: the digest thread reads the contiguous prefix back from the file as it
+grows (`Digester.feed_from_file`), while those pages are still cached.
+
+Small files (up to INLINE_HASH_LIMIT) are hashed inline instead: for them, starting and joining
+a digest thread cost more than the hashing (a queue of many small files spent most of its time
+there).
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ import queue
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +57,7 @@ from typing import Any
 from modelfetch.core.errors import DiskFullError
 
 REHASH_READ_SIZE = 8 << 20
+INLINE_HASH_LIMIT = 8 << 20  # files up to this size are hashed without a digest thread
 MAX_PENDING = 64 << 20  # bytes handed to the digest thread but not hashed yet
 WRITEBACK_STEP = 64 << 20
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -98,16 +112,20 @@ class Digests:
 
 class Digester:
     """SHA-256 (and optionally the git blob SHA-1) of a byte stream, computed on one dedicated
-    thread. `feed` never blocks; `drain` waits (without blocking the loop) for the backlog."""
+    thread. `feed` never blocks; `drain` waits (without blocking the loop) for the backlog.
 
-    def __init__(self, *, git_blob_size: int | None) -> None:
+    `inline=True` hashes in the caller instead, for small files: starting and joining a thread
+    costs more than hashing a few MiB (a queue of many small files spent most of its loop time
+    there), and a few milliseconds of hashing per chunk do not hold the loop up noticeably."""
+
+    def __init__(self, *, git_blob_size: int | None, inline: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._sha256 = hashlib.sha256()
         self._git_sha1: Any = None
         self._git_blob_size = git_blob_size
         if git_blob_size is not None:
             self._git_sha1 = hashlib.sha1(b"blob %d\0" % git_blob_size, usedforsecurity=False)
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[bytes | _ReadBack | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending = 0  # guarded by _lock, like _waiter and _running
         self._waiter: tuple[asyncio.Future[None], int] | None = None
@@ -115,8 +133,11 @@ class Digester:
         self._failure: BaseException | None = None
         self._abandoned = False
         self.fed = 0
-        self._thread = threading.Thread(target=self._run, name="modelfetch-digest", daemon=True)
-        self._thread.start()
+        self.busy = 0.0  # seconds the thread spent hashing (written by it, read as a hint)
+        self._thread: threading.Thread | None = None
+        if not inline:
+            self._thread = threading.Thread(target=self._run, name="modelfetch-digest", daemon=True)
+            self._thread.start()
 
     @property
     def git_blob_size(self) -> int | None:
@@ -126,11 +147,46 @@ class Digester:
     def backlogged(self) -> bool:
         return self._pending > MAX_PENDING  # an unlocked read: a hint, `drain` is exact
 
+    @property
+    def pending(self) -> int:
+        return self._pending  # an unlocked read: a hint
+
     def feed(self, data: bytes) -> None:
+        if self._thread is None:
+            self._update(data)
+            self.fed += len(data)
+            return
         with self._lock:
             self._pending += len(data)
         self.fed += len(data)
         self._queue.put(data)
+
+    def _update(self, data: bytes | memoryview) -> None:
+        self._sha256.update(data)
+        if self._git_sha1 is not None:
+            self._git_sha1.update(data)
+
+    def feed_from_file(self, fd: int, length: int) -> None:
+        """Hash the next `length` bytes of the stream by reading them back from `fd` (at offset
+        `fed`) on the digest thread: for bytes already written, ideally still in the page
+        cache. Holds no memory while queued. `fd` must stay open until `finish`/`close`."""
+        offset = self.fed
+        end = offset + length
+        if self._thread is None:
+            buffer = bytearray(min(REHASH_READ_SIZE, length))
+            while offset < end:
+                step = min(REHASH_READ_SIZE, end - offset)
+                self._update(memoryview(buffer)[: _ReadBack(fd, offset, step).read(buffer)])
+                offset += step
+            self.fed = end
+            return
+        with self._lock:
+            self._pending += length
+        self.fed = end
+        while offset < end:
+            step = min(REHASH_READ_SIZE, end - offset)
+            self._queue.put(_ReadBack(fd, offset, step))
+            offset += step
 
     async def drain(self, limit: int = 0) -> None:
         """Return once at most `limit` fed bytes are still waiting to be hashed."""
@@ -156,19 +212,29 @@ class Digester:
 
     def close(self) -> None:
         """Stop the thread (abandoning any backlog) and wait for it: at most one chunk's hash."""
+        if self._thread is None:
+            return
         self._abandoned = True
         self._queue.put(None)
         self._thread.join()
 
     def _run(self) -> None:
+        buffer: bytearray | None = None  # one reused read-back buffer: fresh pages cost more
         try:
             while (item := self._queue.get()) is not None:
-                if not self._abandoned:
-                    self._sha256.update(item)
-                    if self._git_sha1 is not None:
-                        self._git_sha1.update(item)
+                began = time.perf_counter()
+                size = item.length if isinstance(item, _ReadBack) else len(item)
+                if self._abandoned:
+                    pass
+                elif isinstance(item, _ReadBack):
+                    if buffer is None:
+                        buffer = bytearray(REHASH_READ_SIZE)
+                    self._update(memoryview(buffer)[: item.read(buffer)])
+                else:
+                    self._update(item)
+                self.busy += time.perf_counter() - began
                 with self._lock:
-                    self._pending -= len(item)
+                    self._pending -= size
                     if self._waiter is not None and self._pending <= self._waiter[1]:
                         self._wake_waiter()
         except BaseException as exc:  # handed to the loop side: drain() raises from it
@@ -192,6 +258,21 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+@dataclass(frozen=True, slots=True)
+class _ReadBack:
+    """Bytes [offset, offset + length) of an open file, to be hashed by the digest thread."""
+
+    fd: int
+    offset: int
+    length: int
+
+    def read(self, buffer: bytearray) -> int:
+        got = os.preadv(self.fd, [memoryview(buffer)[: self.length]], self.offset)
+        if got != self.length:
+            raise OSError(errno.EIO, f"read {got} of {self.length} bytes at {self.offset}")
+        return got
+
+
 class PartFile:
     """The `.part` of one file, filled front to back; `size` is the committed prefix and always
     equals the file's `st_size`. Owns the digests of that prefix."""
@@ -211,11 +292,14 @@ class PartFile:
 
     # -- digests -----------------------------------------------------------------------------
 
-    async def start_digests(self, *, git_blob_size: int | None = None) -> None:
+    async def start_digests(
+        self, *, git_blob_size: int | None = None, inline: bool = False
+    ) -> None:
         """Start fresh digests and feed them the bytes already on disk (a resume), 8 MiB at a
-        time, yielding to the loop between reads so a multi-GB prefix does not freeze it."""
+        time, yielding to the loop between reads so a multi-GB prefix does not freeze it.
+        `inline`: hash on the caller's thread (see Digester)."""
         self._stop_digests()
-        digester = self._digester = Digester(git_blob_size=git_blob_size)
+        digester = self._digester = Digester(git_blob_size=git_blob_size, inline=inline)
         while digester.fed < self.size:
             block = os.pread(self.fd, min(REHASH_READ_SIZE, self.size - digester.fed), digester.fed)
             if not block:
@@ -327,6 +411,126 @@ class PartFile:
             os.close(fd)
 
 
+class SegmentedPartFile(PartFile):
+    """The `.part` of a segmented transfer: allocated to its full size up front and written at
+    any offset by several connections, so its length says nothing about what is on disk (the
+    segment map does, see core/segments.py). `size` here is the prefix the digests cover: the
+    digest thread reads the contiguous prefix back from the file as it grows (`hash_upto`)."""
+
+    def __init__(self, path: Path, total: int) -> None:
+        super().__init__(path)
+        self.total = total
+        self.size = 0
+        self._catching_up: asyncio.Future[None] | None = None
+
+    async def start_digests(
+        self, *, git_blob_size: int | None = None, inline: bool = False
+    ) -> None:
+        """Fresh digests of nothing yet; `hash_upto` feeds them (also a resumed prefix)."""
+        self._stop_digests()
+        self._digester = Digester(git_blob_size=git_blob_size, inline=inline)
+
+    def hash_upto(self, prefix: int) -> None:
+        """The bytes [0, prefix) are on disk: hash what the digests have not seen yet."""
+        digester = self._digester
+        if digester is None:
+            raise RuntimeError("start_digests() first")
+        if prefix > self.size:
+            digester.feed_from_file(self.fd, prefix - self.size)
+            self.size = prefix
+
+    @property
+    def hash_pending(self) -> int:
+        """Bytes of the prefix handed to the digest thread and not hashed yet."""
+        return 0 if self._digester is None else self._digester.pending
+
+    @property
+    def hash_busy(self) -> float:
+        """Seconds the digest thread has spent working so far (see SegmentedFetch)."""
+        return 0.0 if self._digester is None else self._digester.busy
+
+    async def hash_catch_up(self, limit: int) -> None:
+        """Wait until at most `limit` bytes wait for the digest thread. Any number of
+        connections may wait at once: they share one drain (a Digester has one waiter)."""
+        digester = self._digester
+        if digester is None:
+            return
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.ensure_future(digester.drain(limit))
+            self._catching_up.add_done_callback(_retrieve)
+        await asyncio.shield(self._catching_up)
+
+    def close(self) -> None:
+        if self._catching_up is not None:
+            self._catching_up.cancel()
+        super().close()
+
+    async def write(self, data: bytes) -> None:
+        raise RuntimeError("a segmented .part is written with write_at")
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        """pwrite all of `data` at `offset`. ENOSPC/EDQUOT → DiskFullError (possible even
+        after allocation, e.g. on filesystems without fallocate); other OSErrors propagate."""
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                written += pwrite(self.fd, view[written:], offset + written)
+        except OSError as exc:
+            if exc.errno in _DISK_FULL_ERRNOS:
+                raise disk_full(exc) from exc
+            raise
+
+    def write_back(self, offset: int, length: int) -> None:
+        """Ask the kernel to start writing [offset, offset + length) out (see early writeback
+        in the module docstring)."""
+        if _sync_file_range is not None and length > 0:
+            with contextlib.suppress(OSError):
+                _sync_file_range(self.fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+    def allocate(self) -> None:
+        """Make the file `total` bytes long with its blocks reserved (ENOSPC now, not midway);
+        where fallocate is unsupported, a sparse `ftruncate` still gives it its length."""
+        stat = os.fstat(self.fd)
+        if stat.st_size > self.total:
+            os.ftruncate(self.fd, self.total)
+        if _fallocate is not None and self.total > 0:
+            try:
+                _fallocate(self.fd, 0, 0, self.total)
+                return
+            except OSError as exc:
+                if exc.errno in _DISK_FULL_ERRNOS:
+                    raise disk_full(exc, needed=self.total - stat.st_blocks * 512) from exc
+                if exc.errno not in _UNSUPPORTED_ERRNOS:
+                    raise
+        if stat.st_size < self.total:
+            os.ftruncate(self.fd, self.total)
+
+    def check_free_space(self, total: int) -> None:
+        """DiskFullError unless the filesystem can hold the blocks of `total` bytes that are not
+        allocated to the file yet."""
+        stat = os.fstat(self.fd)
+        needed = total - stat.st_blocks * 512
+        if needed <= 0:
+            return
+        free = shutil.disk_usage(self.path.parent).free
+        if free < needed:
+            raise DiskFullError(
+                f"{needed} more bytes needed for {self.path.name}, only {free} free",
+                needed=needed,
+                free=free,
+            )
+
+    def discard(self) -> None:
+        raise RuntimeError("a segmented .part is discarded by removing it")
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a shared wait's outcome as seen: whoever cares awaited it already."""
+    if not future.cancelled():
+        future.exception()
+
+
 def publish(part: Path, dest: Path, sidecar: Path) -> None:
     """Make a verified, fsynced `.part` visible under its final name, atomically and durably."""
     os.replace(part, dest)
@@ -363,11 +567,18 @@ class PartState:
     total: int | None
     sha256: str | None  # the expected digest at the time, when one was known
     version: int = 1
+    # A segmented `.part` (written at any offset; its segment map says what is on disk) is
+    # saved as version 2, which a modelfetch that only knows prefix files discards.
+    segmented: bool = False
 
     def save(self, path: Path) -> None:
         """Atomic replace, no fsync: losing the sidecar in a crash only costs a restart."""
+        fields = asdict(self)
+        del fields["segmented"]
+        if self.segmented:
+            fields["version"] = 2
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), sort_keys=True), encoding="utf-8")
+        tmp.write_text(json.dumps(fields, sort_keys=True), encoding="utf-8")
         os.replace(tmp, path)
 
     @classmethod
@@ -377,7 +588,7 @@ class PartState:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError):
             return None
-        if not isinstance(raw, dict) or raw.get("version") != 1:
+        if not isinstance(raw, dict) or raw.get("version") not in (1, 2):
             return None
         url, validator, total, sha256 = (
             raw.get(k) for k in ("url", "validator", "total", "sha256")
@@ -390,4 +601,7 @@ class PartState:
             return None
         if sha256 is not None and not isinstance(sha256, str):
             return None
-        return cls(url=url, validator=validator, total=total, sha256=sha256)
+        segmented = raw["version"] == 2
+        if segmented and total is None:
+            return None
+        return cls(url=url, validator=validator, total=total, sha256=sha256, segmented=segmented)
