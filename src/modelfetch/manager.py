@@ -29,7 +29,7 @@ import aiohttp
 
 from modelfetch.bus import EventBus, Subscription
 from modelfetch.core import events as ev
-from modelfetch.core.errors import ModelfetchError, UnknownItemError
+from modelfetch.core.errors import ConflictError, SpecError, UnknownItemError
 from modelfetch.core.headers import origin_of
 from modelfetch.core.models import (
     LIVE_STATUSES,
@@ -52,7 +52,14 @@ from modelfetch.layout import Layout, Placement, link_snapshot, write_ref
 from modelfetch.planner import Planner, PlanOptions
 from modelfetch.requests import GroupRequest
 from modelfetch.store import Store
-from modelfetch.transfer import fetch_file, make_session
+from modelfetch.transfer import (
+    ConnectionSlots,
+    SegmentRecord,
+    TokenBucket,
+    fetch_file,
+    make_session,
+    partial_bytes,
+)
 from modelfetch.transfer.api import (
     StopSignal,
     TransferRequest,
@@ -81,15 +88,6 @@ def _partial_paths(dest: str) -> tuple[Path, Path]:
     return part_path(Path(dest)), sidecar_path(Path(dest))
 
 
-def _bytes_on_disk(dest: str) -> int:
-    """What a resumed transfer starts from: the `.part` is filled front to back, so its length is
-    the committed prefix (see transfer/sink.py)."""
-    try:
-        return part_path(Path(dest)).stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
 @dataclass(eq=False)
 class _Running:
     """One file whose transfer task is running."""
@@ -116,6 +114,16 @@ class ManagerSettings:
     disk_check_interval: float = 5.0
     shutdown_grace: float = 5.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # Multi-connection transfers (transfer/segments.py). A file of at least segment_threshold
+    # bytes (size known from the plan) is fetched over ranged connections in pieces of at least
+    # min_segment_size: 8 at first, more while they add throughput (a server that caps each
+    # connection), at most connections_per_file; 1 means one stream per file.
+    connections_per_file: int = 16
+    segment_threshold: int = 64 << 20
+    min_segment_size: int = 16 << 20
+    max_connections: int = 32  # concurrent connections over every download
+    max_connections_per_host: int = 16  # ... to any one host (0: no per-host cap)
+    rate_limit: int | None = None  # bytes/s over every download (None: unlimited)
 
 
 class DownloadManager:
@@ -150,6 +158,7 @@ class DownloadManager:
         self._group_rates: dict[int, RateEstimator] = {}
         self._holds: dict[str, float] = {}
         self._finish_held: set[int] = set()
+        self._positions_dirty = False
         self._wake = asyncio.Event()
         self._closing = False
         self._entered = False
@@ -157,6 +166,13 @@ class DownloadManager:
         self._session: aiohttp.ClientSession | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._service_tasks: list[asyncio.Task[None]] = []
+        # Shared by every transfer: the connection caps and the global bandwidth bucket; each
+        # download (group) also gets its own bucket, unlimited until set_rate_limit.
+        self._slots = ConnectionSlots(
+            self.settings.max_connections, self.settings.max_connections_per_host
+        )
+        self._bandwidth = TokenBucket(self.settings.rate_limit)
+        self._group_bandwidth: dict[int, TokenBucket] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -173,6 +189,11 @@ class DownloadManager:
         except BaseException:
             self._store.close()
             raise
+        # A kill between a publish (the rename) and its commit leaves a verified file under its
+        # final name and a row that is not completed: adopt it rather than fetch it again.
+        for f in self._all_live_files():
+            if f.status is FileStatus.QUEUED and Path(f.dest).exists():
+                await self._adopt_existing(f)
         if self._workers:
             self._service_tasks = [
                 self._tg.create_task(self._coordinate(), name="modelfetch-coordinator"),
@@ -223,7 +244,7 @@ class DownloadManager:
             self._groups[group.id] = group
             for f in group.files:
                 if f.status in _WAITING:
-                    on_disk = _bytes_on_disk(f.dest)
+                    on_disk = self._on_disk(f)
                     if on_disk != f.bytes_done:
                         store.update_file(f.group_id, f.index, bytes_done=on_disk)
                         f.bytes_done = on_disk
@@ -322,8 +343,9 @@ class DownloadManager:
             )
             for i, fr in enumerate(request.files, start=1)
         ]
+        self._refuse_shared_destinations(files)
         for f in files:
-            f.bytes_done = _bytes_on_disk(f.dest)
+            f.bytes_done = self._on_disk(f)
         group = GroupRecord(
             key=request.dedupe_key(),
             spec=request.spec or request.name,
@@ -356,6 +378,22 @@ class DownloadManager:
         )
         self._wake.set()
         return group.id
+
+    def _on_disk(self, f: FileRecord) -> int:
+        """Bytes of `f`'s partial really on disk: the `.part`'s length when it is filled front
+        to back, the persisted segment map's count when several connections fill it."""
+        segments = self.store.segments(f.group_id, f.index) if f.group_id else None
+        return partial_bytes(Path(f.dest), segments)
+
+    def _refuse_shared_destinations(self, files: list[FileRecord]) -> None:
+        """Two live files with one destination would write one `.part` from two streams."""
+        taken = {f.dest: f for f in self._all_live_files()}
+        for f in files:
+            other = taken.get(f.dest)
+            if other is not None:
+                owner = f"download {other.ref}" if other.group_id else f"{other.name!r}"
+                raise SpecError(f"{f.dest} is already being written by {owner}")
+            taken[f.dest] = f
 
     async def _adopt_existing(self, f: FileRecord) -> None:
         """A file already at its destination with the expected digest is not fetched again.
@@ -393,6 +431,7 @@ class DownloadManager:
                     path=f.dest,
                     sha256=digest,
                     size=st.st_size,
+                    verified=True,
                 )
             )
             self._finish_if_done(f.group_id)
@@ -458,7 +497,8 @@ class DownloadManager:
         try:
             changes = self._queue.move(target, position)
         except KeyError:
-            raise UnknownItemError(f"{ref} is not waiting in the queue") from None
+            self._files_of(ref)  # UnknownItemError if it names nothing
+            raise ConflictError(f"{ref} is finished: only waiting downloads can move") from None
         self._apply_order(changes)
 
     async def move_to_front(self, ref: str | int | ItemRef) -> None:
@@ -471,7 +511,8 @@ class DownloadManager:
         try:
             changes = self._queue.set_priority(target, priority)
         except KeyError:
-            raise UnknownItemError(f"{ref} is not in the queue") from None
+            self._files_of(ref)  # UnknownItemError if it names nothing
+            raise ConflictError(f"{ref} is finished: its priority no longer matters") from None
         if ref.index is None:
             self.store.update_group(ref.group_id, priority=priority)
             self._group(ref.group_id).priority = priority
@@ -509,7 +550,7 @@ class DownloadManager:
         ref = self._ref(ref)
         group = self._group(ref.group_id)
         if any(f.status in LIVE_STATUSES for f in group.files):
-            raise ModelfetchError(f"{ref} is still {group.status}: cancel it first")
+            raise ConflictError(f"{ref} is still {group.status}: cancel it first")
         self.store.forget_group(group.id)
         self._groups.pop(group.id, None)
 
@@ -519,7 +560,34 @@ class DownloadManager:
             self._groups.pop(gid, None)
         return ids
 
-    async def set_limits(self, *, max_active: int | None = None) -> None:
+    async def set_limits(
+        self,
+        *,
+        max_active: int | None = None,
+        rate_limit: int | None = None,
+        max_connections: int | None = None,
+        max_connections_per_host: int | None = None,
+        connections_per_file: int | None = None,
+    ) -> None:
+        """Change limits while running; None leaves a limit as it is. `rate_limit` is bytes/s
+        over every download (0: unlimited) and applies at once, also to running transfers, as
+        do the connection caps (for new connections). `connections_per_file` applies to files
+        that start from now on."""
+        if rate_limit is not None:
+            if rate_limit < 0:
+                raise ValueError("rate_limit must be >= 0 bytes/s (0: unlimited)")
+            self.settings.rate_limit = rate_limit or None
+            self._bandwidth.set_rate(rate_limit or None)
+        if max_connections is not None or max_connections_per_host is not None:
+            self._slots.set_limits(total=max_connections, per_host=max_connections_per_host)
+            if max_connections is not None:
+                self.settings.max_connections = max_connections
+            if max_connections_per_host is not None:
+                self.settings.max_connections_per_host = max_connections_per_host
+        if connections_per_file is not None:
+            if connections_per_file < 1:
+                raise ValueError("connections_per_file must be at least 1")
+            self.settings.connections_per_file = connections_per_file
         if max_active is not None:
             if max_active < 1:
                 raise ValueError("max_active must be at least 1")
@@ -532,45 +600,71 @@ class DownloadManager:
                 await asyncio.gather(*(self._stop(r, StopReason.SHUTDOWN) for r in newest))
         self._wake.set()
 
+    async def set_rate_limit(self, ref: str | int | ItemRef, bytes_per_s: int | None) -> None:
+        """Cap one download's bandwidth (bytes/s over all its files and connections; None or
+        0: no cap of its own). `ref` names the download (for `12.3`, its download 12). Applies
+        at once, also while it runs, and is remembered across restarts."""
+        if bytes_per_s is not None and bytes_per_s < 0:
+            raise ValueError("bytes_per_s must be >= 0 (0 or None: unlimited)")
+        group = self._group(self._ref(ref).group_id)
+        self.store.set_group_limits(group.id, rate_limit=bytes_per_s or None)
+        self._group_bucket(group.id).set_rate(bytes_per_s or None)
+
+    async def set_connections(self, ref: str | int | ItemRef, connections: int | None) -> None:
+        """Connections per file for one download (1: a single stream each; None: back to the
+        global setting). Remembered across restarts; applies to its files that start next."""
+        if connections is not None and connections < 1:
+            raise ValueError("connections must be at least 1 (or None for the default)")
+        group = self._group(self._ref(ref).group_id)
+        self.store.set_group_limits(group.id, connections=connections)
+
+    def _group_bucket(self, gid: int) -> TokenBucket:
+        bucket = self._group_bandwidth.get(gid)
+        if bucket is None:
+            rate, _ = self.store.group_limits(gid)
+            bucket = self._group_bandwidth[gid] = TokenBucket(rate)
+        return bucket
+
     async def snapshot(self) -> list[GroupView]:
-        """Every group the manager knows, live first, with positions, speed and ETA."""
+        """Every group the manager knows, in id order, with positions, speed and ETA."""
         self._require_running()
         positions = self._queue.positions()
         group_positions = self._queue.group_positions()
-        views: list[GroupView] = []
-        for group in self.store.groups():
-            live = self._groups.get(group.id, group)
-            file_views = [self._file_view(f, positions) for f in live.files]
-            rate = self._group_rates.get(live.id)
-            done = self._group_done(live)
-            total = live.bytes_total
-            views.append(
-                GroupView(
-                    id=live.id,
-                    name=live.name,
-                    spec=live.spec,
-                    status=live.status.value,
-                    dest_dir=live.dest_dir,
-                    position=group_positions.get(live.id),
-                    downloaded=done,
-                    total=total,
-                    speed=rate.speed if rate and live.status is GroupStatus.ACTIVE else None,
-                    eta=rate.eta(total, done)
-                    if rate and live.status is GroupStatus.ACTIVE
-                    else None,
-                    created_at=live.created_at,
-                    finished_at=live.finished_at,
-                    files=file_views,
-                )
-            )
-        return views
+        return [
+            self._group_view(self._groups.get(group.id, group), positions, group_positions)
+            for group in self.store.groups()
+        ]
 
     async def group_view(self, ref: str | int | ItemRef) -> GroupView:
-        gid = self._ref(ref).group_id
-        for view in await self.snapshot():
-            if view.id == gid:
-                return view
-        raise UnknownItemError(f"no download with id {gid}")
+        self._require_running()
+        group = self._group(self._ref(ref).group_id)
+        return self._group_view(group, self._queue.positions(), self._queue.group_positions())
+
+    def _group_view(
+        self,
+        group: GroupRecord,
+        positions: dict[FileKey, int],
+        group_positions: dict[int, int],
+    ) -> GroupView:
+        rate = self._group_rates.get(group.id)
+        done = self._group_done(group)
+        total = group.bytes_total
+        active = rate is not None and group.status is GroupStatus.ACTIVE
+        return GroupView(
+            id=group.id,
+            name=group.name,
+            spec=group.spec,
+            status=group.status.value,
+            dest_dir=group.dest_dir,
+            position=group_positions.get(group.id),
+            downloaded=done,
+            total=total,
+            speed=rate.speed if rate is not None and active else None,
+            eta=rate.eta(total, done) if rate is not None and active else None,
+            created_at=group.created_at,
+            finished_at=group.finished_at,
+            files=[self._file_view(f, positions) for f in group.files],
+        )
 
     def subscribe(self, *, maxsize: int = 1024, since: int | None = None) -> Subscription:
         return self.bus.subscribe(maxsize=maxsize, since=since)
@@ -579,13 +673,16 @@ class DownloadManager:
         """Until every given group is settled: nothing queued, active or waiting to retry
         (paused counts as settled, so a disk-full pause ends the wait). Bound it with
         `asyncio.timeout` if needed."""
-        wanted = set(group_ids)
-        with self.subscribe() as sub:
-            while not all(self._settled(g) for g in wanted):
+        with self.subscribe() as sub:  # first, so no change slips between the check and it
+            pending = {g for g in group_ids if not self._settled(g)}
+            while pending:
                 try:
-                    await anext(sub)
+                    event = await anext(sub)
                 except StopAsyncIteration:  # the bus closed: the manager is shutting down
                     return
+                # Only a status change can settle a group; progress events cost nothing here.
+                if isinstance(event, ev.StatusChanged | ev.GroupFinished | ev.Missed):
+                    pending = {g for g in pending if not self._settled(g)}
 
     async def events(self) -> AsyncIterator[ev.Event]:
         with self.subscribe() as sub:
@@ -668,6 +765,8 @@ class DownloadManager:
                 else None,
             )
         )
+        if FileStatus.QUEUED in (previous, to):
+            self._positions_dirty = True  # announced by the ticker, at most twice a second
         if to in TERMINAL_STATUSES:
             if (f.group_id, f.index) in self._queue:
                 self._queue.remove((f.group_id, f.index))
@@ -690,10 +789,12 @@ class DownloadManager:
                         f.order_key = key
                         if priority is not None:
                             f.priority = priority
-        self._emit(
-            ev.QueueChanged(positions={str(g): p for g, p in self._queue.group_positions().items()})
-        )
+        self._emit_positions()
         self._wake.set()
+
+    def _emit_positions(self) -> None:
+        positions = self._queue.group_positions()
+        self._emit(ev.QueueChanged(positions={str(g): p for g, p in positions.items()}))
 
     async def _requeue(self, group: GroupRecord, files: list[FileRecord]) -> None:
         for f in files:
@@ -702,7 +803,7 @@ class DownloadManager:
             if f.status in (FileStatus.PAUSED, FileStatus.WAITING_RETRY):
                 self._resume_files([f])
                 continue
-            on_disk = _bytes_on_disk(f.dest)
+            on_disk = self._on_disk(f)
             allowed = (FileStatus.FAILED, FileStatus.CANCELLED, FileStatus.COMPLETED)
             key = (f.group_id, f.index)
             if key not in self._queue:
@@ -722,7 +823,9 @@ class DownloadManager:
                 finished_at=None,
                 bytes_done=on_disk,
             )
-        group.finished_at = None
+        if group.finished_at is not None:
+            self.store.update_group(group.id, finished_at=None)  # it will finish again
+            group.finished_at = None
         self._wake.set()
 
     def _cancel_waiting(self, f: FileRecord) -> None:
@@ -908,11 +1011,17 @@ class DownloadManager:
                 if total is not None:
                     run.total = total
 
+            def on_segments(segments: tuple[SegmentRecord, ...] | None) -> None:
+                self.store.save_segments(f.group_id, f.index, segments)
+
             result = await fetch_file(
                 self._session_or_fail(),
                 self._transfer_request(f),
                 on_progress=on_progress,
                 stop=run.stop,
+                on_segments=on_segments,
+                limits=(self._group_bucket(f.group_id), self._bandwidth),
+                slots=self._slots,
             )
         except asyncio.CancelledError:
             self._finalize_stopped(run)
@@ -935,6 +1044,7 @@ class DownloadManager:
         hub = self.hub_config
         if hub.token and origin_of(f.url) == hub.origin:
             credentials = hub.credentials()
+        _, connections = self.store.group_limits(f.group_id)
         return TransferRequest(
             url=f.url,
             dest=Path(f.dest),
@@ -943,6 +1053,11 @@ class DownloadManager:
             expected_git_oid=f.expected_git_oid,
             credentials=credentials,
             stall_timeout=self.settings.stall_timeout,
+            connections=connections or self.settings.connections_per_file,
+            segment_threshold=self.settings.segment_threshold,
+            min_segment_size=self.settings.min_segment_size,
+            segments=self.store.segments(f.group_id, f.index),
+            checkpoint_interval=self.settings.checkpoint_interval,
         )
 
     async def _stop(self, run: _Running, reason: StopReason) -> None:
@@ -982,7 +1097,7 @@ class DownloadManager:
                 FileStatus.QUEUED,
                 allowed_from=(FileStatus.ACTIVE,),
                 reason="requeued",
-                bytes_done=_bytes_on_disk(f.dest),
+                bytes_done=self._on_disk(f),
                 bytes_total=run.total,
             )
         else:
@@ -993,7 +1108,7 @@ class DownloadManager:
                 allowed_from=(FileStatus.ACTIVE,),
                 reason=pause.value,
                 pause_reason=pause.value,
-                bytes_done=_bytes_on_disk(f.dest),
+                bytes_done=self._on_disk(f),
                 bytes_total=run.total,
             )
 
@@ -1028,6 +1143,7 @@ class DownloadManager:
                     path=str(result.path),
                     sha256=result.sha256,
                     size=result.size,
+                    verified=result.verified,
                 )
             )
             self._emit_group_progress(f.group_id, time.monotonic())
@@ -1054,7 +1170,7 @@ class DownloadManager:
         self._histories[key] = history
         kind = getattr(exc, "kind", type(exc).__name__)
         message = str(exc) or type(exc).__name__
-        on_disk = _bytes_on_disk(f.dest)
+        on_disk = self._on_disk(f)
         if isinstance(decision, Retry):
             if decision.restart_from_zero:
                 for p in _partial_paths(f.dest):
@@ -1126,6 +1242,9 @@ class DownloadManager:
             await asyncio.sleep(self.settings.progress_interval)
             now = time.monotonic()
             self._emit_progress(now)
+            if self._positions_dirty:
+                self._positions_dirty = False
+                self._emit_positions()
             if now - last_checkpoint >= self.settings.checkpoint_interval:
                 self._checkpoint()
                 last_checkpoint = now
@@ -1246,6 +1365,8 @@ class DownloadManager:
             retry_at=f.retry_at,
             pause_reason=f.pause_reason,
             sha256=f.sha256,
+            verified=f.status is FileStatus.COMPLETED
+            and (f.expected_sha256 is not None or f.expected_git_oid is not None),
             idle_for=run.rate.idle_for(time.monotonic()) if run else None,
         )
 
