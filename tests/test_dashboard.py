@@ -5,6 +5,7 @@ complete, and save a screenshot for the README (docs/dashboard.png)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,7 +59,7 @@ async def bar_width(card: Locator) -> float:
     return float(text.rstrip("%") or 0)
 
 
-async def test_add_watch_pause_resume_complete(daemon: Daemon) -> None:
+async def test_add_watch_pause_resume_complete(daemon: Daemon, tmp_path: Path) -> None:
     # Slow enough to watch (about 6 s for the 5 MiB model), fast once resumed.
     daemon.hub.add_fault(Fault("throttle", origin="cdn", rate=400 * KiB))
     expect = playwright_api.expect
@@ -134,8 +135,13 @@ async def test_add_watch_pause_resume_complete(daemon: Daemon) -> None:
 
             await show_other_states(daemon, page)
             await expect(card.locator(".state")).to_have_text("done")
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            await page.screenshot(path=str(SCREENSHOT), full_page=True)
+            # The README's picture is refreshed on request only, so a test run never dirties the
+            # work tree: MODELFETCH_UPDATE_SCREENSHOT=1 pytest tests/test_dashboard.py
+            shot = (
+                SCREENSHOT if os.environ.get("MODELFETCH_UPDATE_SCREENSHOT") else tmp_path / "d.png"
+            )
+            await page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
 
             # The refused (absurd) speed limit is the one failed request made on purpose.
             expected_refusal = "status of 422"

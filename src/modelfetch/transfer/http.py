@@ -974,23 +974,41 @@ def _translate_exception(
         return NetworkError(f"cannot resolve {urlsplit(url).hostname}: {exc.os_error}", url=where)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return NetworkError(f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}", url=where)
+    host = urlsplit(url).netloc
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return NetworkError("the server closed the connection", url=where)
+        return NetworkError(f"{host} closed the connection", url=where)
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return NetworkError(f"the response body was cut short: {exc}", url=where)
+        # aiohttp's own text is a repr chain; a person needs what happened and where.
+        how = "reset" if _caused_by(exc, ConnectionResetError) else "closed"
+        return NetworkError(f"{host} {how} the connection before the whole body arrived", url=where)
     if isinstance(exc, aiohttp.ServerTimeoutError):
         return NetworkError(f"timed out connecting: {exc}", url=where)
     if isinstance(exc, aiohttp.InvalidURL):
         return NetworkError(f"invalid URL: {exc}", url=where)
     if isinstance(exc, aiohttp.ClientError):
         return NetworkError(f"{type(exc).__name__}: {exc}", url=where)
+    if isinstance(exc, ConnectionResetError):
+        return NetworkError(f"{host} reset the connection", url=where)
     if isinstance(exc, (ConnectionError, socket.gaierror)):
-        return NetworkError(f"{type(exc).__name__}: {exc}", url=where)
+        return NetworkError(f"{host}: {exc.strerror or exc}", url=where)
     if isinstance(exc, TimeoutError):
         return StalledError(f"no data for {stall:g} s", url=where)
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
         return disk_full(exc)
     return None
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # a bounded walk: causes can, in principle, form a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, kind) or any(isinstance(a, kind) for a in seen.args):
+            return True
+        if kind.__name__ in str(seen):  # aiohttp folds the socket error into the message
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 __all__ = ["MIN_CHUNK_SIZE", "PROGRESS_INTERVAL", "READ_BUFSIZE", "fetch_file", "make_session"]
