@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench soak clean
+.PHONY: demo test lint typecheck unit bench soak load clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || ( $(PY) -m pip install -q uv >/dev/null 2>&1 && $(PY) -m uv venv -q -p $(PY) $(VENV) ) || $(PY) -m venv $(VENV)
@@ -33,6 +33,14 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_transfer.py
+
+# The long chaos soak (a bounded ~20 s version runs inside `make test`). SOAK_SECONDS sets its length.
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	MODELFETCH_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q -m slow tests/test_soak.py -p no:cacheprovider -s
+
+load: $(STAMP)
+	$(BIN)/python benchmarks/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
