@@ -124,6 +124,7 @@ class ManagerSettings:
     max_connections: int = 32  # concurrent connections over every download
     max_connections_per_host: int = 16  # ... to any one host (0: no per-host cap)
     rate_limit: int | None = None  # bytes/s over every download (None: unlimited)
+    allowed_hosts: frozenset[str] | None = None  # hosts transfers may reach (None: any)
 
 
 class DownloadManager:
@@ -1053,6 +1054,7 @@ class DownloadManager:
             expected_git_oid=f.expected_git_oid,
             credentials=credentials,
             stall_timeout=self.settings.stall_timeout,
+            allowed_hosts=self.settings.allowed_hosts,
             connections=connections or self.settings.connections_per_file,
             segment_threshold=self.settings.segment_threshold,
             min_segment_size=self.settings.min_segment_size,

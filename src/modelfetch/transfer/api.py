@@ -57,6 +57,10 @@ class TransferRequest:
     max_redirects: int = 10
     chunk_size: int = 4 << 20
     allowed_schemes: frozenset[str] = frozenset({"http", "https"})
+    # Hosts a transfer may reach, the first URL and every redirect hop (lowercase names or IP
+    # literals); None: any. E.g. {"127.0.0.1", "localhost"} keeps a test or an air-gapped
+    # mirror setup from being redirected anywhere else.
+    allowed_hosts: frozenset[str] | None = None
     # Multi-connection (segmented) mode: used when connections > 1 and the size is known (the
     # plan's expected_size) and at least segment_threshold, or when `segments` says the `.part`
     # is segmented already. connections = 1 is the plain single stream; above 1 it is the most

@@ -616,6 +616,14 @@ class _Transfer:
                 raise SchemeError(
                     f"refusing to fetch a {scheme or 'relative'} URL", url=_redact(url)
                 )
+            allowed_hosts = self.request.allowed_hosts
+            host = (urlsplit(url).hostname or "").lower()
+            if allowed_hosts is not None and host not in allowed_hosts:
+                raise SchemeError(
+                    f"refusing to fetch from {host or 'no host'}: only"
+                    f" {', '.join(sorted(allowed_hosts))} allowed",
+                    url=_redact(url),
+                )
             headers = dict(conditional)
             if self._may_authenticate(url) and self.request.credentials is not None:
                 headers["Authorization"] = f"Bearer {self.request.credentials.token}"

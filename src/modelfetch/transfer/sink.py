@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from modelfetch.core.errors import DiskFullError
+from modelfetch.core.errors import DiskFullError, IntegrityError
 
 REHASH_READ_SIZE = 8 << 20
 INLINE_HASH_LIMIT = 8 << 20  # files up to this size are hashed without a digest thread
@@ -389,16 +389,7 @@ class PartFile:
         reserved beyond EOF (an earlier attempt's preallocation) count as ours."""
         stat = os.fstat(self.fd)
         reserved_beyond_eof = max(0, stat.st_blocks * 512 - stat.st_size)
-        needed = total - self.size - reserved_beyond_eof
-        if needed <= 0:
-            return
-        free = shutil.disk_usage(self.path.parent).free
-        if free < needed:
-            raise DiskFullError(
-                f"{needed} more bytes needed for {self.path.name}, only {free} free",
-                needed=needed,
-                free=free,
-            )
+        _require_space(self.path, total - self.size - reserved_beyond_eof)
 
     def sync_and_close(self) -> None:
         os.fsync(self.fd)
@@ -510,19 +501,30 @@ class SegmentedPartFile(PartFile):
         """DiskFullError unless the filesystem can hold the blocks of `total` bytes that are not
         allocated to the file yet."""
         stat = os.fstat(self.fd)
-        needed = total - stat.st_blocks * 512
-        if needed <= 0:
-            return
-        free = shutil.disk_usage(self.path.parent).free
-        if free < needed:
-            raise DiskFullError(
-                f"{needed} more bytes needed for {self.path.name}, only {free} free",
-                needed=needed,
-                free=free,
-            )
+        _require_space(self.path, total - stat.st_blocks * 512)
 
     def discard(self) -> None:
         raise RuntimeError("a segmented .part is discarded by removing it")
+
+
+def _require_space(path: Path, needed: int) -> None:
+    """DiskFullError if the filesystem cannot hold `needed` more bytes now. A size larger than
+    the whole filesystem is not a full disk but a lying (or wrong) server: that file fails on its
+    own (IntegrityError) instead of pausing every download as 'disk full'."""
+    if needed <= 0:
+        return
+    usage = shutil.disk_usage(path.parent)
+    if needed > usage.total:
+        raise IntegrityError(
+            f"the server announces {needed} bytes for {path.name}, more than the whole disk"
+            f" holds ({usage.total} bytes)"
+        )
+    if usage.free < needed:
+        raise DiskFullError(
+            f"{needed} more bytes needed for {path.name}, only {usage.free} free",
+            needed=needed,
+            free=usage.free,
+        )
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
