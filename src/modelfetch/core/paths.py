@@ -33,8 +33,15 @@ def _is_reserved_device(component: str) -> bool:
     return stem in _RESERVED_DEVICE_NAMES
 
 
+# Bidirectional controls reorder what a terminal or file manager shows: `x\u202egguf.exe` is
+# displayed as `xexe.fugg`. A name from a server must look like what it is.
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
 def _control_chars(text: str) -> list[str]:
-    return [ch for ch in text if unicodedata.category(ch) == "Cc"]
+    return [ch for ch in text if unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS]
 
 
 def safe_relpath(name: str) -> PurePosixPath:
@@ -42,7 +49,8 @@ def safe_relpath(name: str) -> PurePosixPath:
 
     Refuses (UnsafePathError naming the bad part): empty names, absolute paths, `..` and `.`,
     empty components (`a//b`, a trailing `/`), backslashes, colons (Windows drive letters and
-    NTFS alternate streams), NUL and other control characters, components over 255 UTF-8 bytes,
+    NTFS alternate streams), NUL and other control characters (bidirectional controls such as
+    U+202E included: they disguise a name), components over 255 UTF-8 bytes,
     and Windows device names (CON, NUL, COM1, `nul.txt`, ...). The result is NFC-normalised.
     """
     if not isinstance(name, str):
@@ -109,7 +117,7 @@ def sanitize_filename(name: str) -> str:
     text = unicodedata.normalize("NFC", name)
     text = re.split(r"[/\\]", text)[-1]
     text = _UNSAFE_FILENAME_CHARS.sub("_", text)
-    text = "".join("_" if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    text = "".join("_" if _control_chars(ch) else ch for ch in text)
     text = text.strip(" .\t")
     if not text:
         return FALLBACK_FILENAME

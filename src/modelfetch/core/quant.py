@@ -220,7 +220,8 @@ def parse_quant_token(token: str) -> Quant | None:
 
 # --- shard names ------------------------------------------------------------------------------
 
-_SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<index>[0-9]+)-of-(?P<count>[0-9]+)$")
+# DOTALL: whatever comes before the suffix is the prefix, even a (hostile) newline.
+_SHARD_RE = re.compile(r"(?P<prefix>.*)-(?P<index>[0-9]+)-of-(?P<count>[0-9]+)", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +254,7 @@ def parse_shard(path: str) -> ShardName | None:
     if dot <= slash:
         return None
     stem, ext = path[:dot], path[dot:]
-    match = _SHARD_RE.match(stem)
+    match = _SHARD_RE.fullmatch(stem)
     if match is None:
         return None
     index, count = int(match["index"]), int(match["count"])

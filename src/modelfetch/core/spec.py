@@ -69,7 +69,8 @@ _FOREIGN_SCHEMES = frozenset(
     {"file", "ftp", "ftps", "sftp", "javascript", "vbscript", "data", "mailto", "magnet", "about"}
     | {"blob", "ssh", "git", "s3", "gs", "ws", "wss"}
 )
-_PR_REF = re.compile(r"refs/pr/[0-9]+")
+# A whole path segment: `refs/pr/1a` is the revision `refs` and the path `pr/1a`.
+_PR_REF = re.compile(r"refs/pr/[0-9]+(?=$|[/:])")
 # git check-ref-format: no control chars, space, ~ ^ : ? * [ \, no "..", no "@{".
 _BAD_REVISION_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -90,7 +91,11 @@ class HubSpec:
 
         The default branch is written `main`; a revision is percent-encoded so it never
         contains `/`. `parse_spec(key)` gives back an equivalent spec."""
-        text = f"hf://{self.repo_id}@{quote(self.revision or 'main', safe='')}"
+        revision = quote(self.revision or "main", safe="")
+        if revision == "refs" and self.path is not None and _PR_REF.match(f"refs/{self.path}"):
+            # `@refs/pr/1/x` would read back as the revision refs/pr/1: encode the whole name.
+            revision = "".join(f"%{ord(ch):02X}" for ch in revision)
+        text = f"hf://{self.repo_id}@{revision}"
         if self.path is not None:
             return f"{text}/{self.path}"
         if self.quant is not None:
@@ -177,6 +182,9 @@ def _check_path(path: str, text: str) -> str:
         raise _fail("a repo path may not have empty, '.' or '..' parts", text)
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
         raise _fail("a repo path may not contain control characters", text)
+    if path != path.strip():
+        # A request is stripped before parsing, so such a path could not be written back.
+        raise _fail("a repo path may not begin or end with whitespace", text)
     return path
 
 

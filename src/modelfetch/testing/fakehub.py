@@ -438,8 +438,17 @@ def _truthy(value: str | None) -> bool:
 class FakeHub:
     """The Hub on `endpoint`, its CDN on `cdn_endpoint`; see docs/dev/fakehub-api.md."""
 
-    def __init__(self, *, port: int = 0, cdn_port: int = 0, page_size: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        cdn_port: int = 0,
+        page_size: int = 1000,
+        cdn_public_url: str | None = None,
+    ) -> None:
         self.tokens: set[str] = set()
+        # Where resolve redirects point (e.g. a proxy in front of the CDN); None: the CDN itself.
+        self.cdn_public_url = cdn_public_url
         self.log: list[RequestRecord] = []
         self.page_size = page_size
         self._ports = (port, cdn_port)
@@ -904,8 +913,9 @@ class FakeHub:
         if self._take(faults, "bad_linked_etag") is not None:
             linked = hashlib.sha256(b"not-the-content\0" + linked.encode()).hexdigest()
         target = f"{repo.repo_id}/{commit.sha}/{path}"
+        cdn = self.cdn_public_url or self.cdn_endpoint
         location = (
-            f"{self.cdn_endpoint}/cdn/{repo.repo_id}/{commit.sha}/{quote(path)}"
+            f"{cdn}/cdn/{repo.repo_id}/{commit.sha}/{quote(path)}"
             f"?expires={expires}&signature={_sign(target, expires)}"
         )
         return _redirect(
@@ -965,7 +975,12 @@ class FakeHub:
         exchange.status = response.status
         await response.prepare(request)
         if request.method != "HEAD":
-            await self._write_body(request, response, blob, start, end, faults)
+            try:
+                await self._write_body(request, response, blob, start, end, faults)
+            except ConnectionResetError:
+                # The client went away mid-body (a paused or cancelled transfer, a segment
+                # handed to another connection): normal for a download server, not an error.
+                return response
         return response
 
     async def _write_body(
