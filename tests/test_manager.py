@@ -430,3 +430,20 @@ async def test_a_second_manager_on_the_same_state_directory_is_refused(tmp_path:
         with pytest.raises(StateLockedError, match="another modelfetch process"):
             async with manager(tmp_path):
                 pass
+
+
+async def test_a_corrupt_state_database_is_moved_aside_and_the_manager_starts(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "state.db").write_bytes(b"this is not a database" * 100)
+    paths = shards(hub, "o/m", 1, MiB)
+    async with manager(tmp_path) as m:
+        notices = [e for e in m.bus.history_since(0) or [] if isinstance(e, ev.Notice)]
+        assert notices and "state.db" in notices[0].message
+        gid = await m.enqueue(group_of(hub, "o/m", paths, tmp_path / "out"))
+        async with asyncio.timeout(20):
+            await m.wait([gid])
+        assert (await m.group_view(gid)).status == "completed"
+    assert list(home.glob("state.db.corrupt-*"))

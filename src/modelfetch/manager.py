@@ -50,6 +50,7 @@ from modelfetch.core.rate import RateEstimator
 from modelfetch.hub import HubClient, HubConfig, hub_config_from_env
 from modelfetch.layout import Layout, Placement, link_snapshot, write_ref
 from modelfetch.planner import Planner, PlanOptions
+from modelfetch.recovery import open_store
 from modelfetch.requests import GroupRequest
 from modelfetch.store import Store
 from modelfetch.transfer import (
@@ -181,7 +182,11 @@ class DownloadManager:
         if self._entered:
             raise RuntimeError("a DownloadManager can be entered once")
         self._entered = True
-        self._store = Store(self.home)
+        # A corrupt or foreign database is moved aside and the queue rebuilt from the `.part`
+        # sidecars on disk; what happened is announced once the bus is up.
+        self._store, notices = open_store(self.home, models_dir=self.models_dir)
+        for message in notices:
+            self._emit(ev.Notice(message=message, level="warning"))
         try:
             self._recover()
             self._session = self._external_session or make_session()
