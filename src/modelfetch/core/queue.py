@@ -169,7 +169,11 @@ class SchedulingQueue:
         """
         members = self._members(target)
         if isinstance(target, int):
-            others = [self._first_waiting(g) for g in self.group_positions() if g != target]
+            # Each other group is placed by its first waiting file; one pass, not one per group.
+            firsts: dict[int, FileKey] = {}
+            for key in self.candidates():
+                firsts.setdefault(key[0], key)
+            others = [key for group_id, key in firsts.items() if group_id != target]
         else:
             others = [key for key in self.candidates() if key != target]
         spot = min(max(position, 1), len(others) + 1)
@@ -211,9 +215,6 @@ class SchedulingQueue:
         if target not in self._slots:
             raise KeyError(target)
         return [target]
-
-    def _first_waiting(self, group_id: int) -> FileKey:
-        return next(k for k in self.candidates() if k[0] == group_id)
 
     def _place(
         self, members: list[FileKey], priority: int, anchor: FileKey | None
