@@ -19,7 +19,7 @@ import random
 import shutil
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -498,13 +498,9 @@ class DownloadManager:
         )
 
     async def move(self, ref: str | int | ItemRef, position: int) -> None:
-        ref = self._ref(ref)
-        target: FileKey | int = ref.group_id if ref.index is None else (ref.group_id, ref.index)
-        try:
-            changes = self._queue.move(target, position)
-        except KeyError:
-            self._files_of(ref)  # UnknownItemError if it names nothing
-            raise ConflictError(f"{ref} is finished: only waiting downloads can move") from None
+        _, changes = self._reorder(
+            ref, lambda target: self._queue.move(target, position), "only waiting downloads move"
+        )
         self._apply_order(changes)
 
     async def move_to_front(self, ref: str | int | ItemRef) -> None:
@@ -512,17 +508,31 @@ class DownloadManager:
 
     async def set_priority(self, ref: str | int | ItemRef, priority: int) -> None:
         """Higher runs first; within a priority, first come first served."""
-        ref = self._ref(ref)
-        target: FileKey | int = ref.group_id if ref.index is None else (ref.group_id, ref.index)
-        try:
-            changes = self._queue.set_priority(target, priority)
-        except KeyError:
-            self._files_of(ref)  # UnknownItemError if it names nothing
-            raise ConflictError(f"{ref} is finished: its priority no longer matters") from None
-        if ref.index is None:
-            self.store.update_group(ref.group_id, priority=priority)
-            self._group(ref.group_id).priority = priority
+        item, changes = self._reorder(
+            ref,
+            lambda target: self._queue.set_priority(target, priority),
+            "its priority no longer matters",
+        )
+        if item.index is None:
+            self.store.update_group(item.group_id, priority=priority)
+            self._group(item.group_id).priority = priority
         self._apply_order(changes, priority=priority)
+
+    def _reorder(
+        self,
+        ref: str | int | ItemRef,
+        command: Callable[[FileKey | int], dict[FileKey, int]],
+        refusal: str,
+    ) -> tuple[ItemRef, dict[FileKey, int]]:
+        """Run a queue command on a download (`12`) or one of its files (`12.3`); a target the
+        queue does not hold is unknown (404) or finished (409)."""
+        item = self._ref(ref)
+        target: FileKey | int = item.group_id if item.index is None else (item.group_id, item.index)
+        try:
+            return item, command(target)
+        except KeyError:
+            self._files_of(item)  # UnknownItemError if it names nothing
+            raise ConflictError(f"{item} is finished: {refusal}") from None
 
     async def orphan_partials(self) -> list[Path]:
         """`.part` files (and their sidecars) under the models directory and every known
