@@ -543,16 +543,6 @@ async def test_a_content_range_that_does_not_match_the_request_is_refused_and_th
     assert part_of(dest) == kept and not dest.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "transfer/http.py _Transfer._run_single: _partial_is_stale() runs before the announced "
-        "size is checked, so a 206 whose Content-Range total contradicts the plan's size (and "
-        "the sidecar's) deletes a valid .part before the answer is refused. Fix: when the plan "
-        "pins size/sha256, check the announced total first (IntegrityError, keep the .part); "
-        "treat a prefix as stale only on a digest change"
-    ),
-)
 async def test_a_content_range_total_that_contradicts_the_plan_keeps_the_part(
     tmp_path: Path, raw: RawServer, session: aiohttp.ClientSession
 ) -> None:

@@ -571,7 +571,13 @@ class _Transfer:
             return True
         if response.status == 206 and self.state.total is not None:
             parsed = parse_content_range(response.headers.get("Content-Range"))
-            return parsed is not None and parsed.total not in (None, self.state.total)
+            if parsed is None or parsed.total in (None, self.state.total):
+                return False
+            # When the plan pins the size and the prefix was begun for that size, a different
+            # total is the answer lying, not our prefix going stale: keep the `.part` and let
+            # the size check refuse the answer.
+            expected = self.request.expected_size
+            return expected is None or expected != self.state.total
         return False
 
     def _start_over(self) -> None:
