@@ -16,6 +16,7 @@ a `no-cors` fetch from another site is refused before it does anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -236,6 +237,10 @@ class DaemonState:
     static: dict[str, bytes]
     openapi: bytes
     streams: set[_Stream] = field(default_factory=set)
+    # The last snapshot frame sent to a (re)connecting client, with the seq it reflects and when
+    # it was built: clients that connect within _SNAPSHOT_REUSE share one (50 dashboards opening
+    # at once would otherwise build, encode and buffer 50 copies of the whole queue).
+    snapshot_frame: tuple[int, float, bytes] | None = None
 
 
 STATE: web.AppKey[DaemonState] = web.AppKey("modelfetch_state", DaemonState)
@@ -712,6 +717,25 @@ async def _snapshot_event(manager: DownloadManager) -> ev.Snapshot:
     return ev.Snapshot(items=items, seq=seq, ts=time.time())
 
 
+_SNAPSHOT_REUSE = 1.0  # seconds a snapshot frame may be shared by connecting clients
+
+
+async def _shared_snapshot(state: DaemonState) -> tuple[int, bytes]:
+    """A snapshot frame and the seq it reflects, built at most once per _SNAPSHOT_REUSE while the
+    bus still holds every event after it (the client replays those, so nothing is lost)."""
+    bus = state.manager.bus
+    cached = state.snapshot_frame
+    now = time.monotonic()
+    if cached is not None and now - cached[1] < _SNAPSHOT_REUSE:
+        with contextlib.suppress(ValueError):
+            if bus.history_since(cached[0]) is not None:
+                return cached[0], cached[2]
+    event = await _snapshot_event(state.manager)
+    frame = sse_frame(event)
+    state.snapshot_frame = (event.seq, now, frame)
+    return event.seq, frame
+
+
 class _ClientGone(Exception):
     pass
 
@@ -723,14 +747,18 @@ async def events(request: web.Request) -> web.StreamResponse:
     since = _last_event_id(request)
     if bus.closed:
         raise _HTTPError(503, "unavailable", "the daemon is shutting down")
-    # Subscribe before anything else so that nothing published from here on is lost.
     replayable = since is not None
     if since is not None:
         try:
             replayable = bus.history_since(since) is not None
         except ValueError:  # a seq from an earlier run of the daemon
             replayable = False
-    subscription = bus.subscribe(maxsize=_SSE_BUFFER, since=since if replayable else None)
+    snapshot: bytes | None = None
+    if not replayable:
+        # A (possibly shared) snapshot, then every event after the seq it reflects: replayed
+        # from the bus history, so nothing published in between is lost.
+        since, snapshot = await _shared_snapshot(state)
+    subscription = bus.subscribe(maxsize=_SSE_BUFFER, since=since)
     stream = _Stream(subscription)
     response = web.StreamResponse(
         headers={
@@ -743,8 +771,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         await _send(response, b"retry: 2000\n\n")
-        if not replayable:
-            await _send(response, sse_frame(await _snapshot_event(manager)))
+        if snapshot is not None:
+            await _send(response, snapshot)
         await _pump(request, response, stream, state)
     except _ClientGone:
         # It stopped reading: drop the connection (a graceful close would wait for it to
