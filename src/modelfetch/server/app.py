@@ -718,6 +718,7 @@ async def _snapshot_event(manager: DownloadManager) -> ev.Snapshot:
 
 
 _SNAPSHOT_REUSE = 1.0  # seconds a snapshot frame may be shared by connecting clients
+_PROGRESS_EVENTS = (ev.FileProgress, ev.GroupProgress)
 
 
 async def _shared_snapshot(state: DaemonState) -> tuple[int, bytes]:
@@ -728,7 +729,11 @@ async def _shared_snapshot(state: DaemonState) -> tuple[int, bytes]:
     now = time.monotonic()
     if cached is not None and now - cached[1] < _SNAPSHOT_REUSE:
         with contextlib.suppress(ValueError):
-            if bus.history_since(cached[0]) is not None:
+            since = bus.history_since(cached[0])
+            # Shared only while every status in it is still current: what happened since may
+            # be progress (replayed to the client) but nothing that changes a state or a place,
+            # so a client that decides from the snapshot alone (RemoteManager.wait) is right.
+            if since is not None and all(isinstance(e, _PROGRESS_EVENTS) for e in since):
                 return cached[0], cached[2]
     event = await _snapshot_event(state.manager)
     frame = sse_frame(event)
