@@ -478,15 +478,6 @@ async def _view(manager: DownloadManager, ref: ItemRef) -> GroupView:
     return view
 
 
-async def _conflict_unless_unknown(
-    manager: DownloadManager, ref: ItemRef, exc: UnknownItemError
-) -> _HTTPError:
-    """The manager says "not in the queue" both for an id that names nothing (404) and for a
-    download that exists but is finished (409)."""
-    await _view(manager, ref)  # raises the 404 itself when the item does not exist
-    return _HTTPError(409, exc.kind, exc.message)
-
-
 # ------------------------------------------------------------------------------ handlers
 
 
@@ -557,10 +548,7 @@ async def move_download(request: web.Request) -> web.StreamResponse:
     ref = _ref(request)
     body = await _body(request, MoveRequest)
     manager = _manager(request)
-    try:
-        await manager.move(ref, body.position)
-    except UnknownItemError as exc:
-        raise await _conflict_unless_unknown(manager, ref, exc) from None
+    await manager.move(ref, body.position)  # unknown -> 404, finished -> ConflictError (409)
     return _json((await manager.group_view(ref)).to_dict())
 
 
@@ -568,10 +556,9 @@ async def set_priority(request: web.Request) -> web.StreamResponse:
     ref = _ref(request)
     body = await _body(request, PriorityRequest)
     manager = _manager(request)
-    try:
-        await manager.set_priority(ref, body.priority)
-    except UnknownItemError as exc:
-        raise await _conflict_unless_unknown(manager, ref, exc) from None
+    await manager.set_priority(
+        ref, body.priority
+    )  # unknown -> 404, finished -> ConflictError (409)
     return _json((await manager.group_view(ref)).to_dict())
 
 
