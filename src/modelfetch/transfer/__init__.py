@@ -12,7 +12,7 @@ from modelfetch.transfer.api import (
     TransferRequest,
     TransferResult,
 )
-from modelfetch.transfer.http import fetch_file, make_session
+from modelfetch.transfer.http import TransferSession, fetch_file, make_session
 from modelfetch.transfer.limiter import ConnectionSlots, TokenBucket
 from modelfetch.transfer.segments import partial_bytes
 
@@ -26,6 +26,7 @@ __all__ = [
     "TokenBucket",
     "TransferRequest",
     "TransferResult",
+    "TransferSession",
     "fetch_file",
     "make_session",
     "partial_bytes",

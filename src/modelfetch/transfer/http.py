@@ -91,8 +91,11 @@ PROGRESS_INTERVAL = 0.1
 _HEX = re.compile(r"[0-9a-f]+")
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
+# What `make_session` returns and `fetch_file` takes: callers name this, not the client library.
+TransferSession = aiohttp.ClientSession
 
-def make_session(*, connect_timeout: float = 30.0, limit: int = 100) -> aiohttp.ClientSession:
+
+def make_session(*, connect_timeout: float = 30.0, limit: int = 100) -> TransferSession:
     """The session every transfer shares. No total timeout (a 50 GB file takes as long as it
     takes); stalls are caught per transfer. `Accept-Encoding: identity` because we store bytes as
     served and never decompress (a gzip-encoded body would not match the Hub's digest)."""
