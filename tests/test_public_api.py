@@ -13,6 +13,7 @@ def test_everything_in_all_is_exported_and_nothing_public_is_missing() -> None:
         "bus",
         "core",
         "hub",
+        "hubconfig",
         "layout",
         "manager",
         "planner",

@@ -561,3 +561,55 @@ def test_verified_digests_are_remembered_by_path_size_and_mtime(tmp_path: Path) 
         assert store.verified_digest("/m/a.gguf", 11, 111) is None  # size changed
         store.remember_verified("/m/a.gguf", 12, 113, "cd" * 32)
         assert store.verified_digest("/m/a.gguf", 12, 113) == "cd" * 32
+
+
+def _fresh_statuses(store: Store, group_id: int) -> list[str]:
+    """Statuses as another connection sees them: what has been committed."""
+    db = sqlite3.connect(store.path)
+    try:
+        rows = db.execute(
+            "SELECT status FROM files WHERE group_id = ? ORDER BY idx", [group_id]
+        ).fetchall()
+    finally:
+        db.close()
+    return [str(r[0]) for r in rows]
+
+
+def test_a_batch_commits_its_writes_together_when_it_ends(store: Store) -> None:
+    group = store.add_group(plain_group(files=3))
+    with store.batch():
+        assert store.batching
+        for i in (1, 2):
+            assert store.transition(
+                group.id, i, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED}
+            )
+        with store.batch():  # nested: joins
+            store.remember_verified("/models/1.gguf", 1, 2, "ab" * 32)
+        assert _fresh_statuses(store, group.id) == ["queued"] * 3  # nothing committed yet
+        assert store.verified_digest("/models/1.gguf", 1, 2) == "ab" * 32  # own writes seen
+    assert not store.batching
+    assert _fresh_statuses(store, group.id) == ["active", "active", "queued"]
+
+
+def test_a_batch_that_writes_nothing_opens_no_transaction(store: Store) -> None:
+    group = store.add_group(plain_group())
+    with store.batch():
+        assert store.get_group(group.id) is not None
+        assert store._db is not None and not store._db.in_transaction
+    store.begin_batch()
+    with pytest.raises(RuntimeError):
+        store.begin_batch()
+    store.end_batch()
+    store.end_batch()  # ending twice is harmless
+
+
+def test_a_failing_write_in_a_batch_leaves_no_trace_and_the_others_commit(store: Store) -> None:
+    group = store.add_group(plain_group(files=2))
+    with pytest.raises(ValueError), store.batch():
+        store.transition(group.id, 1, FileStatus.PAUSED, allowed_from={FileStatus.QUEUED})
+        # A multi-row write that fails half way (a negative byte count breaks a CHECK on the
+        # second row): its savepoint is rolled back, the batch's other writes stand.
+        store.save_progress([(group.id, 1, 5, None), (group.id, 2, -1, None)])
+    assert _fresh_statuses(store, group.id) == ["paused", "queued"]
+    stored = store.get_group(group.id)
+    assert stored is not None and [f.bytes_done for f in stored.files] == [0, 0]

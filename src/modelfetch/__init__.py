@@ -41,8 +41,8 @@ _EXPORTS: dict[str, str] = {
     "GroupStatus": "modelfetch.core.models",
     "ItemRef": "modelfetch.core.models",
     "RetryPolicy": "modelfetch.core.policy",
-    "HubConfig": "modelfetch.hub",
-    "hub_config_from_env": "modelfetch.hub",
+    "HubConfig": "modelfetch.hubconfig",
+    "hub_config_from_env": "modelfetch.hubconfig",
     "Layout": "modelfetch.layout",
     "DownloadManager": "modelfetch.manager",
     "ManagerSettings": "modelfetch.manager",
@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     )
     from modelfetch.core.models import FileStatus, GroupStatus, ItemRef
     from modelfetch.core.policy import RetryPolicy
-    from modelfetch.hub import HubConfig, hub_config_from_env
+    from modelfetch.hubconfig import HubConfig, hub_config_from_env
     from modelfetch.layout import Layout
     from modelfetch.manager import DownloadManager, ManagerSettings
     from modelfetch.requests import FileRequest, GroupRequest
@@ -99,6 +99,7 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
 
 __all__ = [
     "AuthRequiredError",

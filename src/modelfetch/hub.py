@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
@@ -47,8 +45,8 @@ from modelfetch.core.errors import (
 )
 from modelfetch.core.headers import origin_of, retry_after_seconds
 from modelfetch.core.quant import QuantGroup, group_gguf_files
-from modelfetch.core.spec import DEFAULT_ENDPOINT, validate_repo_id
-from modelfetch.transfer.api import Credentials
+from modelfetch.core.spec import validate_repo_id
+from modelfetch.hubconfig import HubConfig, hub_config_from_env
 
 __all__ = [
     "HubClient",
@@ -56,6 +54,7 @@ __all__ = [
     "RepoFileEntry",
     "ResolvedRepo",
     "hub_config_from_env",
+    "make_api_session",
 ]
 
 USER_AGENT = f"modelfetch/{__version__}"
@@ -68,86 +67,19 @@ _MAX_SIZE = 1 << 50  # 1 PiB: no model file is larger; beyond it a listed size i
 _MAX_BODY = 64 << 20  # a tree page is kilobytes; refuse to buffer a runaway body
 
 
-# --- configuration -------------------------------------------------------------------------------
+# --- the session ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class HubConfig:
-    """Where the Hub is and the token to show it. `repr` never shows the token."""
-
-    endpoint: str = DEFAULT_ENDPOINT
-    token: str | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        endpoint = self.endpoint.strip().rstrip("/")
-        parts = urlsplit(endpoint)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"the Hub endpoint must be an http(s) URL, not {self.endpoint!r}")
-        object.__setattr__(self, "endpoint", endpoint)
-        object.__setattr__(self, "token", self.token.strip() or None if self.token else None)
-
-    def __repr__(self) -> str:
-        token = "None" if self.token is None else "***"
-        return f"HubConfig(endpoint={self.endpoint!r}, token={token})"
-
-    @property
-    def origin(self) -> str:
-        """`scheme://host:port` of the endpoint: the only origin the token is sent to."""
-        return origin_of(self.endpoint)
-
-    def credentials(self) -> Credentials | None:
-        """The token bound to the endpoint's origin, for `TransferRequest.credentials`."""
-        return None if self.token is None else Credentials(self.token, self.origin)
-
-
-def _clean_token(value: str | None) -> str | None:
-    text = (value or "").strip()
-    return text or None
-
-
-def _expand(path: str, home: Path | None) -> Path:
-    if home is not None and (path == "~" or path.startswith("~/")):
-        return home / path[2:]
-    return Path(path).expanduser()
-
-
-def _read_token(path: Path) -> str | None:
-    try:
-        return _clean_token(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def hub_config_from_env(
-    environ: Mapping[str, str] = os.environ, *, home: Path | None = None
-) -> HubConfig:
-    """The Hub settings huggingface_hub would use.
-
-    Endpoint: `HF_ENDPOINT` (trailing `/` dropped), else https://huggingface.co.
-    Token, first non-empty of: `HF_TOKEN`, `HUGGING_FACE_HUB_TOKEN` (its legacy name), the file
-    `HF_TOKEN_PATH`, else `$HF_HOME/token`, else `$XDG_CACHE_HOME/huggingface/token`, else
-    `~/.cache/huggingface/token`. `home` stands in for `~` (tests). An unreadable file is no token.
-    A malformed `HF_ENDPOINT` is a `SpecError`.
-    """
-    endpoint = (environ.get("HF_ENDPOINT") or "").strip() or DEFAULT_ENDPOINT
-    token = _clean_token(environ.get("HF_TOKEN")) or _clean_token(
-        environ.get("HUGGING_FACE_HUB_TOKEN")
+def make_api_session(*, connect_timeout: float = 30.0) -> aiohttp.ClientSession:
+    """The aiohttp session for Hub API calls and the planner's HEAD requests (transfers use their
+    own, `transfer.make_session`). Bytes as served (`Accept-Encoding: identity`, no
+    decompression) and no cookies, like the transfer session."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )
-    if token is None:
-        if environ.get("HF_TOKEN_PATH"):
-            token_path = _expand(environ["HF_TOKEN_PATH"], home)
-        else:
-            if environ.get("HF_HOME"):
-                hf_home = _expand(environ["HF_HOME"], home)
-            else:
-                cache = environ.get("XDG_CACHE_HOME") or "~/.cache"
-                hf_home = _expand(cache, home) / "huggingface"
-            token_path = hf_home / "token"
-        token = _read_token(token_path)
-    try:
-        return HubConfig(endpoint, token)
-    except ValueError:
-        raise SpecError(f"HF_ENDPOINT is not an http(s) URL: {endpoint!r}") from None
 
 
 # --- results -------------------------------------------------------------------------------------

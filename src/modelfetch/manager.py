@@ -3,6 +3,14 @@
 One coordinator task decides what runs; one task per active file runs a transfer. Every task lives
 in the manager's TaskGroup. Every state change is one guarded UPDATE in the store, applied to the
 in-memory mirror only when it succeeded, and announced on the bus only after it was committed.
+Changes made together without an await in between (the coordinator starting 16 files, a file
+completing with its verified digest, pause-all) share one transaction (`_batch`): their events
+wait for its commit.
+
+Per-group running totals (`_Tally`: files by status, bytes) and indexes (live destinations, files
+waiting to retry) are kept in step with every change of a member's status or byte counts
+(`_set`), so progress, `wait()` and the coordinator cost O(1) or O(running) per event, not
+O(files in the group) or O(queue).
 
 Stopping a transfer always goes through `_stop()`: it records a `StopReason` on the file's
 StopSignal, cancels the task and waits for it; the task's own handler (or `_stop`, if the task was
@@ -19,13 +27,11 @@ import random
 import shutil
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from modelfetch.bus import EventBus, Subscription
 from modelfetch.core import events as ev
@@ -42,14 +48,13 @@ from modelfetch.core.models import (
     PauseReason,
     StopReason,
 )
-from modelfetch.core.paths import part_path, sidecar_path
+from modelfetch.core.paths import PART_SUFFIX, part_path, sidecar_path
 from modelfetch.core.policy import AttemptHistory, GiveUp, PauseAll, Retry, RetryPolicy
 from modelfetch.core.quant import QuantGroup
 from modelfetch.core.queue import FileKey, QueueEntry, SchedulingQueue
 from modelfetch.core.rate import RateEstimator
-from modelfetch.hub import HubClient, HubConfig, hub_config_from_env
+from modelfetch.hubconfig import HubConfig, hub_config_from_env
 from modelfetch.layout import Layout, Placement, link_snapshot, write_ref
-from modelfetch.planner import Planner, PlanOptions
 from modelfetch.recovery import open_store
 from modelfetch.requests import GroupRequest
 from modelfetch.store import Store
@@ -57,6 +62,7 @@ from modelfetch.transfer import (
     ConnectionSlots,
     SegmentRecord,
     TokenBucket,
+    TransferSession,
     fetch_file,
     make_session,
     partial_bytes,
@@ -68,7 +74,16 @@ from modelfetch.transfer.api import (
 )
 from modelfetch.views import FileView, GroupView
 
+if TYPE_CHECKING:
+    # The Hub client and the planner (and aiohttp under them) are imported when a spec must be
+    # resolved, not when the manager is: a queue of plain requests never needs them.
+    import aiohttp
+
+    from modelfetch.planner import Planner
+
 _WAITING = frozenset({FileStatus.QUEUED, FileStatus.PAUSED, FileStatus.WAITING_RETRY})
+# What `wait()` waits out: a group is settled when none of its files is in one of these.
+_UNSETTLED = frozenset({FileStatus.QUEUED, FileStatus.ACTIVE, FileStatus.WAITING_RETRY})
 
 
 def default_home() -> Path:
@@ -104,6 +119,40 @@ class _Running:
     reported: bool = False
     saved_done: int = -1
     last_sent: tuple[int, int | None] = (-1, None)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Running totals over one group's files, equal at every moment to a recount of
+    `group.files` (tests check this): files per status, and the sums of `bytes_done` and of each
+    file's total (`bytes_total`, else `expected_size`; `unknown` counts files with neither)."""
+
+    statuses: dict[FileStatus, int] = field(default_factory=dict)
+    bytes_done: int = 0
+    bytes_total: int = 0
+    unknown: int = 0
+
+    @property
+    def settled(self) -> bool:
+        statuses = self.statuses
+        return not any(statuses.get(s) for s in _UNSETTLED)
+
+    @property
+    def live(self) -> bool:
+        statuses = self.statuses
+        return any(statuses.get(s) for s in LIVE_STATUSES)
+
+    @property
+    def total(self) -> int | None:
+        return None if self.unknown else self.bytes_total
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """One `wait()` call: woken when one of `groups` settles, then it re-checks them all."""
+
+    groups: frozenset[int]
+    woken: asyncio.Future[None]
 
 
 @dataclass
@@ -143,18 +192,32 @@ class DownloadManager:
         workers: bool = True,
     ) -> None:
         """`workers=False` opens the queue for editing (add, pause, move, ...) without running
-        any transfer: what `modelfetch add` uses while no daemon runs."""
+        any transfer: what `modelfetch add` uses while no daemon runs. `session` is used (and
+        not closed) for Hub API calls and the planner's requests; without it the manager makes
+        one on the first spec it resolves. Transfers always use their own session."""
         self.home = (home or default_home()).expanduser().resolve()
         self.settings = settings or ManagerSettings()
         self.hub_config = hub or hub_config_from_env()
         self.models_dir = (models_dir or self.home / "models").expanduser().absolute()
         self._workers = workers
         self._planner: Planner | None = None
-        self._external_session = session
+        self._external_api_session = session
+        self._api_session: aiohttp.ClientSession | None = None
         self._rng = rng or random.Random()
         self.bus = EventBus()
         self._queue = SchedulingQueue()
-        self._groups: dict[int, GroupRecord] = {}
+        self._groups: dict[int, GroupRecord] = {}  # registered through _register only
+        self._tallies: dict[int, _Tally] = {}
+        self._live_dests: dict[str, dict[FileKey, FileRecord]] = {}
+        self._retrying: dict[FileKey, FileRecord] = {}  # status WAITING_RETRY
+        # priority -> {group id: its QUEUED files of that priority}: where a new group stands
+        self._queued_by_priority: dict[int, dict[int, int]] = {}
+        self._segmented: set[FileKey] = set()  # files that may have a segment map in the store
+        self._limits: dict[int, tuple[int | None, int | None]] = {}  # store.group_limits cache
+        self._waiters: dict[int, list[_Waiter]] = {}
+        self._pending: list[ev.Event] | None = None  # events of the open batch
+        self._scoped = False  # inside a `_batch()` block: the batch ends with it
+        self._flush_handle: asyncio.Handle | None = None  # ends a `_deferred()` batch
         self._running: dict[FileKey, _Running] = {}
         self._histories: dict[FileKey, AttemptHistory] = {}
         self._group_rates: dict[int, RateEstimator] = {}
@@ -165,7 +228,7 @@ class DownloadManager:
         self._closing = False
         self._entered = False
         self._store: Store | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._session: TransferSession | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._service_tasks: list[asyncio.Task[None]] = []
         # Shared by every transfer: the connection caps and the global bandwidth bucket; each
@@ -189,7 +252,7 @@ class DownloadManager:
             self._emit(ev.Notice(message=message, level="warning"))
         try:
             self._recover()
-            self._session = self._external_session or make_session()
+            self._session = make_session()
             self._tg = asyncio.TaskGroup()
             await self._tg.__aenter__()
         except BaseException:
@@ -197,9 +260,13 @@ class DownloadManager:
             raise
         # A kill between a publish (the rename) and its commit leaves a verified file under its
         # final name and a row that is not completed: adopt it rather than fetch it again.
-        for f in self._all_live_files():
-            if f.status is FileStatus.QUEUED and Path(f.dest).exists():
-                await self._adopt_existing(f)
+        present = [
+            f
+            for f in self._all_live_files()
+            if f.status is FileStatus.QUEUED and os.path.exists(f.dest)
+        ]
+        for f in present:
+            await self._adopt_existing(f)
         if self._workers:
             self._service_tasks = [
                 self._tg.create_task(self._coordinate(), name="modelfetch-coordinator"),
@@ -230,9 +297,14 @@ class DownloadManager:
             t.cancel()
         if self._tg is not None:
             await self._tg.__aexit__(None, None, None)
+        if self._store is not None:
+            self._flush()  # the last changes, committed and announced before the bus closes
         self.bus.close()
-        if self._session is not None and self._external_session is None:
+        self._wake_waiters(list(self._waiters))  # wait() returns once the bus is closed
+        if self._session is not None:
             await self._session.close()
+        if self._api_session is not None and self._external_api_session is None:
+            await self._api_session.close()
         if self._store is not None:
             self._store.close()
 
@@ -246,14 +318,16 @@ class DownloadManager:
         """Crash recovery: rows left active go back to queued, counts reconciled with the disk."""
         store = self.store
         store.recover()
-        for group in store.groups(live_only=True):
-            self._groups[group.id] = group
-            for f in group.files:
-                if f.status in _WAITING:
-                    on_disk = self._on_disk(f)
-                    if on_disk != f.bytes_done:
-                        store.update_file(f.group_id, f.index, bytes_done=on_disk)
-                        f.bytes_done = on_disk
+        self._segmented = store.segmented_files()
+        with self._batch():
+            for group in store.groups(live_only=True):
+                for f in group.files:
+                    if f.status in _WAITING:
+                        on_disk = self._on_disk(f)
+                        if on_disk != f.bytes_done:
+                            store.update_file(f.group_id, f.index, bytes_done=on_disk)
+                            f.bytes_done = on_disk
+                self._register(group)
         self._queue.load(
             QueueEntry(
                 key=(f.group_id, f.index),
@@ -270,8 +344,16 @@ class DownloadManager:
 
     @property
     def planner(self) -> Planner:
+        """Resolves specs; made (with the Hub client and, unless one was given, an aiohttp
+        session closed at shutdown) on first use."""
         if self._planner is None:
-            session = self._session_or_fail()
+            self._require_running()
+            from modelfetch.hub import HubClient, make_api_session
+            from modelfetch.planner import Planner
+
+            if self._api_session is None:
+                self._api_session = self._external_api_session or make_api_session()
+            session = self._api_session
             self._planner = Planner(session, HubClient(session, self.hub_config))
         return self._planner
 
@@ -291,6 +373,8 @@ class DownloadManager:
         it; returns the group id. Malformed specs raise SpecError; a repo that does not exist,
         is gated or needs a token raises the matching HTTPStatusError before anything is queued."""
         self._require_running()
+        from modelfetch.planner import PlanOptions
+
         options = PlanOptions(
             models_dir=(models_dir or self.models_dir).expanduser().absolute(),
             layout=Layout(layout),
@@ -313,8 +397,7 @@ class DownloadManager:
         self._require_running()
         existing = self.store.find_group(request.dedupe_key())
         if existing is not None:
-            group = self._groups.get(existing.id) or existing
-            self._groups[group.id] = group
+            group = self._groups.get(existing.id) or self._register(existing)
             status = group.status
             if status in (GroupStatus.QUEUED, GroupStatus.ACTIVE, GroupStatus.PAUSED):
                 return group.id
@@ -365,12 +448,15 @@ class DownloadManager:
             created_at=now,
             files=files,
         )
-        group = self.store.add_group(group)
-        changes = self._queue.add_group(group.id, [f.index for f in group.files], request.priority)
-        self.store.set_order(changes)
-        for f in group.files:
-            f.order_key = changes.get((f.group_id, f.index), f.order_key)
-        self._groups[group.id] = group
+        with self._batch():
+            group = self.store.add_group(group)
+            changes = self._queue.add_group(
+                group.id, [f.index for f in group.files], request.priority
+            )
+            self.store.set_order(changes)
+            for f in group.files:
+                f.order_key = changes.get((f.group_id, f.index), f.order_key)
+            self._register(group)
         for f in group.files:
             await self._adopt_existing(f)
         self._emit(
@@ -378,24 +464,50 @@ class DownloadManager:
                 group_id=group.id,
                 name=group.name,
                 files=len(group.files),
-                total=group.bytes_total,
-                position=self._queue.group_positions().get(group.id),
+                total=self._tallies[group.id].total,
+                position=self._new_group_position(group.id, request.priority),
             )
         )
         self._wake.set()
         return group.id
 
+    def _new_group_position(self, gid: int, priority: int) -> int | None:
+        """`group_positions()[gid]` for a group just appended to the end of its priority class,
+        without sorting the queue: 1 + the groups with a waiting file in that class or above."""
+        mine = self._queued_by_priority.get(priority, {})
+        if gid not in mine:
+            return None
+        classes = [groups for p, groups in self._queued_by_priority.items() if p >= priority]
+        if len(classes) == 1:
+            return len(mine)
+        ahead: set[int] = set()
+        for groups in classes:
+            ahead.update(groups)
+        return len(ahead)
+
     def _on_disk(self, f: FileRecord) -> int:
         """Bytes of `f`'s partial really on disk: the `.part`'s length when it is filled front
         to back, the persisted segment map's count when several connections fill it."""
-        segments = self.store.segments(f.group_id, f.index) if f.group_id else None
-        return partial_bytes(Path(f.dest), segments)
+        try:  # most queued files have no partial yet: one stat, no Path objects
+            os.stat(f.dest + PART_SUFFIX)
+        except FileNotFoundError:
+            return 0
+        return partial_bytes(Path(f.dest), self._segments_of(f))
+
+    def _segments_of(self, f: FileRecord) -> tuple[SegmentRecord, ...] | None:
+        """The stored segment map of `f`; the store is asked only about files that may have
+        one (a map is saved only through `on_segments`, and `_segmented` was loaded at start)."""
+        key = (f.group_id, f.index)
+        if not f.group_id or key not in self._segmented:
+            return None
+        return self.store.segments(f.group_id, f.index)
 
     def _refuse_shared_destinations(self, files: list[FileRecord]) -> None:
         """Two live files with one destination would write one `.part` from two streams."""
-        taken = {f.dest: f for f in self._all_live_files()}
+        taken: dict[str, FileRecord] = {}
         for f in files:
-            other = taken.get(f.dest)
+            owners = self._live_dests.get(f.dest)
+            other = next(iter(owners.values())) if owners else taken.get(f.dest)
             if other is not None:
                 owner = f"download {other.ref}" if other.group_id else f"{other.name!r}"
                 raise SpecError(f"{f.dest} is already being written by {owner}")
@@ -415,16 +527,21 @@ class DownloadManager:
         digest = self.store.verified_digest(f.dest, st.st_size, st.st_mtime_ns)
         if digest is None:
             digest = await asyncio.to_thread(_sha256_of, dest)
-            self.store.remember_verified(f.dest, st.st_size, st.st_mtime_ns, digest)
+            with self._batch():
+                self.store.remember_verified(f.dest, st.st_size, st.st_mtime_ns, digest)
         if digest != expected:
             return
+        with self._batch():
+            self._adopted(f, st.st_size, digest)
+
+    def _adopted(self, f: FileRecord, size: int, digest: str) -> None:
         if self._transition(
             f,
             FileStatus.COMPLETED,
             allowed_from=(FileStatus.QUEUED,),
             reason="already present",
-            bytes_done=st.st_size,
-            bytes_total=st.st_size,
+            bytes_done=size,
+            bytes_total=size,
             sha256=digest,
             finished_at=time.time(),
         ):
@@ -436,7 +553,7 @@ class DownloadManager:
                     name=f.name,
                     path=f.dest,
                     sha256=digest,
-                    size=st.st_size,
+                    size=size,
                     verified=True,
                 )
             )
@@ -471,18 +588,20 @@ class DownloadManager:
         self._finish_held.add(group.id)
         try:
             stops = []
-            for f in files:
-                key = (f.group_id, f.index)
-                if f.status is FileStatus.ACTIVE and key in self._running:
-                    stops.append(self._stop(self._running[key], StopReason.CANCEL))
-                elif f.status in _WAITING:
-                    self._cancel_waiting(f)
+            with self._batch():
+                for f in files:
+                    key = (f.group_id, f.index)
+                    if f.status is FileStatus.ACTIVE and key in self._running:
+                        stops.append(self._stop(self._running[key], StopReason.CANCEL))
+                    elif f.status in _WAITING:
+                        self._cancel_waiting(f)
             await asyncio.gather(*stops)
         finally:
             self._finish_held.discard(group.id)
-        if ref.index is None:
-            self._emit(ev.Cancelled(ref=str(ref), group_id=group.id, name=group.name))
-        self._maybe_finish_group(group)
+        with self._batch():
+            if ref.index is None:
+                self._emit(ev.Cancelled(ref=str(ref), group_id=group.id, name=group.name))
+            self._maybe_finish_group(group)
 
     async def retry(self, ref: str | int | ItemRef) -> None:
         """Queue the failed (and cancelled) members again, from the bytes on disk."""
@@ -513,10 +632,11 @@ class DownloadManager:
             lambda target: self._queue.set_priority(target, priority),
             "its priority no longer matters",
         )
-        if item.index is None:
-            self.store.update_group(item.group_id, priority=priority)
-            self._group(item.group_id).priority = priority
-        self._apply_order(changes, priority=priority)
+        with self._batch():
+            if item.index is None:
+                self.store.update_group(item.group_id, priority=priority)
+                self._group(item.group_id).priority = priority
+            self._apply_order(changes, priority=priority)
 
     def _reorder(
         self,
@@ -567,13 +687,15 @@ class DownloadManager:
         group = self._group(ref.group_id)
         if any(f.status in LIVE_STATUSES for f in group.files):
             raise ConflictError(f"{ref} is still {group.status}: cancel it first")
-        self.store.forget_group(group.id)
-        self._groups.pop(group.id, None)
+        with self._batch():
+            self.store.forget_group(group.id)
+        self._unregister(group.id)
 
     async def forget_finished(self) -> list[int]:
-        ids = self.store.forget_finished()
+        with self._batch():
+            ids = self.store.forget_finished()
         for gid in ids:
-            self._groups.pop(gid, None)
+            self._unregister(gid)
         return ids
 
     async def set_limits(
@@ -623,7 +745,9 @@ class DownloadManager:
         if bytes_per_s is not None and bytes_per_s < 0:
             raise ValueError("bytes_per_s must be >= 0 (0 or None: unlimited)")
         group = self._group(self._ref(ref).group_id)
-        self.store.set_group_limits(group.id, rate_limit=bytes_per_s or None)
+        with self._batch():
+            self.store.set_group_limits(group.id, rate_limit=bytes_per_s or None)
+        self._limits.pop(group.id, None)
         self._group_bucket(group.id).set_rate(bytes_per_s or None)
 
     async def set_connections(self, ref: str | int | ItemRef, connections: int | None) -> None:
@@ -632,12 +756,21 @@ class DownloadManager:
         if connections is not None and connections < 1:
             raise ValueError("connections must be at least 1 (or None for the default)")
         group = self._group(self._ref(ref).group_id)
-        self.store.set_group_limits(group.id, connections=connections)
+        with self._batch():
+            self.store.set_group_limits(group.id, connections=connections)
+        self._limits.pop(group.id, None)
+
+    def _group_limits(self, gid: int) -> tuple[int | None, int | None]:
+        """`store.group_limits`, cached: only this manager (holding the lock) changes them."""
+        limits = self._limits.get(gid)
+        if limits is None:
+            limits = self._limits[gid] = self.store.group_limits(gid)
+        return limits
 
     def _group_bucket(self, gid: int) -> TokenBucket:
         bucket = self._group_bandwidth.get(gid)
         if bucket is None:
-            rate, _ = self.store.group_limits(gid)
+            rate, _ = self._group_limits(gid)
             bucket = self._group_bandwidth[gid] = TokenBucket(rate)
         return bucket
 
@@ -664,7 +797,8 @@ class DownloadManager:
     ) -> GroupView:
         rate = self._group_rates.get(group.id)
         done = self._group_done(group)
-        total = group.bytes_total
+        tally = self._tallies.get(group.id)
+        total = tally.total if tally is not None else group.bytes_total
         active = rate is not None and group.status is GroupStatus.ACTIVE
         return GroupView(
             id=group.id,
@@ -688,17 +822,33 @@ class DownloadManager:
     async def wait(self, group_ids: Iterable[int]) -> None:
         """Until every given group is settled: nothing queued, active or waiting to retry
         (paused counts as settled, so a disk-full pause ends the wait). Bound it with
-        `asyncio.timeout` if needed."""
-        with self.subscribe() as sub:  # first, so no change slips between the check and it
-            pending = {g for g in group_ids if not self._settled(g)}
-            while pending:
-                try:
-                    event = await anext(sub)
-                except StopAsyncIteration:  # the bus closed: the manager is shutting down
-                    return
-                # Only a status change can settle a group; progress events cost nothing here.
-                if isinstance(event, ev.StatusChanged | ev.GroupFinished | ev.Missed):
-                    pending = {g for g in pending if not self._settled(g)}
+        `asyncio.timeout` if needed. Returns as well when the manager shuts down."""
+        groups = frozenset(group_ids)
+        loop = asyncio.get_running_loop()
+        while not self.bus.closed:
+            pending = frozenset(g for g in groups if not self._settled(g))
+            if not pending:
+                return
+            # Woken when one of them settles (`_set`), then everything is checked again: a
+            # group may have been queued again in between.
+            waiter = _Waiter(pending, loop.create_future())
+            for g in pending:
+                self._waiters.setdefault(g, []).append(waiter)
+            try:
+                await waiter.woken
+            finally:
+                for g in pending:
+                    waiters = self._waiters.get(g)
+                    if waiters is not None and waiter in waiters:
+                        waiters.remove(waiter)
+                        if not waiters:
+                            del self._waiters[g]
+
+    def _wake_waiters(self, gids: Iterable[int]) -> None:
+        for gid in gids:
+            for waiter in self._waiters.pop(gid, ()):
+                if not waiter.woken.done():
+                    waiter.woken.set_result(None)
 
     async def events(self) -> AsyncIterator[ev.Event]:
         with self.subscribe() as sub:
@@ -721,7 +871,7 @@ class DownloadManager:
             group = self.store.get_group(gid)
             if group is None:
                 raise UnknownItemError(f"no download with id {gid}")
-            self._groups[gid] = group
+            self._register(group)
         return group
 
     def _files_of(self, ref: str | int | ItemRef) -> list[FileRecord]:
@@ -738,13 +888,143 @@ class DownloadManager:
         return [f for g in self._groups.values() for f in g.files if f.status in LIVE_STATUSES]
 
     def _settled(self, gid: int) -> bool:
-        group = self._groups.get(gid)
-        if group is None:
-            return True
-        return not any(
-            f.status in (FileStatus.QUEUED, FileStatus.ACTIVE, FileStatus.WAITING_RETRY)
-            for f in group.files
-        )
+        tally = self._tallies.get(gid)
+        return tally is None or tally.settled
+
+    # ------------------------------------------------------------------ the in-memory mirror
+
+    def _register(self, group: GroupRecord) -> GroupRecord:
+        """Start tracking a group (its files' totals and indexes); the one way into `_groups`."""
+        if group.id in self._groups:
+            self._unregister(group.id)
+        self._groups[group.id] = group
+        self._tallies[group.id] = _Tally()
+        for f in group.files:
+            self._count(f, 1)
+        return group
+
+    def _unregister(self, gid: int) -> None:
+        group = self._groups.pop(gid, None)
+        if group is not None:
+            for f in group.files:
+                self._count(f, -1)
+        self._tallies.pop(gid, None)
+        self._limits.pop(gid, None)
+
+    def _set(self, f: FileRecord, fields: dict[str, Any]) -> None:
+        """Change fields of a registered file's record, keeping its group's totals and the
+        indexes in step; wakes `wait()` calls when the group settles."""
+        tracked = f.group_id in self._tallies
+        if tracked:
+            self._count(f, -1)
+        for name, value in fields.items():
+            setattr(f, name, value)
+        if tracked:
+            self._count(f, 1)
+            if "status" in fields and f.group_id in self._waiters and self._settled(f.group_id):
+                self._wake_waiters([f.group_id])
+
+    def _count(self, f: FileRecord, sign: int) -> None:
+        tally = self._tallies[f.group_id]
+        status = f.status
+        tally.statuses[status] = tally.statuses.get(status, 0) + sign
+        tally.bytes_done += sign * f.bytes_done
+        total = f.bytes_total if f.bytes_total is not None else f.expected_size
+        if total is None:
+            tally.unknown += sign
+        else:
+            tally.bytes_total += sign * total
+        if status not in LIVE_STATUSES:
+            return
+        if status is FileStatus.QUEUED:
+            groups = self._queued_by_priority.setdefault(f.priority, {})
+            left = groups.get(f.group_id, 0) + sign
+            if left:
+                groups[f.group_id] = left
+            else:
+                del groups[f.group_id]
+                if not groups:
+                    del self._queued_by_priority[f.priority]
+        key = (f.group_id, f.index)
+        if sign > 0:
+            self._live_dests.setdefault(f.dest, {})[key] = f
+            if status is FileStatus.WAITING_RETRY:
+                self._retrying[key] = f
+        else:
+            owners = self._live_dests.get(f.dest)
+            if owners is not None:
+                owners.pop(key, None)
+                if not owners:
+                    del self._live_dests[f.dest]
+            if status is FileStatus.WAITING_RETRY:
+                self._retrying.pop(key, None)
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Run a block of changes (no await inside) as one store transaction, committed when
+        the block ends; the events it emits are published after the commit, in order. Nested
+        blocks join the outer one; an open `_deferred` batch is joined and ends here too.
+
+        A block that raises still commits what it wrote before the error (each write is whole
+        or absent, and memory mirrors exactly the writes that succeeded), publishes those
+        events, and re-raises. If the commit fails, nothing of the batch is announced."""
+        if self._scoped:
+            yield
+            return
+        self._open_batch()
+        self._scoped = True
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:  # committed below, then raised again
+            error = exc
+        finally:
+            self._scoped = False
+        self._flush()
+        if error is not None:
+            raise error
+
+    @contextlib.contextmanager
+    def _deferred(self) -> Iterator[None]:
+        """Like `_batch`, for changes no caller is waiting on (a transfer's end, the
+        coordinator): the batch stays open for the rest of this turn of the event loop, so
+        the changes of every task that runs in it share one commit, made (and then announced)
+        by a callback that runs before anything scheduled after the first of them."""
+        if self._scoped:
+            yield
+            return
+        self._open_batch()
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+        yield  # an exception propagates; what was written before it is committed by the flush
+
+    def _open_batch(self) -> None:
+        if self._pending is None:
+            self.store.begin_batch()
+            self._pending = []
+
+    def _flush(self) -> None:
+        """Commit the open batch, then publish its events."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        self.store.end_batch()  # on failure nothing is announced
+        for event in pending:
+            self.bus.publish(event)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        try:
+            self._flush()
+        except Exception as exc:
+            # The store refused a commit: what memory says is no longer what the file says.
+            # Fail the manager as a failing write inside a transfer task always has.
+            if self._tg is None:
+                raise
+            self._tg.create_task(_raise(exc))
 
     def _transition(
         self,
@@ -761,9 +1041,9 @@ class DownloadManager:
             f.group_id, f.index, to, allowed_from=set(allowed_from), **fields
         ):
             return False
-        f.status = to
-        for name, value in fields.items():
-            setattr(f, name, value)
+        if to is FileStatus.COMPLETED or to is FileStatus.CANCELLED:
+            self._segmented.discard((f.group_id, f.index))  # dropped by the store's trigger
+        self._set(f, {"status": to, **fields})
         self._emit(
             ev.StatusChanged(
                 ref=str(f.ref),
@@ -791,21 +1071,24 @@ class DownloadManager:
         return True
 
     def _emit(self, event: ev.Event) -> None:
-        self.bus.publish(event)
+        if self._pending is not None:
+            self._pending.append(event)  # published when the batch has committed
+        else:
+            self.bus.publish(event)
 
     def _apply_order(self, changes: dict[FileKey, int], *, priority: int | None = None) -> None:
         if not changes:
             return
-        self.store.set_order(changes, priority=priority)
-        for (gid, idx), key in changes.items():
-            group = self._groups.get(gid)
-            if group is not None:
-                for f in group.files:
-                    if f.index == idx:
-                        f.order_key = key
-                        if priority is not None:
-                            f.priority = priority
-        self._emit_positions()
+        with self._batch():
+            self.store.set_order(changes, priority=priority)
+            for (gid, idx), key in changes.items():
+                group = self._groups.get(gid)
+                f = _member(group, idx) if group is not None else None
+                if f is not None:
+                    f.order_key = key
+                    if priority is not None:
+                        self._set(f, {"priority": priority})
+            self._emit_positions()
         self._wake.set()
 
     def _emit_positions(self) -> None:
@@ -813,6 +1096,11 @@ class DownloadManager:
         self._emit(ev.QueueChanged(positions={str(g): p for g, p in positions.items()}))
 
     async def _requeue(self, group: GroupRecord, files: list[FileRecord]) -> None:
+        with self._batch():
+            self._requeue_files(group, files)
+        self._wake.set()
+
+    def _requeue_files(self, group: GroupRecord, files: list[FileRecord]) -> None:
         for f in files:
             if f.status in (FileStatus.ACTIVE, FileStatus.QUEUED):
                 continue
@@ -842,7 +1130,6 @@ class DownloadManager:
         if group.finished_at is not None:
             self.store.update_group(group.id, finished_at=None)  # it will finish again
             group.finished_at = None
-        self._wake.set()
 
     def _cancel_waiting(self, f: FileRecord) -> None:
         if self._transition(
@@ -860,33 +1147,39 @@ class DownloadManager:
 
     async def _pause_files(self, files: list[FileRecord], reason: PauseReason) -> None:
         stops = []
-        for f in files:
-            key = (f.group_id, f.index)
-            if f.status is FileStatus.ACTIVE and key in self._running:
-                why = StopReason.DISK_FULL if reason is PauseReason.DISK_FULL else StopReason.PAUSE
-                stops.append(self._stop(self._running[key], why))
-            elif f.status in (FileStatus.QUEUED, FileStatus.WAITING_RETRY):
-                self._transition(
-                    f,
-                    FileStatus.PAUSED,
-                    allowed_from=(FileStatus.QUEUED, FileStatus.WAITING_RETRY),
-                    reason=reason.value,
-                    pause_reason=reason.value,
-                    retry_at=None,
-                )
+        with self._batch():
+            for f in files:
+                key = (f.group_id, f.index)
+                if f.status is FileStatus.ACTIVE and key in self._running:
+                    why = (
+                        StopReason.DISK_FULL
+                        if reason is PauseReason.DISK_FULL
+                        else StopReason.PAUSE
+                    )
+                    stops.append(self._stop(self._running[key], why))
+                elif f.status in (FileStatus.QUEUED, FileStatus.WAITING_RETRY):
+                    self._transition(
+                        f,
+                        FileStatus.PAUSED,
+                        allowed_from=(FileStatus.QUEUED, FileStatus.WAITING_RETRY),
+                        reason=reason.value,
+                        pause_reason=reason.value,
+                        retry_at=None,
+                    )
         await asyncio.gather(*stops)
 
     def _resume_files(self, files: list[FileRecord]) -> None:
-        for f in files:
-            if f.status in (FileStatus.PAUSED, FileStatus.WAITING_RETRY):
-                self._transition(
-                    f,
-                    FileStatus.QUEUED,
-                    allowed_from=(FileStatus.PAUSED, FileStatus.WAITING_RETRY),
-                    reason="resumed",
-                    pause_reason=None,
-                    retry_at=None,
-                )
+        with self._batch():
+            for f in files:
+                if f.status in (FileStatus.PAUSED, FileStatus.WAITING_RETRY):
+                    self._transition(
+                        f,
+                        FileStatus.QUEUED,
+                        allowed_from=(FileStatus.PAUSED, FileStatus.WAITING_RETRY),
+                        reason="resumed",
+                        pause_reason=None,
+                        retry_at=None,
+                    )
         self._wake.set()
 
     def _finish_if_done(self, gid: int) -> None:
@@ -895,7 +1188,10 @@ class DownloadManager:
             self._maybe_finish_group(group)
 
     def _maybe_finish_group(self, group: GroupRecord) -> None:
-        if any(f.status in LIVE_STATUSES for f in group.files):
+        tally = self._tallies.get(group.id)
+        if tally is not None and tally.live:
+            return
+        if tally is None and any(f.status in LIVE_STATUSES for f in group.files):
             return
         if group.finished_at is not None:
             return
@@ -922,20 +1218,17 @@ class DownloadManager:
         while not self._closing:
             self._wake.clear()
             now = time.time()
-            self._promote_due_retries(now)
-            self._fill_slots(now)
+            with self._deferred():  # the retries due and the files started: one commit
+                self._promote_due_retries(now)
+                self._fill_slots(now)
             delay = self._next_deadline(now)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
 
     def _promote_due_retries(self, now: float) -> None:
-        for f in self._all_live_files():
-            if (
-                f.status is FileStatus.WAITING_RETRY
-                and (f.retry_at or 0) <= now
-                and not self._held(f.url, now)
-            ):
+        for _, f in sorted(self._retrying.items()):
+            if (f.retry_at or 0) <= now and not self._held(f.url, now):
                 self._transition(
                     f,
                     FileStatus.QUEUED,
@@ -945,22 +1238,20 @@ class DownloadManager:
                 )
 
     def _held(self, url: str, now: float) -> bool:
+        if not self._holds:
+            return False
         until = self._holds.get(_host_of(url))
         return until is not None and until > now
 
     def _next_deadline(self, now: float) -> float | None:
-        times = [
-            f.retry_at
-            for f in self._all_live_files()
-            if f.status is FileStatus.WAITING_RETRY and f.retry_at is not None
-        ]
+        times = [f.retry_at for f in self._retrying.values() if f.retry_at is not None]
         times += [t for t in self._holds.values() if t > now]
         if not times:
             return None
         return max(0.0, min(times) - now) + 0.01
 
     def _fill_slots(self, now: float) -> None:
-        if self._closing:
+        if self._closing or len(self._running) >= self.settings.max_active:
             return
         for key in self._queue.candidates():
             if len(self._running) >= self.settings.max_active:
@@ -968,7 +1259,7 @@ class DownloadManager:
             group = self._groups.get(key[0])
             if group is None:
                 continue
-            f = next((x for x in group.files if x.index == key[1]), None)
+            f = _member(group, key[1])
             if f is None or f.status is not FileStatus.QUEUED or self._held(f.url, now):
                 continue
             self._start(f, now)
@@ -1000,6 +1291,7 @@ class DownloadManager:
     async def _run_file(self, run: _Running) -> None:
         f = run.rec
         key = (f.group_id, f.index)
+        handed_over = False
         try:
             self._emit(
                 ev.FileStarted(
@@ -1029,6 +1321,10 @@ class DownloadManager:
 
             def on_segments(segments: tuple[SegmentRecord, ...] | None) -> None:
                 self.store.save_segments(f.group_id, f.index, segments)
+                if segments:
+                    self._segmented.add(key)
+                else:
+                    self._segmented.discard(key)
 
             result = await fetch_file(
                 self._session_or_fail(),
@@ -1040,17 +1336,33 @@ class DownloadManager:
                 slots=self._slots,
             )
         except asyncio.CancelledError:
-            self._finalize_stopped(run)
+            with self._batch():
+                self._finalize_stopped(run)
             raise
         except Exception as exc:  # every failure goes to the policy; a bug is a GiveUp there
-            self._finalize_failed(run, exc)
+            with self._deferred():
+                self._finalize_failed(run, exc)
+                if f.status is not FileStatus.PAUSED:  # a full disk pauses everything first
+                    self._hand_over(key)
         else:
-            self._finalize_completed(run, result)
+            # The status, the digest cache, the group's end and the start of the next file in
+            # line, with whatever other transfers finish in this turn of the loop: one commit.
+            with self._deferred():
+                self._finalize_completed(run, result)
+                self._hand_over(key)
+            handed_over = True  # nothing for the coordinator: no retry or hold changed
         finally:
             self._running.pop(key, None)
-            self._wake.set()
+            if not handed_over:
+                self._wake.set()
 
-    def _session_or_fail(self) -> aiohttp.ClientSession:
+    def _hand_over(self, key: FileKey) -> None:
+        """A finished transfer's slot goes to the next file in line at once, rather than when
+        the coordinator next runs."""
+        self._running.pop(key, None)
+        self._fill_slots(time.time())
+
+    def _session_or_fail(self) -> TransferSession:
         if self._session is None:
             raise RuntimeError("no HTTP session")
         return self._session
@@ -1060,7 +1372,7 @@ class DownloadManager:
         hub = self.hub_config
         if hub.token and origin_of(f.url) == hub.origin:
             credentials = hub.credentials()
-        _, connections = self.store.group_limits(f.group_id)
+        _, connections = self._group_limits(f.group_id)
         return TransferRequest(
             url=f.url,
             dest=Path(f.dest),
@@ -1073,7 +1385,7 @@ class DownloadManager:
             connections=connections or self.settings.connections_per_file,
             segment_threshold=self.settings.segment_threshold,
             min_segment_size=self.settings.min_segment_size,
-            segments=self.store.segments(f.group_id, f.index),
+            segments=self._segments_of(f),
             checkpoint_interval=self.settings.checkpoint_interval,
         )
 
@@ -1086,7 +1398,8 @@ class DownloadManager:
             task.cancel()
             await asyncio.wait([task])
         # A task cancelled before it ever ran has not written its state: do it here.
-        self._finalize_stopped(run)
+        with self._batch():
+            self._finalize_stopped(run)
         if run.stop.reason is StopReason.CANCEL:
             for p in _partial_paths(run.rec.dest):
                 p.unlink(missing_ok=True)
@@ -1290,18 +1603,24 @@ class DownloadManager:
             self._emit_group_progress(gid, now)
 
     def _group_done(self, group: GroupRecord) -> int:
-        total = 0
-        for f in group.files:
-            run = self._running.get((f.group_id, f.index))
-            total += run.done if run is not None else f.bytes_done
-        return total
+        """Bytes of the group on disk: the stored counts, and for running files what moved
+        since (O(running files), not O(files))."""
+        tally = self._tallies.get(group.id)
+        if tally is None:
+            return group.bytes_done
+        done = tally.bytes_done
+        for run in self._running.values():
+            if run.rec.group_id == group.id:
+                done += run.done - run.rec.bytes_done
+        return done
 
     def _emit_group_progress(self, gid: int, now: float) -> None:
         group = self._groups.get(gid)
-        if group is None:
+        tally = self._tallies.get(gid)
+        if group is None or tally is None:
             return
         done = self._group_done(group)
-        total = group.bytes_total
+        total = tally.total
         rate = self._group_rates.setdefault(gid, RateEstimator())
         rate.sample(done, now)
         self._emit(
@@ -1312,7 +1631,7 @@ class DownloadManager:
                 total=total,
                 speed=rate.speed,
                 eta=rate.eta(total, done),
-                files_done=sum(1 for f in group.files if f.status is FileStatus.COMPLETED),
+                files_done=tally.statuses.get(FileStatus.COMPLETED, 0),
                 files_total=len(group.files),
             )
         )
@@ -1323,8 +1642,7 @@ class DownloadManager:
             if force or run.done != run.saved_done:
                 rows.append((run.rec.group_id, run.rec.index, run.done, run.total))
                 run.saved_done = run.done
-                run.rec.bytes_done = run.done
-                run.rec.bytes_total = run.total
+                self._set(run.rec, {"bytes_done": run.done, "bytes_total": run.total})
         if rows and self._store is not None:
             self._store.save_progress(rows)
 
@@ -1386,6 +1704,18 @@ class DownloadManager:
             and (f.expected_sha256 is not None or f.expected_git_oid is not None),
             idle_for=run.rate.idle_for(time.monotonic()) if run else None,
         )
+
+
+async def _raise(exc: Exception) -> None:
+    raise exc
+
+
+def _member(group: GroupRecord, index: int) -> FileRecord | None:
+    """The file `index` of a group (files are stored in index order, 1-based)."""
+    files = group.files
+    if 0 < index <= len(files) and files[index - 1].index == index:
+        return files[index - 1]
+    return next((f for f in files if f.index == index), None)
 
 
 def _sha256_of(path: Path) -> str:
