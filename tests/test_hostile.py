@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -40,7 +39,7 @@ from modelfetch.hub import HubConfig
 from modelfetch.manager import DownloadManager
 from modelfetch.requests import FileRequest, GroupRequest
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
-from modelfetch.transfer import TransferRequest, fetch_file, make_session
+from modelfetch.transfer import TransferRequest, TransferSession, fetch_file, make_session
 from modelfetch.transfer.sink import PartState
 
 from .conftest import group_of, next_event
@@ -392,7 +391,7 @@ async def raw() -> AsyncIterator[RawServer]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+async def session() -> AsyncIterator[TransferSession]:
     async with make_session() as s:
         yield s
 
@@ -417,9 +416,7 @@ def part_of(dest: Path) -> bytes | None:
     return part.read_bytes() if part.exists() else None
 
 
-async def fetch(
-    session: aiohttp.ClientSession, url: str, dest: Path, *, planned: bool = True
-) -> object:
+async def fetch(session: TransferSession, url: str, dest: Path, *, planned: bool = True) -> object:
     request = TransferRequest(
         url=url,
         dest=dest,
@@ -446,7 +443,7 @@ LYING_LENGTHS = {
 async def test_a_lying_content_length_is_refused_and_writes_nothing(
     tmp_path: Path,
     raw: RawServer,
-    session: aiohttp.ClientSession,
+    session: TransferSession,
     length: str,
     body: bytes,
     error: type[Exception],
@@ -460,7 +457,7 @@ async def test_a_lying_content_length_is_refused_and_writes_nothing(
 
 
 async def test_a_body_that_ends_early_keeps_its_prefix_for_the_next_attempt(
-    tmp_path: Path, raw: RawServer, session: aiohttp.ClientSession
+    tmp_path: Path, raw: RawServer, session: TransferSession
 ) -> None:
     raw.respond = lambda req: response(200, BODY[:100_000], length=str(len(BODY)))
     dest = tmp_path / "out" / "f.bin"
@@ -489,7 +486,7 @@ async def test_a_body_that_ends_early_keeps_its_prefix_for_the_next_attempt(
 async def test_a_lying_x_linked_size_is_caught_before_the_body(
     tmp_path: Path,
     raw: RawServer,
-    session: aiohttp.ClientSession,
+    session: TransferSession,
     linked: str,
     planned: bool,
     error: type[Exception] | None,
@@ -531,7 +528,7 @@ def content_range_of(kind: str) -> Callable[[RawRequest], bytes]:
     "kind", ["wrong-start", "missing", "unsatisfied-form", "garbage", "inverted"]
 )
 async def test_a_content_range_that_does_not_match_the_request_is_refused_and_the_part_kept(
-    tmp_path: Path, raw: RawServer, session: aiohttp.ClientSession, kind: str
+    tmp_path: Path, raw: RawServer, session: TransferSession, kind: str
 ) -> None:
     dest = tmp_path / "out" / "f.bin"
     url = f"{raw.url}/f"
@@ -544,7 +541,7 @@ async def test_a_content_range_that_does_not_match_the_request_is_refused_and_th
 
 
 async def test_a_content_range_total_that_contradicts_the_plan_keeps_the_part(
-    tmp_path: Path, raw: RawServer, session: aiohttp.ClientSession
+    tmp_path: Path, raw: RawServer, session: TransferSession
 ) -> None:
     dest = tmp_path / "out" / "f.bin"
     url = f"{raw.url}/f"
@@ -562,7 +559,7 @@ async def test_a_content_range_total_that_contradicts_the_plan_keeps_the_part(
 
 @pytest.mark.parametrize("resume_from", [0, 5000], ids=["fresh", "ranged"])
 async def test_a_gzip_body_is_refused_and_the_part_kept(
-    tmp_path: Path, raw: RawServer, session: aiohttp.ClientSession, resume_from: int
+    tmp_path: Path, raw: RawServer, session: TransferSession, resume_from: int
 ) -> None:
     dest = tmp_path / "out" / "f.bin"
     url = f"{raw.url}/f"
@@ -590,7 +587,7 @@ async def test_a_gzip_body_is_refused_and_the_part_kept(
     ["file:///etc/passwd", "ftp://127.0.0.1/x", "javascript:alert(1)", "data:,hello"],
 )
 async def test_a_redirect_to_another_scheme_is_refused(
-    tmp_path: Path, raw: RawServer, session: aiohttp.ClientSession, location: str
+    tmp_path: Path, raw: RawServer, session: TransferSession, location: str
 ) -> None:
     raw.respond = lambda req: response(302, b"", {"Location": location})
     dest = tmp_path / "out" / "f.bin"
@@ -626,7 +623,7 @@ async def test_a_redirect_loop_ends_with_a_clear_error(hub: FakeHub, tmp_path: P
 
 
 async def test_a_redirect_off_loopback_is_refused_when_only_loopback_is_allowed(
-    tmp_path: Path, raw: RawServer, session: aiohttp.ClientSession
+    tmp_path: Path, raw: RawServer, session: TransferSession
 ) -> None:
     raw.respond = lambda req: response(302, b"", {"Location": "http://192.0.2.1/escape"})
     options: dict[str, Any] = {"allowed_hosts": frozenset({"127.0.0.1", "::1", "localhost"})}

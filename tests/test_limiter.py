@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from modelfetch.testing.fakehub import FakeHub, RepoFile
@@ -17,6 +16,7 @@ from modelfetch.transfer import (
     ConnectionSlots,
     TokenBucket,
     TransferRequest,
+    TransferSession,
     fetch_file,
     make_session,
 )
@@ -37,7 +37,7 @@ async def limhub() -> AsyncIterator[FakeHub]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+async def session() -> AsyncIterator[TransferSession]:
     async with make_session() as s:
         yield s
 
@@ -103,7 +103,7 @@ def test_limited_reads_get_smaller_so_the_rate_is_smooth() -> None:
 
 @pytest.mark.parametrize("connections", [1, 4])
 async def test_a_limited_transfer_averages_the_limit(
-    limhub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path, connections: int
+    limhub: FakeHub, session: TransferSession, tmp_path: Path, connections: int
 ) -> None:
     rate = 3 * MiB
     began = time.monotonic()
@@ -116,7 +116,7 @@ async def test_a_limited_transfer_averages_the_limit(
 
 
 async def test_a_rate_change_applies_to_a_running_transfer(
-    limhub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    limhub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     bucket = TokenBucket(1 * MiB)
     seen: list[tuple[float, int]] = []

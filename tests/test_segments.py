@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from hypothesis import given, settings
@@ -41,13 +40,15 @@ from modelfetch.transfer import (
     StopSignal,
     TransferRequest,
     TransferResult,
+    TransferSession,
     fetch_file,
     make_session,
     partial_bytes,
+    wire,
 )
 from modelfetch.transfer import segments as segments_module
-from modelfetch.transfer.segments import RawTarget
 from modelfetch.transfer.sink import PartState
+from modelfetch.transfer.wire import InvalidURLError, Target
 
 from .conftest import group_of
 
@@ -207,17 +208,22 @@ async def seghub() -> AsyncIterator[FakeHub]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+async def session() -> AsyncIterator[TransferSession]:
     async with make_session() as s:
         yield s
 
 
-@pytest.fixture(params=["fast", "aiohttp"])
+@pytest.fixture(params=["whole-buffer", "small-receives"])
 def piece_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Pieces after the first go through the fast path (our own connections) or, when it
-    cannot be used, through aiohttp: both must behave the same."""
-    if request.param == "aiohttp":
-        monkeypatch.setattr(RawTarget, "of", staticmethod(lambda *a, **k: None))
+    """Pieces are received into the connection's whole buffer, or a few KiB at a time (as on
+    a slow link; heads and bodies split at odd places): both must behave the same."""
+    if request.param == "small-receives":
+        original = wire._Connection.get_buffer
+
+        def small(self: wire._Connection, sizehint: int) -> memoryview:
+            return original(self, sizehint)[:4093]
+
+        monkeypatch.setattr(wire._Connection, "get_buffer", small)
     return str(request.param)
 
 
@@ -265,7 +271,7 @@ def assert_published(result: TransferResult, hub: FakeHub, path: str = BIG) -> N
 
 
 async def test_a_large_file_arrives_over_several_ranged_connections(
-    seghub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path, piece_path: str
+    seghub: FakeHub, session: TransferSession, tmp_path: Path, piece_path: str
 ) -> None:
     maps: list[tuple[SegmentRecord, ...] | None] = []
     progress: list[int] = []
@@ -282,22 +288,26 @@ async def test_a_large_file_arrives_over_several_ranged_connections(
     assert progress[0] == 0 and progress[-1] == BIG_SIZE and progress == sorted(progress)
     assert maps[-1] is None  # published: the map is forgotten
     assert result.bytes_fetched == BIG_SIZE
+    # A piece read to its end leaves its connection alive for the next piece.
+    assert session.connections_opened < len(starts)
 
 
-async def test_pieces_use_the_fast_path_and_hand_odd_answers_to_aiohttp(
+async def test_pieces_are_written_from_the_receive_buffer_and_an_odd_answer_is_asked_again(
     seghub: FakeHub,
-    session: aiohttp.ClientSession,
+    session: TransferSession,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fast: list[int] = []
-    original = segments_module.RawRange.fetch
+    original = segments_module.SegmentedFetch._receive
 
-    async def counted(self: segments_module.RawRange, segment: Segment, request: bytes) -> None:
+    async def counted(
+        self: segments_module.SegmentedFetch, segment: Segment, response: wire.Response
+    ) -> None:
         fast.append(segment.pos)
-        await original(self, segment, request)
+        await original(self, segment, response)
 
-    monkeypatch.setattr(segments_module.RawRange, "fetch", counted)
+    monkeypatch.setattr(segments_module.SegmentedFetch, "_receive", counted)
     seghub.add_fault(Fault("throttle", path=BIG, origin="cdn", rate=4 * MiB))  # ~0.5 s in all
     busy = Fault("status", path=BIG, origin="cdn", status=503, times=1)
 
@@ -309,31 +319,35 @@ async def test_pieces_use_the_fast_path_and_hand_odd_answers_to_aiohttp(
         session, seg_request(seghub, tmp_path, min_steal_size=8 * MiB), on_progress=on_progress
     )
     assert_published(result, seghub)
-    assert len(fast) >= 4  # pieces after the first came over our own connections
+    assert len(fast) >= 4  # every piece was written straight from a connection's buffer
     refused = [r for r in seghub.log if r.origin == "cdn" and r.status == 503]
     assert busy.hits == 1 and len(refused) == 1
-    # The piece the fast path got a 503 for was asked again (through aiohttp) and arrived.
+    # The piece that got a 503 was asked for again and arrived.
     again = [r for r in seghub.log if r.range == refused[0].range and r.status == 206]
     assert len(again) == 1 and again[0].time > refused[0].time
 
 
-def test_the_fast_path_speaks_only_for_plain_urls() -> None:
-    target = RawTarget.of("http://127.0.0.1:8080/a/b%20c?x=1&y=%2F", {"If-Range": '"e"'})
-    assert target is not None and target.ssl is None
-    assert target.request(10, 20) == (
+def test_piece_requests_are_plain_http11_for_plain_urls() -> None:
+    target = Target.of("http://127.0.0.1:8080/a/b%20c?x=1&y=%2F")
+    assert target.scheme == "http"
+    piece = {"Range": "bytes=10-19", "If-Range": '"e"'}
+    assert wire._request_head("GET", target, {}, piece) == (
         b"GET /a/b%20c?x=1&y=%2F HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
         b'Range: bytes=10-19\r\nIf-Range: "e"\r\n\r\n'
     )
-    tls = RawTarget.of("https://[::1]/f", {})
-    assert tls is not None and tls.ssl is not None and tls.port == 443
+    tls = Target.of("https://[::1]/f")
+    assert tls.scheme == "https" and tls.port == 443
     assert tls.host_header == "[::1]"
-    assert RawTarget.of("https://user:pw@host/f", {}) is None  # credentials in the URL
-    assert RawTarget.of("ftp://host/f", {}) is None
-    assert RawTarget.of("http://host/f", {"X": "a\r\nInjected: 1"}) is None
+    # Credentials in the URL are sent as Basic authorization (as aiohttp did), never as-is.
+    assert Target.of("https://user:pw@host/f").authorization == "Basic dXNlcjpwdw=="
+    with pytest.raises(InvalidURLError):
+        Target.of("ftp://host/f")
+    with pytest.raises(ValueError, match="cannot be sent"):
+        wire._request_head("GET", target, {}, {"X": "a\r\nInjected: 1"})
 
 
 async def test_a_plain_small_file_stays_a_single_stream(
-    seghub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    seghub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     result = await fetch_file(session, seg_request(seghub, tmp_path, segment_threshold=64 * MiB))
     assert_published(result, seghub)
@@ -342,7 +356,7 @@ async def test_a_plain_small_file_stays_a_single_stream(
 
 
 async def test_one_throttled_connection_has_its_tail_stolen(
-    seghub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path, piece_path: str
+    seghub: FakeHub, session: TransferSession, tmp_path: Path, piece_path: str
 ) -> None:
     # Only the first body request is slow (and would need ~8 s alone for its 1 MiB piece).
     seghub.add_fault(Fault("throttle", path=BIG, origin="cdn", rate=128 * KiB, times=1))
@@ -358,7 +372,7 @@ async def test_one_throttled_connection_has_its_tail_stolen(
 
 
 async def test_a_server_that_ignores_range_gets_one_stream(
-    seghub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    seghub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     seghub.add_fault(Fault("ignore_range", path=BIG, origin="cdn"))
     maps: list[tuple[SegmentRecord, ...] | None] = []
@@ -370,7 +384,7 @@ async def test_a_server_that_ignores_range_gets_one_stream(
 
 
 async def test_a_stalled_connection_is_replaced_without_failing(
-    seghub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path, piece_path: str
+    seghub: FakeHub, session: TransferSession, tmp_path: Path, piece_path: str
 ) -> None:
     seghub.add_fault(
         Fault("stall", path=BIG, origin="cdn", after_bytes=300 * KiB, seconds=30, times=1)
@@ -384,7 +398,7 @@ async def test_a_stalled_connection_is_replaced_without_failing(
 
 
 async def test_a_transfer_stopped_mid_segment_resumes_every_segment_where_it_stopped(
-    seghub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path, piece_path: str
+    seghub: FakeHub, session: TransferSession, tmp_path: Path, piece_path: str
 ) -> None:
     seghub.add_fault(Fault("throttle", path=BIG, origin="cdn", rate=1 * MiB))
     maps: list[tuple[SegmentRecord, ...] | None] = []
@@ -424,7 +438,7 @@ async def test_a_transfer_stopped_mid_segment_resumes_every_segment_where_it_sto
 
 
 async def test_a_segmented_partial_without_its_map_is_not_trusted(
-    seghub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    seghub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     seghub.add_fault(Fault("throttle", path=BIG, origin="cdn", rate=2 * MiB))
     stop = StopSignal()
@@ -445,7 +459,7 @@ async def test_a_segmented_partial_without_its_map_is_not_trusted(
 
 
 async def test_connection_caps_hold_as_the_servers_see_them(
-    seghub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    seghub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     # Two files on two hosts (the CDN, the Hub itself), 4 connections each, slowed down so
     # connections overlap; caps: 3 in all, 2 per host.
@@ -653,7 +667,7 @@ def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-async def test_the_fast_path_fetches_pieces_over_tls(
+async def test_pieces_arrive_over_tls_with_the_sessions_context(
     tls_cert: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cert, key = tls_cert
@@ -675,23 +689,17 @@ async def test_the_fast_path_fetches_pieces_over_tls(
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what the fast path's default context trusts
-    fast: list[int] = []
-    original = segments_module.RawRange.fetch
+    fast: list[int] = []  # pieces after the first (each asked for on a connection of its own)
+    original = segments_module.SegmentedFetch._open
 
-    async def counted(self: segments_module.RawRange, segment: Segment, request: bytes) -> None:
+    async def counted(self: segments_module.SegmentedFetch, segment: Segment) -> wire.Response:
         fast.append(segment.pos)
-        await original(self, segment, request)
+        return await original(self, segment)
 
-    monkeypatch.setattr(segments_module.RawRange, "fetch", counted)
+    monkeypatch.setattr(segments_module.SegmentedFetch, "_open", counted)
     client_ctx = ssl.create_default_context(cafile=str(cert))
     try:
-        async with make_session() as plain:
-            headers = dict(plain.headers)
-        connector = aiohttp.TCPConnector(ssl=client_ctx)
-        async with aiohttp.ClientSession(
-            connector=connector, headers=headers, auto_decompress=False
-        ) as session:
+        async with make_session(ssl_context=client_ctx) as session:
             result = await fetch_file(
                 session,
                 TransferRequest(

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -42,6 +41,7 @@ from modelfetch.transfer import (
     StopSignal,
     TransferRequest,
     TransferResult,
+    TransferSession,
     fetch_file,
     make_session,
     sink,
@@ -66,7 +66,7 @@ async def hub() -> AsyncIterator[FakeHub]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+async def session() -> AsyncIterator[TransferSession]:
     async with make_session() as s:
         yield s
 
@@ -87,7 +87,7 @@ def leftovers(dest: Path) -> list[str]:
 
 
 async def fetch(
-    session: aiohttp.ClientSession,
+    session: TransferSession,
     request: TransferRequest,
     progress: Progress | None = None,
     stop: StopSignal | None = None,
@@ -100,14 +100,14 @@ async def fetch(
 
 
 async def truncated_partial(
-    hub: FakeHub, session: aiohttp.ClientSession, dest: Path, after: int = 3 * MiB + 17
+    hub: FakeHub, session: TransferSession, dest: Path, after: int = 3 * MiB + 17
 ) -> int:
     """Leave a resumable `.part` of at most `after` bytes, the way a dropped connection does."""
     hub.add_fault(Fault("truncate", path=BIG, after_bytes=after, times=1))
     with pytest.raises(NetworkError):
         await fetch(session, big_request(hub, dest))
     size = part_path(dest).stat().st_size
-    # aiohttp drops what it buffered once it sees the early close, so a prefix of what was sent.
+    # Everything received before the early close is kept: at most what was sent.
     assert 0 < size <= after
     return size
 
@@ -116,7 +116,7 @@ async def truncated_partial(
 
 
 async def test_publishes_byte_exact_atomically(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / "deep" / "dir" / BIG
     progress: Progress = []
@@ -135,7 +135,7 @@ async def test_publishes_byte_exact_atomically(
 
 
 async def test_the_digest_comes_from_the_redirect_not_the_cdn_decoy(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     result = await fetch(session, big_request(hub, tmp_path / BIG))
     assert [r.origin for r in hub.log] == ["hub", "cdn"]
@@ -144,7 +144,7 @@ async def test_the_digest_comes_from_the_redirect_not_the_cdn_decoy(
 
 
 async def test_a_small_file_is_verified_against_its_git_oid(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     info = hub.file(REPO, SMALL)
     dest = tmp_path / SMALL
@@ -158,7 +158,7 @@ async def test_a_small_file_is_verified_against_its_git_oid(
 
 
 async def test_a_wrong_git_oid_fails_and_publishes_nothing(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / SMALL
     request = TransferRequest(
@@ -172,7 +172,7 @@ async def test_a_wrong_git_oid_fails_and_publishes_nothing(
 
 
 async def test_digests_keep_up_under_backpressure(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hub: FakeHub, session: TransferSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Tiny limits so the digest thread's backlog bound and the early writeback both engage.
     monkeypatch.setattr(sink, "MAX_PENDING", 64 << 10)
@@ -202,7 +202,7 @@ async def test_the_digester_matches_hashlib() -> None:
 
 
 async def test_resumes_after_a_truncated_body(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     partial = await truncated_partial(hub, session, dest)
@@ -223,7 +223,7 @@ async def test_resumes_after_a_truncated_body(
 
 
 async def test_restarts_when_the_server_ignores_the_range(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     partial = await truncated_partial(hub, session, dest)
@@ -237,7 +237,7 @@ async def test_restarts_when_the_server_ignores_the_range(
 
 
 async def test_a_changed_validator_restarts_from_zero(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     partial = await truncated_partial(hub, session, dest)
@@ -255,7 +255,7 @@ async def test_a_changed_validator_restarts_from_zero(
 
 
 async def test_a_new_commit_during_a_resume_yields_the_new_file(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     await truncated_partial(hub, session, dest)
@@ -266,7 +266,7 @@ async def test_a_new_commit_during_a_resume_yields_the_new_file(
 
 
 async def test_a_complete_partial_is_published_without_refetching(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     info = hub.file(REPO, BIG)
@@ -282,7 +282,7 @@ async def test_a_complete_partial_is_published_without_refetching(
 
 
 async def test_a_416_for_a_too_long_partial_restarts_from_zero(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     part_path(dest).write_bytes(b"\x00" * (BIG_SIZE + 10))
@@ -294,7 +294,7 @@ async def test_a_416_for_a_too_long_partial_restarts_from_zero(
 
 
 async def test_a_partial_without_its_sidecar_is_not_trusted(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     part_path(dest).write_bytes(b"\x00" * MiB)
@@ -307,7 +307,7 @@ async def test_a_partial_without_its_sidecar_is_not_trusted(
 
 
 async def test_a_bad_linked_etag_fails_and_clears_the_partial(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     hub.add_fault(Fault("bad_linked_etag", path=BIG))
@@ -319,7 +319,7 @@ async def test_a_bad_linked_etag_fails_and_clears_the_partial(
 
 
 async def test_corrupted_bytes_fail_and_clear_the_partial(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     hub.add_fault(Fault("corrupt", path=BIG, after_bytes=2 * MiB + 5))
@@ -329,7 +329,7 @@ async def test_corrupted_bytes_fail_and_clear_the_partial(
 
 
 async def test_a_wrong_expected_sha256_fails_before_downloading(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     with pytest.raises(IntegrityError) as info:
@@ -341,7 +341,7 @@ async def test_a_wrong_expected_sha256_fails_before_downloading(
 
 
 async def test_a_wrong_expected_sha256_on_a_plain_file_clears_the_partial(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / SMALL
     request = TransferRequest(url=hub.resolve_url(REPO, SMALL), dest=dest, expected_sha256="e" * 64)
@@ -353,7 +353,7 @@ async def test_a_wrong_expected_sha256_on_a_plain_file_clears_the_partial(
 
 
 async def test_a_wrong_expected_size_fails_before_downloading(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     with pytest.raises(IntegrityError):
         await fetch(session, big_request(hub, tmp_path / BIG, expected_size=BIG_SIZE - 1))
@@ -363,9 +363,7 @@ async def test_a_wrong_expected_size_fails_before_downloading(
 # -- redirects, statuses, auth ----------------------------------------------------------------
 
 
-async def test_a_redirect_loop_ends(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
-) -> None:
+async def test_a_redirect_loop_ends(hub: FakeHub, session: TransferSession, tmp_path: Path) -> None:
     dest = tmp_path / BIG
     hub.add_fault(Fault("redirect_loop", path=BIG))
     with pytest.raises(TooManyRedirectsError):
@@ -375,7 +373,7 @@ async def test_a_redirect_loop_ends(
 
 
 async def test_a_missing_file_is_not_found(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / "nope.gguf"
     url = hub.resolve_url(REPO, "nope.gguf")
@@ -387,7 +385,7 @@ async def test_a_missing_file_is_not_found(
 
 
 async def test_a_503_keeps_its_status_and_retry_after_seconds(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     hub.add_fault(Fault("status", path=BIG, origin="hub", status=503, retry_after=7))
     with pytest.raises(ServerBusyError) as info:
@@ -396,7 +394,7 @@ async def test_a_503_keeps_its_status_and_retry_after_seconds(
 
 
 async def test_a_503_retry_after_may_be_an_http_date(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     when = format_datetime(datetime.fromtimestamp(time.time() + 120, UTC), usegmt=True)
     hub.add_fault(Fault("status", path=BIG, origin="cdn", status=503, retry_after=when))
@@ -407,7 +405,7 @@ async def test_a_503_retry_after_may_be_an_http_date(
 
 
 async def test_a_429_is_rate_limited(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     hub.add_fault(Fault("status", path=BIG, origin="hub", status=429, retry_after=3))
     with pytest.raises(RateLimitedError) as info:
@@ -416,7 +414,7 @@ async def test_a_429_is_rate_limited(
 
 
 async def test_an_expired_cdn_url_is_forbidden_not_an_auth_problem(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     hub.add_fault(Fault("expire", path=BIG, seconds=0))
     await asyncio.sleep(0.01)
@@ -426,7 +424,7 @@ async def test_an_expired_cdn_url_is_forbidden_not_an_auth_problem(
     assert info.value.url is not None and "signature" not in info.value.url  # no signed query
 
 
-async def test_a_gated_repo_is_gated(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+async def test_a_gated_repo_is_gated(session: TransferSession, tmp_path: Path) -> None:
     async with FakeHub() as hub:
         hub.add_repo("owner/gated", [RepoFile(BIG, size=MiB)], gated=True)
         hub.tokens.add("hf_tok")
@@ -440,7 +438,7 @@ async def test_a_gated_repo_is_gated(session: aiohttp.ClientSession, tmp_path: P
 
 
 async def test_the_token_reaches_the_hub_but_never_the_cdn(
-    session: aiohttp.ClientSession, tmp_path: Path
+    session: TransferSession, tmp_path: Path
 ) -> None:
     async with FakeHub() as hub:
         hub.add_repo("owner/private", [RepoFile(BIG, size=MiB, seed=3)], private=True)
@@ -456,7 +454,7 @@ async def test_the_token_reaches_the_hub_but_never_the_cdn(
 
 
 async def test_a_token_for_another_origin_is_not_sent(
-    session: aiohttp.ClientSession, tmp_path: Path
+    session: TransferSession, tmp_path: Path
 ) -> None:
     async with FakeHub() as hub:
         hub.add_repo("owner/private", [RepoFile(BIG, size=MiB)], private=True)
@@ -474,9 +472,7 @@ async def test_a_token_for_another_origin_is_not_sent(
         assert hub.log and not any(r.authorization for r in hub.log)
 
 
-async def test_a_refused_port_is_a_network_error(
-    session: aiohttp.ClientSession, tmp_path: Path
-) -> None:
+async def test_a_refused_port_is_a_network_error(session: TransferSession, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -487,9 +483,7 @@ async def test_a_refused_port_is_a_network_error(
     assert not dest.exists() and leftovers(dest) == []
 
 
-async def test_a_disallowed_scheme_is_refused(
-    session: aiohttp.ClientSession, tmp_path: Path
-) -> None:
+async def test_a_disallowed_scheme_is_refused(session: TransferSession, tmp_path: Path) -> None:
     with pytest.raises(SchemeError):
         await fetch(session, TransferRequest(url="ftp://example.invalid/x", dest=tmp_path / "x"))
 
@@ -504,7 +498,7 @@ def test_a_path_traversal_name_is_refused(tmp_path: Path) -> None:
 
 
 async def test_a_stall_raises_stalled_and_keeps_the_partial(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     hub.add_fault(Fault("stall", path=BIG, after_bytes=MiB + 3, seconds=20, times=1))
@@ -515,7 +509,7 @@ async def test_a_stall_raises_stalled_and_keeps_the_partial(
 
 
 async def test_a_stalled_response_head_is_stalled_too(
-    session: aiohttp.ClientSession, tmp_path: Path
+    session: TransferSession, tmp_path: Path
 ) -> None:
     async def never_answer(request: web.Request) -> web.Response:
         await asyncio.sleep(30)
@@ -532,7 +526,7 @@ async def test_a_stalled_response_head_is_stalled_too(
 
 
 async def test_a_reset_mid_body_keeps_the_partial(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     hub.add_fault(Fault("reset", path=BIG, after_bytes=2 * MiB, times=1))
@@ -545,7 +539,7 @@ async def test_a_reset_mid_body_keeps_the_partial(
 
 
 async def _start_throttled_and_stop(
-    hub: FakeHub, session: aiohttp.ClientSession, dest: Path, reason: StopReason
+    hub: FakeHub, session: TransferSession, dest: Path, reason: StopReason
 ) -> None:
     hub.add_fault(Fault("throttle", path=BIG, rate=4 * MiB, times=1))
     moving = asyncio.Event()
@@ -566,7 +560,7 @@ async def _start_throttled_and_stop(
 
 
 async def test_cancel_deletes_the_partial(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     await _start_throttled_and_stop(hub, session, dest, StopReason.CANCEL)
@@ -574,7 +568,7 @@ async def test_cancel_deletes_the_partial(
 
 
 async def test_pause_keeps_the_partial_and_a_second_fetch_resumes(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path
+    hub: FakeHub, session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / BIG
     await _start_throttled_and_stop(hub, session, dest, StopReason.PAUSE)
@@ -587,7 +581,7 @@ async def test_pause_keeps_the_partial_and_a_second_fetch_resumes(
 
 
 async def test_disk_full_while_writing_keeps_the_partial(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hub: FakeHub, session: TransferSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     budget = [2 * MiB + 1]
 
@@ -607,7 +601,7 @@ async def test_disk_full_while_writing_keeps_the_partial(
 
 
 async def test_too_little_free_space_fails_before_the_body(
-    hub: FakeHub, session: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hub: FakeHub, session: TransferSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = shutil.disk_usage
 
@@ -677,7 +671,7 @@ async def _to_ftp(request: web.Request) -> web.Response:
 
 
 async def test_a_body_longer_than_announced_is_an_integrity_error(
-    session: aiohttp.ClientSession, tmp_path: Path
+    session: TransferSession, tmp_path: Path
 ) -> None:
     app = scripted({"/d/start": _redirect_with_linked_size, "/d/body": _body_2000})
     dest = tmp_path / "f.bin"
@@ -689,7 +683,7 @@ async def test_a_body_longer_than_announced_is_an_integrity_error(
 
 
 async def test_a_body_longer_than_expected_stops_at_the_expected_size(
-    session: aiohttp.ClientSession, tmp_path: Path
+    session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / "f.bin"
     async with serve(scripted({"/chunked": _chunked})) as base:
@@ -701,7 +695,7 @@ async def test_a_body_longer_than_expected_stops_at_the_expected_size(
 
 
 async def test_a_body_shorter_than_expected_is_resumable(
-    session: aiohttp.ClientSession, tmp_path: Path
+    session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / "f.bin"
     async with serve(scripted({"/chunked": _chunked})) as base:
@@ -712,7 +706,7 @@ async def test_a_body_shorter_than_expected_is_resumable(
 
 
 async def test_an_unknown_length_body_is_published_when_complete(
-    session: aiohttp.ClientSession, tmp_path: Path
+    session: TransferSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / "f.bin"
     progress: Progress = []
@@ -723,7 +717,7 @@ async def test_an_unknown_length_body_is_published_when_complete(
 
 
 async def test_a_redirect_without_location_is_a_network_error(
-    session: aiohttp.ClientSession, tmp_path: Path
+    session: TransferSession, tmp_path: Path
 ) -> None:
     async with serve(scripted({"/r": _no_location})) as base:
         with pytest.raises(NetworkError):
@@ -731,8 +725,109 @@ async def test_a_redirect_without_location_is_a_network_error(
 
 
 async def test_a_redirect_to_another_scheme_is_refused(
-    session: aiohttp.ClientSession, tmp_path: Path
+    session: TransferSession, tmp_path: Path
 ) -> None:
     async with serve(scripted({"/r": _to_ftp})) as base:
         with pytest.raises(SchemeError):
             await fetch(session, TransferRequest(url=f"{base}/r", dest=tmp_path / "f"))
+
+
+# -- small files: the sidecar only when a partial outlives the attempt -------------------------
+
+
+async def test_a_small_file_that_completes_never_writes_a_sidecar(
+    hub: FakeHub, session: TransferSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved: list[Path] = []
+    original = PartState.save
+
+    def counted(self: PartState, path: Path) -> None:
+        saved.append(path)
+        original(self, path)
+
+    monkeypatch.setattr(PartState, "save", counted)
+    dest = tmp_path / "small.json"
+    result = await fetch(session, TransferRequest(url=hub.resolve_url(REPO, SMALL), dest=dest))
+    assert result.path.read_bytes() == SMALL_CONTENT and saved == []
+    assert leftovers(dest) == []
+
+
+async def test_a_small_file_that_stops_early_keeps_a_resumable_prefix(
+    hub: FakeHub, session: TransferSession, tmp_path: Path
+) -> None:
+    hub.add_repo("o/s", [RepoFile("s.bin", size=300_000, seed=5)])
+    info = hub.file("o/s", "s.bin")
+    request = TransferRequest(
+        url=hub.resolve_url("o/s", "s.bin"),
+        dest=tmp_path / "s.bin",
+        expected_size=info.size,
+        expected_sha256=info.sha256,
+    )
+    hub.add_fault(Fault("truncate", path="s.bin", after_bytes=100_000, times=1))
+    with pytest.raises(NetworkError):
+        await fetch(session, request)
+    kept = part_path(request.dest).stat().st_size
+    assert 0 < kept <= 100_000
+    assert PartState.load(sidecar_path(request.dest)) is not None  # written as it stopped
+    result = await fetch(session, request)
+    assert result.verified and result.resumed_from == kept
+    assert leftovers(request.dest) == []
+
+
+async def test_a_small_part_without_its_sidecar_is_fetched_again(
+    hub: FakeHub, session: TransferSession, tmp_path: Path
+) -> None:
+    # What a crash in the middle of a small file leaves: a `.part` and no record of it.
+    dest = tmp_path / "small.json"
+    part_path(dest).write_bytes(b"garbage that is not the file's beginning")
+    result = await fetch(session, TransferRequest(url=hub.resolve_url(REPO, SMALL), dest=dest))
+    assert result.resumed_from == 0 and result.path.read_bytes() == SMALL_CONTENT
+
+
+# -- the publish step -------------------------------------------------------------------------
+
+
+async def test_the_part_is_closed_before_it_takes_the_final_name(
+    hub: FakeHub, session: TransferSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / BIG
+    seen: list[list[str]] = []
+    real_publish = sink.publish
+
+    def watching_publish(part: Path, final: Path, side: Path) -> None:
+        # What has the `.part` open at the moment of the rename: nothing of ours may.
+        fds = Path("/proc/self/fd")
+        seen.append([str(p.resolve()) for p in fds.iterdir() if p.resolve() == part.resolve()])
+        real_publish(part, final, side)
+
+    monkeypatch.setattr(sink, "publish", watching_publish)
+    await fetch(session, big_request(hub, dest))
+    assert seen == [[]]
+    assert dest.read_bytes() == hub.content(REPO, BIG)
+
+
+async def test_a_cancel_during_the_publish_is_too_late(
+    hub: FakeHub, session: TransferSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that lands while the verified file is being renamed into place does not make a
+    complete file look cancelled: the transfer returns it as done."""
+    dest = tmp_path / BIG
+    entered = threading.Event()
+    release = threading.Event()
+    real_publish = sink.publish
+
+    def slow_publish(part: Path, final: Path, side: Path) -> None:
+        entered.set()
+        release.wait(10)
+        real_publish(part, final, side)
+
+    monkeypatch.setattr(sink, "publish", slow_publish)
+    task = asyncio.create_task(fetch(session, big_request(hub, dest)))
+    assert await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # waits for the publish rather than abandoning it half done
+    release.set()
+    result = await task
+    assert result.verified and dest.read_bytes() == hub.content(REPO, BIG)
+    assert leftovers(dest) == []

@@ -13,7 +13,9 @@ transfer/segments.py): `_run_segmented` makes the first ranged request here, wit
 redirect, validator and cross-check rules, and falls back to the single stream above when the
 server answers a ranged request with the whole body.
 Every failure leaves as a `TransferError` subclass, translated in `_translate_exception` /
-`_status_error` (the only places that look at aiohttp exceptions and HTTP statuses).
+`_status_error` (the only places that look at the HTTP client's exceptions and HTTP statuses).
+The HTTP client is our own (transfer/wire.py): importing aiohttp would cost more than a whole
+small download.
 """
 
 from __future__ import annotations
@@ -22,17 +24,13 @@ import asyncio
 import contextlib
 import errno
 import math
-import os
 import re
 import socket
+import ssl
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit, urlunsplit
-
-import aiohttp
-from multidict import CIMultiDictProxy
-from yarl import URL
 
 from modelfetch.core.errors import (
     AuthRequiredError,
@@ -70,7 +68,6 @@ from modelfetch.transfer.api import (
 from modelfetch.transfer.limiter import ConnectionSlots, Slot, TokenBucket, read_size_for
 from modelfetch.transfer.segments import (
     FirstPiece,
-    RawTarget,
     SegmentedFetch,
     SegmentSettings,
     piece_size,
@@ -81,38 +78,57 @@ from modelfetch.transfer.sink import (
     PartState,
     SegmentedPartFile,
     disk_full,
-    publish,
     remove_partial,
+    sync_and_publish,
+)
+from modelfetch.transfer.wire import (
+    ConnectError,
+    ConnectTimeoutError,
+    Headers,
+    IncompleteBodyError,
+    InvalidURLError,
+    NameResolutionError,
+    ProtocolError,
+    Response,
+    ServerDisconnectedError,
+    Session,
+    WireError,
 )
 
 READ_BUFSIZE = 4 << 20
 MIN_CHUNK_SIZE = 1 << 20
+SMALL_PART_LIMIT = 4 << 20  # files up to this size write their sidecar only if they stop early
 PROGRESS_INTERVAL = 0.1
 _HEX = re.compile(r"[0-9a-f]+")
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # What `make_session` returns and `fetch_file` takes: callers name this, not the client library.
-TransferSession = aiohttp.ClientSession
+TransferSession = Session
 
 
-def make_session(*, connect_timeout: float = 30.0, limit: int = 100) -> TransferSession:
-    """The session every transfer shares. No total timeout (a 50 GB file takes as long as it
-    takes); stalls are caught per transfer. `Accept-Encoding: identity` because we store bytes as
-    served and never decompress (a gzip-encoded body would not match the Hub's digest)."""
+def make_session(
+    *,
+    connect_timeout: float = 30.0,
+    limit: int = 100,
+    ssl_context: ssl.SSLContext | None = None,
+) -> TransferSession:
+    """The session every transfer shares (use it as `async with`, or `await close()` it). No
+    total timeout (a 50 GB file takes as long as it takes); stalls are caught per transfer.
+    `Accept-Encoding: identity` because we store bytes as served and never decompress (a
+    gzip-encoded body would not match the Hub's digest). `limit`: idle keep-alive connections
+    kept in all; `ssl_context`: what https trusts (default: the system's, made on first use)."""
     from modelfetch import __version__  # lazily: the package facade may import this module
 
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
-        read_bufsize=READ_BUFSIZE,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
+    return Session(
         headers={"User-Agent": f"modelfetch/{__version__}", "Accept-Encoding": "identity"},
+        connect_timeout=connect_timeout,
+        ssl_context=ssl_context,
+        max_idle=limit,
     )
 
 
 async def fetch_file(
-    session: aiohttp.ClientSession,
+    session: TransferSession,
     request: TransferRequest,
     *,
     on_progress: ProgressCallback | None = None,
@@ -159,19 +175,12 @@ def _redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _to_yarl(url: str) -> URL:
-    # Keep an already-encoded URL byte for byte: re-quoting can break a CDN's signed query.
-    if url.isascii() and " " not in url:
-        return URL(url, encoded=True)
-    return URL(url)
-
-
 class _Transfer:
     """The state of one `fetch_file` call."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: TransferSession,
         request: TransferRequest,
         on_progress: ProgressCallback | None,
         stop: StopSignal | None,
@@ -185,7 +194,6 @@ class _Transfer:
         self.sidecar_path = sidecar_path(self.dest)
         self.chunk_size = max(request.chunk_size, MIN_CHUNK_SIZE)
         self.stall_timeout = request.stall_timeout if request.stall_timeout > 0 else None
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=request.connect_timeout)
         self.expected_sha256 = _normalise_hex(request.expected_sha256, 64, "expected_sha256")
         self.expected_git_oid = _normalise_hex(request.expected_git_oid, 40, "expected_git_oid")
         self.auth_origin: str | None = None
@@ -210,6 +218,7 @@ class _Transfer:
         self.steals = 0
         self.connections = 1
         self.reopened = 0
+        self.unrecorded = False  # a small file's `.part` whose sidecar is not written yet
 
     # -- the whole call ----------------------------------------------------------------------
 
@@ -221,10 +230,12 @@ class _Transfer:
             reason = self.stop.reason if self.stop is not None else None
             if reason is not None and not reason.keeps_partial:
                 remove_partial(self.part_path, self.sidecar_path)
+            self._record_small_partial()
             self._save_segments()
             raise
         except Exception as exc:
             self._close_part()
+            self._record_small_partial()
             self._save_segments()
             translated = _translate_exception(exc, url=self.url, stall=self.stall_timeout)
             if translated is None:
@@ -324,7 +335,7 @@ class _Transfer:
             # the file is unchanged and brings the headers to publish with.
             start, end = (first.pos, first.end) if first is not None else (total - 1, total)
             self.slot = await self._acquire_slot(self.request.url)
-            response: aiohttp.ClientResponse | None = None
+            response: Response | None = None
             try:
                 response, redirected = await self._request(start, end=end)
                 await self._move_slot(self.url)
@@ -388,7 +399,6 @@ class _Transfer:
                     on_progress=self._report_done,
                     on_checkpoint=self._save_segments,
                     url=_redact(self.url),
-                    raw=RawTarget.of(self.url, self._piece_headers(self.url)),
                 )
                 piece = FirstPiece(first, response, self.slot)
                 response = self.slot = None
@@ -414,9 +424,7 @@ class _Transfer:
             self.on_segments(None)
         return result
 
-    def _begin_segmented_part(
-        self, response: aiohttp.ClientResponse, total: int, *, fresh: bool
-    ) -> None:
+    def _begin_segmented_part(self, response: Response, total: int, *, fresh: bool) -> None:
         """Open the `.part` allocated to `total` bytes; a fresh one gets its sidecar first."""
         encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
         if encoding != "identity":
@@ -444,13 +452,13 @@ class _Transfer:
 
     def _open_range_from(
         self, url: str, redirected: bool
-    ) -> Callable[[int, int], Awaitable[aiohttp.ClientResponse]]:
+    ) -> Callable[[int, int], Awaitable[Response]]:
         """How the other connections ask for a piece: straight at the URL the first request
         ended at (the CDN), with the partial's validator, checking every answer."""
         validator = self.state.validator if self.state is not None else None
         total = self.total
 
-        async def open_range(start: int, end: int) -> aiohttp.ClientResponse:
+        async def open_range(start: int, end: int) -> Response:
             response, hopped = await self._request(start, end=end, url=url, validator=validator)
             try:
                 if response.status == 206:
@@ -475,16 +483,6 @@ class _Transfer:
                 raise
 
         return open_range
-
-    def _piece_headers(self, url: str) -> dict[str, str]:
-        """The headers a piece request to `url` carries besides Host and Range: the session's
-        own, the partial's validator, and the token if `url` is its origin."""
-        headers = {k: v for k, v in self.session.headers.items() if k.lower() != "host"}
-        if self.state is not None and self.state.validator:
-            headers["If-Range"] = self.state.validator
-        if self._may_authenticate(url) and self.request.credentials is not None:
-            headers["Authorization"] = f"Bearer {self.request.credentials.token}"
-        return headers
 
     async def _acquire_slot(self, url: str) -> Slot | None:
         return None if self.slots is None else await self.slots.acquire(_host_of(url))
@@ -564,7 +562,7 @@ class _Transfer:
         if self.request.segments is not None and self.on_segments is not None:
             self.on_segments(None)
 
-    def _partial_is_stale(self, response: aiohttp.ClientResponse) -> bool:
+    def _partial_is_stale(self, response: Response) -> bool:
         """True when the answer to a resume shows that our prefix belongs to another version:
         a different digest from the Hub, or a 206 for a different total size."""
         if self.state is None:
@@ -604,7 +602,7 @@ class _Transfer:
         end: int | None = None,
         url: str | None = None,
         validator: str | None = None,
-    ) -> tuple[aiohttp.ClientResponse, bool]:
+    ) -> tuple[Response, bool]:
         """GET, following up to `max_redirects` redirects by hand. Returns the first non-redirect
         response (unread) and whether it was reached through a redirect. Asks for bytes from
         `offset` (to `end`, exclusive, when given), with `If-Range: validator` (by default the
@@ -637,8 +635,8 @@ class _Transfer:
             if self._may_authenticate(url) and self.request.credentials is not None:
                 headers["Authorization"] = f"Bearer {self.request.credentials.token}"
             async with asyncio.timeout(self.stall_timeout):  # also bounds waiting for the head
-                response = await self.session.get(
-                    _to_yarl(url), headers=headers, allow_redirects=False, timeout=self.timeout
+                response = await self.session.request(
+                    "GET", url, headers=headers, connect_timeout=self.request.connect_timeout
                 )
             self._note_hub_headers(response.headers)
             if 300 <= response.status < 400 and response.status != 304:
@@ -664,7 +662,7 @@ class _Transfer:
         except ValueError:
             return False
 
-    def _note_hub_headers(self, headers: CIMultiDictProxy[str]) -> None:
+    def _note_hub_headers(self, headers: Headers) -> None:
         """The Hub's resolve hop describes the file; the CDN's own ETag never does."""
         if self.linked_sha256 is None:
             self.linked_sha256 = linked_digest(headers.get("X-Linked-Etag"))
@@ -710,7 +708,7 @@ class _Transfer:
 
     # -- responses ---------------------------------------------------------------------------
 
-    def _total_after_416(self, headers: CIMultiDictProxy[str]) -> int | None:
+    def _total_after_416(self, headers: Headers) -> int | None:
         parsed = parse_content_range(headers.get("Content-Range"))
         if parsed is not None and parsed.start is None and parsed.total is not None:
             return parsed.total
@@ -718,9 +716,7 @@ class _Transfer:
             return self.state.total
         return self._expected_size()
 
-    async def _publish_complete_partial(
-        self, headers: CIMultiDictProxy[str], size: int
-    ) -> TransferResult:
+    async def _publish_complete_partial(self, headers: Headers, size: int) -> TransferResult:
         self.total = size
         self.resumed_from = size
         self.part = PartFile(self.part_path)
@@ -730,7 +726,7 @@ class _Transfer:
         )
         return await self._verify_and_publish(headers)
 
-    async def _receive(self, response: aiohttp.ClientResponse, offset: int) -> TransferResult:
+    async def _receive(self, response: Response, offset: int) -> TransferResult:
         headers = response.headers
         encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
         if encoding != "identity":
@@ -788,19 +784,32 @@ class _Transfer:
                 actual=str(announced),
             )
 
-    def _begin_part(self, headers: CIMultiDictProxy[str], offset: int) -> None:
+    def _begin_part(self, headers: Headers, offset: int) -> None:
         """Open the `.part` at `offset`; a fresh start (re)writes the sidecar first, so a `.part`
-        never exists without a record of what it holds."""
+        is never trusted without a record of what it holds.
+
+        A small file (known size up to SMALL_PART_LIMIT) starts without a sidecar: creating
+        one costs more than the file's download (an inode, a write, a rename: about 0.6 ms
+        here), and most such files finish in one go. If the transfer stops or fails with bytes
+        on disk, the sidecar is written then (`_record_small_partial`), so the prefix resumes
+        like any other; after a crash, a `.part` without one is deleted and fetched again,
+        which costs at most SMALL_PART_LIMIT bytes."""
         if offset == 0 or self.state is None:
             etag = headers.get("ETag")
             validator = etag if is_strong_etag(etag) else headers.get("Last-Modified")
+            had_record = self.state is not None
             self.state = PartState(
                 url=self.request.url,
                 validator=validator,
                 total=self.total,
                 sha256=self._expected_digest(),
             )
-            self.state.save(self.sidecar_path)
+            if offset == 0 and self.total is not None and self.total <= SMALL_PART_LIMIT:
+                self.unrecorded = True
+                if had_record:  # the old record must not describe the new bytes
+                    self.sidecar_path.unlink(missing_ok=True)
+            else:
+                self.state.save(self.sidecar_path)
         self.part = PartFile(self.part_path)
         if self.part.size != offset:
             had = self.part.size
@@ -813,15 +822,20 @@ class _Transfer:
             if had:
                 self._report(0, self.total, force=True)
 
-    async def _stream(self, response: aiohttp.ClientResponse, part: PartFile) -> None:
+    async def _stream(self, response: Response, part: PartFile) -> None:
+        """Copy the body into the `.part`. Each chunk is a view of the connection's receive
+        buffer (no bytes object per chunk), valid until the next read."""
         loop = asyncio.get_running_loop()
         limit = self.total
         stall = self.stall_timeout
-        async with (
-            asyncio.timeout(stall) as deadline,
-            contextlib.aclosing(self._chunks(response.content)) as chunks,
-        ):
-            async for data in chunks:
+        size = self.chunk_size
+        async with asyncio.timeout(stall) as deadline:
+            while True:
+                if self.limits:  # a bandwidth limit: smaller reads, re-sized as it changes
+                    size = read_size_for(self.chunk_size, self.limits)
+                data = await response.read_chunk(size)
+                if not data:
+                    break
                 if limit is not None and part.size + len(data) > limit:
                     self._close_part()
                     remove_partial(self.part_path, self.sidecar_path)
@@ -841,16 +855,7 @@ class _Transfer:
                     deadline.reschedule(loop.time() + stall)
                 self._report(part.size, self.total)
 
-    async def _chunks(self, content: aiohttp.StreamReader) -> AsyncGenerator[bytes, None]:
-        if not self.limits:
-            async for data in content.iter_chunked(self.chunk_size):
-                yield data
-            return
-        # A bandwidth limit: smaller reads, re-sized as the limit changes.
-        while data := await content.read(read_size_for(self.chunk_size, self.limits)):
-            yield data
-
-    async def _verify_and_publish(self, headers: CIMultiDictProxy[str]) -> TransferResult:
+    async def _verify_and_publish(self, headers: Headers) -> TransferResult:
         part = self.part
         assert part is not None
         expected_size = self._expected_size()
@@ -878,10 +883,11 @@ class _Transfer:
                     expected=want,
                     actual=got,
                 )
-        await _off_loop(os.fsync, part.fd)
-        part.close()
+        # fsync, rename, fsync the directory: on one worker thread (milliseconds of waiting
+        # for the disk that would stall every other transfer; many files' can overlap there).
         self.part = None
-        publish(self.part_path, self.dest, self.sidecar_path)
+        fd = part.detach()
+        await _publish_off_loop(fd, self.part_path, self.dest, self.sidecar_path)
         self._report(part.size, part.size, force=True)
         return TransferResult(
             path=self.dest,
@@ -909,6 +915,15 @@ class _Transfer:
     def _report_done(self, done: int) -> None:
         self._report(done, self.total)
 
+    def _record_small_partial(self) -> None:
+        """A small file's `.part` that outlives this attempt gets its sidecar now."""
+        if not self.unrecorded or self.state is None:
+            return
+        self.unrecorded = False
+        with contextlib.suppress(OSError):
+            if self.part_path.exists():
+                self.state.save(self.sidecar_path)
+
     def _close_part(self) -> None:
         if self.part is not None:
             part, self.part = self.part, None
@@ -916,16 +931,22 @@ class _Transfer:
                 part.close()
 
 
-async def _off_loop(func: Callable[..., object], *args: object) -> None:
-    """`func(*args)` on a worker thread (an fsync: milliseconds of waiting for the disk that
-    would stall every other transfer, and many files' fsyncs can overlap there). A cancel
-    waits for the thread first, so the fd it uses is never closed under it."""
-    task = asyncio.ensure_future(asyncio.to_thread(func, *args))
+async def _publish_off_loop(fd: int, part: Path, dest: Path, sidecar: Path) -> None:
+    """`sync_and_publish` on a worker thread. A cancel that arrives once it has started is too
+    late: the thread is waited for and, if the verified file made it under its final name, the
+    transfer returns as completed (so the caller records what is on disk, instead of calling
+    "cancelled" or "paused" a file that is already complete). A failed publish still raises
+    the CancelledError."""
+    task = asyncio.ensure_future(asyncio.to_thread(sync_and_publish, fd, part, dest, sidecar))
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
+        try:
             await task
+        except Exception:
+            pass
+        else:
+            return  # published: the cancel came too late (swallowed deliberately, see above)
         raise
 
 
@@ -946,9 +967,7 @@ def _prefix_records(prefix: int, total: int) -> list[SegmentRecord]:
     return records
 
 
-def _status_error(
-    response: aiohttp.ClientResponse, *, url: str, redirected: bool
-) -> HTTPStatusError:
+def _status_error(response: Response, *, url: str, redirected: bool) -> HTTPStatusError:
     """The one mapping from an unusable HTTP status to an error (most specific first)."""
     status = response.status
     headers = response.headers
@@ -987,22 +1006,23 @@ def _translate_exception(
     where = _redact(url)
     if isinstance(exc, TransferError):
         return None
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, NameResolutionError):
         return NetworkError(f"cannot resolve {urlsplit(url).hostname}: {exc.os_error}", url=where)
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectError):
         return NetworkError(f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}", url=where)
     host = urlsplit(url).netloc
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+    if isinstance(exc, ServerDisconnectedError):
         return NetworkError(f"{host} closed the connection", url=where)
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        # aiohttp's own text is a repr chain; a person needs what happened and where.
-        how = "reset" if _caused_by(exc, ConnectionResetError) else "closed"
+    if isinstance(exc, IncompleteBodyError):
+        how = "reset" if exc.reset else "closed"
         return NetworkError(f"{host} {how} the connection before the whole body arrived", url=where)
-    if isinstance(exc, aiohttp.ServerTimeoutError):
+    if isinstance(exc, ConnectTimeoutError):
         return NetworkError(f"timed out connecting: {exc}", url=where)
-    if isinstance(exc, aiohttp.InvalidURL):
+    if isinstance(exc, InvalidURLError):
         return NetworkError(f"invalid URL: {exc}", url=where)
-    if isinstance(exc, aiohttp.ClientError):
+    if isinstance(exc, ProtocolError):
+        return NetworkError(f"{host} sent an invalid response: {exc}", url=where)
+    if isinstance(exc, WireError):
         return NetworkError(f"{type(exc).__name__}: {exc}", url=where)
     if isinstance(exc, ConnectionResetError):
         return NetworkError(f"{host} reset the connection", url=where)
@@ -1013,19 +1033,6 @@ def _translate_exception(
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
         return disk_full(exc)
     return None
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(8):  # a bounded walk: causes can, in principle, form a cycle
-        if seen is None:
-            return False
-        if isinstance(seen, kind) or any(isinstance(a, kind) for a in seen.args):
-            return True
-        if kind.__name__ in str(seen):  # aiohttp folds the socket error into the message
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 __all__ = ["MIN_CHUNK_SIZE", "PROGRESS_INTERVAL", "READ_BUFSIZE", "fetch_file", "make_session"]

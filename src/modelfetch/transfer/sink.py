@@ -151,11 +151,15 @@ class Digester:
     def pending(self) -> int:
         return self._pending  # an unlocked read: a hint
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
+        """Hash `data`. A view (of a receive buffer that is reused) is hashed at once inline,
+        copied for the digest thread."""
         if self._thread is None:
             self._update(data)
             self.fed += len(data)
             return
+        if isinstance(data, memoryview):
+            data = bytes(data)
         with self._lock:
             self._pending += len(data)
         self.fed += len(data)
@@ -327,9 +331,9 @@ class PartFile:
 
     # -- writing -----------------------------------------------------------------------------
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         """Append `data` at the committed offset and hash it. ENOSPC/EDQUOT → DiskFullError;
-        any other OSError propagates unchanged."""
+        any other OSError propagates unchanged. A view must stay valid until this returns."""
         digester = self._digester
         if digester is None:
             raise RuntimeError("start_digests() first")
@@ -401,6 +405,14 @@ class PartFile:
             fd, self._fd = self._fd, None
             os.close(fd)
 
+    def detach(self) -> int:
+        """Stop the digests and hand the descriptor over: the caller closes it (the publish
+        does, before the rename, so nothing ever holds the final name open for writing)."""
+        self._stop_digests()
+        fd = self.fd
+        self._fd = None
+        return fd
+
 
 class SegmentedPartFile(PartFile):
     """The `.part` of a segmented transfer: allocated to its full size up front and written at
@@ -456,7 +468,7 @@ class SegmentedPartFile(PartFile):
             self._catching_up.cancel()
         super().close()
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         raise RuntimeError("a segmented .part is written with write_at")
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
@@ -538,6 +550,18 @@ def publish(part: Path, dest: Path, sidecar: Path) -> None:
     os.replace(part, dest)
     fsync_directory(dest.parent)
     sidecar.unlink(missing_ok=True)
+
+
+def sync_and_publish(fd: int, part: Path, dest: Path, sidecar: Path) -> None:
+    """fsync the verified `.part` (open as `fd`, closed here whatever happens), close it, then
+    `publish` it: the whole of a publish in one call, to run on a worker thread. Closing before
+    the rename means no writer ever has the final name open (watchers see the close on the
+    `.part`, and the final name appears complete)."""
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    publish(part, dest, sidecar)
 
 
 def fsync_directory(directory: Path) -> None:
