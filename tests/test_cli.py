@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from modelfetch.cli import exit_code_for, explain
+from modelfetch.cli import exit_code_for, explain, spec_lines
 from modelfetch.core.errors import DiskFullError, SpecError, StateLockedError
 from modelfetch.manager import DownloadManager
-from modelfetch.testing.fakehub import FakeHub, Fault
+from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
 from modelfetch.testing.samples import (
     GATED_REPO,
     MIB,
@@ -244,6 +245,130 @@ async def test_json_stream_is_ndjson_ending_with_group_finished(cli: Cli, hub: F
     assert again.code == 0, again.err
     last = json.loads(again.out.splitlines()[-1])
     assert last["type"] == "group_finished" and last["status"] == "completed"
+
+
+# ------------------------------------------------------------------------------ input lists
+
+LIST_REPO = "modelfetch/list-files"
+
+
+async def cdn_url(hub: FakeHub, repo: str, path: str) -> str:
+    """The signed CDN address the Hub redirects `path` to: a plain URL, with no digest."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(hub.resolve_url(repo, path), allow_redirects=False) as response,
+    ):
+        assert response.status in (301, 302, 303, 307, 308), response.status
+        return response.headers["Location"]
+
+
+def test_spec_lines_skip_comments_and_blanks_and_keep_line_numbers() -> None:
+    text = "# weekend\n\n  owner/a:Q8_0  \n\t# indented comment\nhttps://x.example/f.bin#frag\n"
+    assert spec_lines(text) == [(3, "owner/a:Q8_0"), (5, "https://x.example/f.bin#frag")]
+    assert spec_lines("") == [] and spec_lines("# only\n\n") == []
+
+
+async def test_get_input_file_downloads_every_listed_url(
+    cli: Cli, hub: FakeHub, tmp_path: Path
+) -> None:
+    names = [f"part-{i:02d}.bin" for i in range(10)]
+    hub.add_repo(LIST_REPO, [RepoFile(n, size=64 << 10, seed=100 + i) for i, n in enumerate(names)])
+    hub_urls = [hub.resolve_url(LIST_REPO, n) for n in names[:5]]
+    plain_urls = [await cdn_url(hub, LIST_REPO, n) for n in names[5:9]]
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        "# for the weekend\n\n"
+        + "\n".join(hub_urls)
+        + "\n   \n"
+        + "\n".join(f"  {url}  " for url in plain_urls)
+        + "\n# the end\n"
+    )
+    # Combined with a spec on the command line.
+    result = await cli("get", "-I", str(listing), hub.resolve_url(LIST_REPO, names[9]))
+    assert result.code == 0, (result.out, result.err)
+    assert_no_traceback(result)
+
+    for name in [*names[:5], names[9]]:  # Hub files: in the repo's folder, checked by sha256
+        assert (cli.models / LIST_REPO / name).read_bytes() == hub.content(LIST_REPO, name)
+    for name in names[5:9]:  # plain URLs: under their own file name
+        assert (cli.models / name).read_bytes() == hub.content(LIST_REPO, name)
+    groups = await cli.ls()
+    assert len(groups) == 10 and {g["status"] for g in groups.values()} == {"completed"}
+    from_hub = [g for g in groups.values() if g["spec"].startswith("hf://")]
+    assert len(from_hub) == 6 and all(f["verified"] for g in from_hub for f in g["files"])
+
+    # Ten downloads read as a list, not a flood: a `done` line per file, the periodic lines
+    # summed up in one (plus the few moving), and one summary line for all that completed.
+    lines = result.out.splitlines()
+    assert sum(line.startswith("done ") for line in lines) == 10
+    assert "✓ 10 downloads: 10 files, 640.0 KiB, 6 verified → " in result.out
+    others = [
+        line
+        for line in lines
+        if not line.startswith(("done ", "✓ 10 downloads", "10 downloads: ", "  "))
+    ]
+    assert others == [], result.out
+    assert not any(line.startswith(("queued", "started")) for line in lines)
+
+
+async def test_a_malformed_list_line_is_named_and_nothing_is_enqueued(
+    cli: Cli, hub: FakeHub, tmp_path: Path
+) -> None:
+    listing = tmp_path / "models.txt"
+    listing.write_text(f"# mine\n{TEST_REPO}:Q8_0\n\n{SLOW_REPO}\nnot a/valid spec!\n")
+    got, added = await asyncio.gather(
+        cli("get", "-I", str(listing), f"{TEST_REPO}:Q4_K_M"),
+        cli("add", "--input-file", str(listing)),
+    )
+    for result in (got, added):
+        assert result.code == 2, (result.out, result.err)  # as every other usage error
+        assert_no_traceback(result)
+        assert result.err.startswith(f"error: {listing} line 5: "), result.err
+    two_words = tmp_path / "two.txt"
+    two_words.write_text(f"{TEST_REPO}:Q8_0 {SLOW_REPO}\n")
+    comments_only = tmp_path / "empty.txt"
+    comments_only.write_text("# nothing yet\n\n")
+    missing, empty, spaced = await asyncio.gather(
+        cli("add", "-I", str(tmp_path / "nope.txt")),
+        cli("get", "-I", str(comments_only)),
+        cli("add", "-I", str(two_words)),
+    )
+    assert missing.code == 2 and "cannot read" in missing.err, missing.err
+    assert empty.code == 2 and "lists no spec or URL" in empty.err, empty.err
+    assert spaced.code == 2 and f"{two_words} line 1: one spec or URL per line" in spaced.err
+    assert await cli.ls() == {}
+    assert not hub.requests()  # nothing was even resolved
+
+
+async def test_input_file_dash_reads_standard_input(cli: Cli, hub: FakeHub) -> None:
+    async def with_stdin(text: str, *args: str) -> Result:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "modelfetch",
+            *args,
+            env=cli.env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate(text.encode())
+        return Result(proc.returncode or 0, out.decode(), err.decode())
+
+    added = await with_stdin(
+        f"# from a pipe\n{SLOW_REPO}\n\n", "add", "-I", "-", f"{TEST_REPO}:Q8_0"
+    )
+    assert added.code == 0, added.err
+    assert "1  modelfetch/test-GGUF:Q8_0  (1 file, 2.0 MiB)  queued #1" in added.out
+    assert "2  modelfetch/slow-GGUF:Q4_K_M  (1 file, 8.0 MiB)  queued #2" in added.out
+    assert not hub.requests(origin="cdn")
+
+    got = await with_stdin(f"{TEST_REPO}:Q4_K_M\n", "get", "-I", "-")
+    assert got.code == 0, got.err
+    assert "✓ modelfetch/test-GGUF:Q4_K_M: 3 files, 2.5 MiB, verified" in got.out
+    for name in Q4_SHARDS:
+        assert (cli.models / TEST_REPO / name).read_bytes() == hub.content(TEST_REPO, name)
 
 
 # ------------------------------------------------------------------------------ the queue

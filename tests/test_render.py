@@ -12,6 +12,7 @@ from rich.console import Console
 
 from modelfetch.core import events as ev
 from modelfetch.render import (
+    MAX_GROUP_ROWS,
     JsonDisplay,
     LiveDisplay,
     PlainDisplay,
@@ -328,3 +329,129 @@ def test_json_display_writes_one_event_per_line_and_ends_each_group() -> None:
     assert rows[-1]["status"] == "completed" and rows[-1]["seq"] == 3
     assert "speed" not in rows[1] and "eta" not in rows[1]  # unknown is left out, not zero
     assert messages.getvalue() == "a summary\n"
+
+
+# ------------------------------------------------------------------------------ many downloads
+
+
+def many_groups(count: int) -> list[GroupView]:
+    """`count` one-file downloads (as `get -I list` of plain URLs makes): the first 40 done
+    but #7 (failed), then 3 moving, #44 waiting to retry, the rest queued."""
+    groups = []
+    queued = 0
+    for gid in range(1, count + 1):
+        status = "completed" if gid <= 40 else "active" if gid <= 43 else "queued"
+        changes: dict[str, Any] = {"status": status}
+        if gid == 7:
+            status = "failed"
+            changes = {"status": "failed", "error_message": "Not found (HTTP 404)"}
+        elif gid == 44:
+            changes = {
+                "status": "waiting_retry",
+                "retry_at": NOW + 9,
+                "error_kind": "server_busy",
+                "error_message": "HTTP 503 Service Unavailable from http://cdn.example/x",
+            }
+        elif status == "queued":
+            queued += 1
+            changes["position"] = queued
+        moving = status == "active"
+        done = MIB if status == "completed" else MIB // 4 if moving else 0
+        speed = 1_000_000.0 if moving else None
+        f = file_view(
+            1,
+            ref=f"{gid}.1",
+            name=f"file-{gid:03d}.bin",
+            downloaded=done,
+            total=MIB,
+            speed=speed,
+            **changes,
+        )
+        groups.append(
+            group_view(
+                f,
+                id=gid,
+                name=f"file-{gid:03d}.bin",
+                status=status,
+                position=changes.get("position"),
+                speed=speed,
+            )
+        )
+    return groups
+
+
+def test_many_downloads_collapse_to_a_summary_row_and_what_needs_attention() -> None:
+    groups = many_groups(200)
+    lines = render_text(groups).splitlines()
+    head = lines[0]
+    assert head.startswith("200 downloads 39/200 done")
+    assert "3 active, 157 queued, 39 done, 1 failed" in head
+    assert "3.0 MB/s" in head  # the manager's speeds of the moving ones, summed
+    assert "20%  39.8 MiB / 200.0 MiB" in head
+    names = [line.split()[0] for line in lines[1:]]
+    # Moving first, then waiting to retry, then failed; done and plainly queued are counted only.
+    assert names == ["file-041.bin", "file-042.bin", "file-043.bin", "file-044.bin", "file-007.bin"]
+    assert "retrying in 9 s: 503 from cdn.example" in lines[4]
+    assert len(lines) <= 2 + MAX_GROUP_ROWS
+
+    # A few downloads keep a row each, as before.
+    few = render_text(groups[38:43]).splitlines()
+    assert not few[0].startswith("5 downloads")
+    rows = [line.split()[0] for line in few]
+    assert rows == ["file-039.bin", "file-040.bin"] + [
+        name
+        for g in (41, 42, 43)
+        for name in (f"file-{g:03d}.bin",) * 2  # model, then its file
+    ]
+
+
+def test_many_moving_downloads_are_capped_with_a_count() -> None:
+    groups = [
+        dataclasses.replace(g, status="active", position=None)
+        for g in many_groups(40)[10:40]  # 30 moving at once (-j 30)
+    ]
+    lines = render_text(groups).splitlines()
+    assert lines[0].startswith("30 downloads")
+    assert lines[-1].strip() == f"… {30 - MAX_GROUP_ROWS} more"
+    assert len(lines) == 1 + MAX_GROUP_ROWS + 1
+
+
+def test_plain_display_with_many_downloads_prints_one_summary_line_per_tick() -> None:
+    stream = io.StringIO()
+    display = PlainDisplay(stream, interval=1.0)
+    groups = many_groups(200)
+    display.track(g.id for g in groups)
+    display.on_views(groups)
+    for event in (
+        ev.GroupQueued(group_id=150, name="file-150.bin", position=107, files=1, total=MIB),
+        ev.FileStarted(ref="45.1", group_id=45, name="file-045.bin", offset=0, total=MIB),
+        ev.FileStarted(ref="46.1", group_id=46, name="file-046.bin", offset=MIB // 2, total=MIB),
+        ev.FileCompleted(
+            ref="41.1", group_id=41, name="file-041.bin", path="/m/f", sha256="cd" * 32, size=MIB
+        ),
+        ev.GroupFinished(
+            group_id=41,
+            name="file-041.bin",
+            status="completed",
+            completed=1,
+            failed=0,
+            cancelled=0,
+            dest_dir="/m",
+        ),
+    ):
+        display.on_event(event)
+    display.tick(NOW)
+    display.tick(NOW + 1.5)
+    display.tick(NOW + 3)
+    lines = stream.getvalue().splitlines()
+    # Routine events (queued, started from zero, a download completed) have no line of their
+    # own among many; a resume and a file's `done` line do.
+    assert lines[0] == "resuming 46.1 file-046.bin from 512.0 KiB"
+    assert lines[1].startswith("done 41.1 file-041.bin (1.0 MiB, sha256 cdcdcdcdcdcd")
+    periodic = lines[2:]
+    summaries = [line for line in periodic if line.startswith("200 downloads: ")]
+    assert len(summaries) == 2
+    assert "(2 active, 157 queued, 40 done, 1 failed)" in summaries[0]
+    # Per tick: the summary and one line per moving download, never one per download.
+    assert len(periodic) == 2 * (1 + 2)
+    assert all(line.startswith("  file-04") for line in periodic if line not in summaries)

@@ -5,16 +5,17 @@ needs to know which one it got."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from modelfetch.core import events as ev
-from modelfetch.core.models import ItemRef
-from modelfetch.core.quant import QuantGroup
-from modelfetch.views import GroupView
+if TYPE_CHECKING:
+    from modelfetch.core import events as ev
+    from modelfetch.core.models import ItemRef
+    from modelfetch.core.quant import QuantGroup
+    from modelfetch.views import GroupView
 
-Ref = str | int | ItemRef
+Ref: TypeAlias = "str | int | ItemRef"
 
 
 class Backend(Protocol):
@@ -62,9 +63,18 @@ class Backend(Protocol):
 
 
 @contextlib.asynccontextmanager
-async def open_backend(*, home: Path, **manager_kwargs: Any) -> AsyncIterator[Backend]:
+async def open_backend(
+    *,
+    home: Path,
+    lazy_kwargs: Callable[[], Mapping[str, Any]] | None = None,
+    **manager_kwargs: Any,
+) -> AsyncIterator[Backend]:
     """The daemon for `home` if one is running, else a manager in this process
-    (`manager_kwargs` go to DownloadManager; `workers=False` edits the queue without running it)."""
+    (`manager_kwargs` go to DownloadManager; `workers=False` edits the queue without running it).
+
+    `lazy_kwargs`, when given, is called only if no daemon runs, for more DownloadManager
+    arguments (a `home` among them is ignored): building them needs the manager's module, which
+    a command the daemon serves never imports. Nothing here imports aiohttp when no daemon runs."""
     from modelfetch.remote import connect
 
     remote = await connect(home)
@@ -74,5 +84,7 @@ async def open_backend(*, home: Path, **manager_kwargs: Any) -> AsyncIterator[Ba
         return
     from modelfetch.manager import DownloadManager
 
-    async with DownloadManager(home=home, **manager_kwargs) as manager:
+    kwargs = {**(lazy_kwargs() if lazy_kwargs is not None else {}), **manager_kwargs}
+    kwargs.pop("home", None)
+    async with DownloadManager(home=home, **kwargs) as manager:
         yield manager

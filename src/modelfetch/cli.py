@@ -12,50 +12,45 @@ on stderr (no traceback unless `--debug`), and the exit status says what happene
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 import json
 import os
-import shlex
-import signal
 import sys
 import time
-import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console, JustifyMethod
-from rich.table import Table
-from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from modelfetch import __version__
-from modelfetch.config import Config, ConfigError, Overrides, load_config
-from modelfetch.core import events as ev
 from modelfetch.core.errors import (
     ModelfetchError,
     SpecError,
     StateLockedError,
     UnknownItemError,
 )
-from modelfetch.core.format import UNKNOWN, format_bytes, format_duration, format_rate, parse_size
-from modelfetch.render import (
-    Display,
-    JsonDisplay,
-    LiveDisplay,
-    PlainDisplay,
-    file_state,
-    group_state,
-    short_error,
-)
-from modelfetch.views import GroupView
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     from modelfetch.backend import Backend
+    from modelfetch.config import Config
+    from modelfetch.core import events as ev
     from modelfetch.core.quant import QuantGroup
+    from modelfetch.render import Display
+    from modelfetch.views import GroupView
+
+# Start time is part of the interface: `ls`, `status` and `--help` run all the time, and `get` of
+# a few small files should be done before a heavier tool has started. So this module imports
+# only typer at the top; asyncio, rich, the display, the manager and aiohttp are imported by the
+# commands that use them (tests/test_cli_startup.py keeps `--help` and `ls` free of aiohttp).
 
 __all__ = [
     "EXIT_FAILED",
@@ -64,8 +59,10 @@ __all__ = [
     "EXIT_USAGE",
     "GetOptions",
     "app",
+    "gather_specs",
     "main",
     "run_get",
+    "spec_lines",
 ]
 
 EXIT_OK = 0
@@ -77,11 +74,82 @@ FINISHED = frozenset({"completed", "partial", "failed", "cancelled"})
 _TICK = 0.25  # redraw period of the display (seconds)
 _RELOAD = 1.0  # how often the views are reloaded between events (seconds)
 
+
+class _PlainValues:
+    """Typer (0.29) checks every value of a parameter that is not a flag with a pydantic
+    TypeAdapter; importing pydantic and building the adapters is a third of what `ls` costs. An
+    option left out (None) and a string or list of strings need no checking, so they are
+    answered here, exactly as typer would; any other value goes to typer's own coercion, built
+    when first needed. With a typer that lacks these internals, typer's path is used throughout."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "str", "bool", "strs" (list[str]) or "other"
+
+    def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None:
+            return () if param.multiple or param.nargs == -1 else None
+        if self.kind == "str" and isinstance(value, str):
+            return value
+        if self.kind == "bool" and isinstance(value, bool):
+            return value
+        if (
+            self.kind == "strs"
+            and isinstance(value, list | tuple)
+            and all(isinstance(v, str) for v in value)
+        ):
+            return list(value)
+        param._runtime_param = None  # typer builds (and keeps) its own from here on
+        return param.get_runtime_param().coerce(value, param=param, ctx=ctx)
+
+
+def _plain_values(params: Iterable[Any]) -> None:
+    for param in params:
+        descriptor = getattr(param, "type_descriptor", None)
+        if descriptor is None or getattr(param, "_runtime_param", False) is not None:
+            continue
+        annotation: Any = getattr(descriptor, "annotation", None)
+        if annotation is str:
+            kind = "str"
+        elif annotation is bool:
+            kind = "bool"
+        elif annotation == list[str]:
+            kind = "strs"
+        else:
+            kind = "other"
+        param._runtime_param = _PlainValues(kind)
+
+
+class _Command(TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_values(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        _plain_values([option] if option is not None else [])
+        return option
+
+
+class _Group(TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_values(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        _plain_values([option] if option is not None else [])
+        return option
+
+
 app = typer.Typer(
+    cls=_Group,
     name="modelfetch",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help and usage errors: typer's rich panels import rich's markdown and syntax
+    # highlighting (pygments), which costs more than everything else `--help` does.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -101,6 +169,8 @@ class AppState:
         max_active: int | None = None,
         layout: str | None = None,
     ) -> Config:
+        from modelfetch.config import Overrides, load_config
+
         return load_config(
             Overrides(home=self.home, models_dir=models_dir, max_active=max_active, layout=layout)
         )
@@ -112,10 +182,14 @@ def _state(ctx: typer.Context) -> AppState:
 
 
 def _stderr() -> Console:
+    from rich.console import Console
+
     return Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
 
 def _stdout() -> Console:
+    from rich.console import Console
+
     probe = Console(file=sys.stdout)
     # Without a terminal, tables keep their rows on one line (scripts can use --json).
     return Console(file=sys.stdout, highlight=False, width=None if probe.is_terminal else 200)
@@ -123,6 +197,7 @@ def _stdout() -> Console:
 
 def explain(error: BaseException) -> str:
     """The line a person reads for `error`."""
+    from modelfetch.config import ConfigError
     from modelfetch.core.policy import describe
 
     if isinstance(error, StateLockedError):
@@ -138,11 +213,17 @@ def explain(error: BaseException) -> str:
 
 
 def exit_code_for(error: BaseException) -> int:
+    from modelfetch.config import ConfigError
+
     return EXIT_USAGE if isinstance(error, SpecError | ConfigError) else EXIT_FAILED
 
 
 def _report(error: BaseException, debug: bool, *, what: str | None = None) -> None:
+    from rich.text import Text
+
     if debug:
+        import traceback
+
         traceback.print_exception(error, file=sys.stderr)
     text = Text("error: ", style="bold red")
     if what:
@@ -155,6 +236,8 @@ def _report(error: BaseException, debug: bool, *, what: str | None = None) -> No
 
 def _execute(state: AppState, make: Callable[[], Coroutine[Any, Any, int]]) -> None:
     """Run one command's coroutine; map what it raises to a line and an exit status."""
+    import asyncio
+
     try:
         code = asyncio.run(make())
     except ModelfetchError as exc:
@@ -183,7 +266,10 @@ def _is_local(backend: object) -> bool:
 async def _backend(cfg: Config, *, workers: bool = True) -> AsyncIterator[Backend]:
     from modelfetch.backend import open_backend
 
-    async with open_backend(**cfg.manager_kwargs(workers=workers)) as backend:
+    # The manager's arguments are built only when no daemon serves this home.
+    async with open_backend(
+        home=cfg.home, lazy_kwargs=lambda: cfg.manager_kwargs(workers=workers)
+    ) as backend:
         yield backend
 
 
@@ -205,6 +291,8 @@ class Interrupts:
     """
 
     def __init__(self, on_first: Callable[[], None], on_second: Callable[[], None]) -> None:
+        import asyncio
+
         self.event = asyncio.Event()
         self.signum: int | None = None
         self._on_first = on_first
@@ -212,6 +300,8 @@ class Interrupts:
         self._installed: list[int] = []
 
     def _fire(self, signum: int) -> None:
+        import signal
+
         if self.event.is_set():
             if signum == signal.SIGINT:
                 self._on_second()
@@ -221,6 +311,9 @@ class Interrupts:
         self._on_first()
 
     async def __aenter__(self) -> Interrupts:
+        import asyncio
+        import signal
+
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -229,6 +322,8 @@ class Interrupts:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         for signum in self._installed:
             loop.remove_signal_handler(signum)
@@ -236,6 +331,8 @@ class Interrupts:
 
     @property
     def exit_code(self) -> int:
+        import signal
+
         return 128 + signal.SIGTERM if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
 
 
@@ -248,6 +345,8 @@ def _leave_now(display: Display, stream: Any) -> NoReturn:
 
 async def _race(work: asyncio.Task[Any], event: asyncio.Event) -> bool:
     """Wait for `work` or `event`; True if `event` came first (then `work` is cancelled)."""
+    import asyncio
+
     stopper = asyncio.create_task(event.wait())
     try:
         await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -269,6 +368,8 @@ class EventFeed:
     held back until `release()` (when the display knows which groups to show)."""
 
     def __init__(self, backend: Backend, display: Display) -> None:
+        import asyncio
+
         self._events = backend.events()
         self._display = display
         self._held: list[ev.Event] | None = []
@@ -277,11 +378,15 @@ class EventFeed:
         self.finished: set[int] = set()
 
     async def start(self) -> None:
+        import asyncio
+
         self._task = asyncio.create_task(self._pump(), name="modelfetch-cli-events")
         # Let the pump reach its first await: the subscription exists from here on.
         await asyncio.sleep(0)
 
     async def _pump(self) -> None:
+        from modelfetch.core import events as ev
+
         async for event in self._events:
             if isinstance(event, ev.GroupFinished):
                 self.finished.add(event.group_id)
@@ -298,6 +403,8 @@ class EventFeed:
 
     async def drain(self, group_ids: set[int], grace: float = 2.0) -> None:
         """Until a `group_finished` was seen for every id in `group_ids` (at most `grace` s)."""
+        import asyncio
+
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 while not group_ids <= self.finished:
@@ -308,6 +415,8 @@ class EventFeed:
         await asyncio.sleep(0)
 
     async def close(self) -> None:
+        import asyncio
+
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -326,6 +435,8 @@ async def _views(backend: Backend, group_ids: set[int] | None) -> list[GroupView
 
 async def follow(backend: Backend, display: Display, group_ids: set[int]) -> None:
     """Redraw the display until every group in `group_ids` is settled."""
+    import asyncio
+
     waiter = asyncio.create_task(backend.wait(sorted(group_ids)), name="modelfetch-cli-wait")
     try:
         next_reload = 0.0
@@ -346,6 +457,10 @@ async def follow(backend: Backend, display: Display, group_ids: set[int]) -> Non
 def _make_display(json_mode: bool, *, hint: str | None) -> tuple[Display, Console]:
     """NDJSON with --json; a live display on a terminal; plain lines otherwise. Also returns
     the console where summaries go (stderr in JSON mode, so stdout stays NDJSON)."""
+    from rich.console import Console
+
+    from modelfetch.render import JsonDisplay, LiveDisplay, PlainDisplay
+
     if json_mode:
         return JsonDisplay(sys.stdout, sys.stderr), _stderr()
     console = Console(file=sys.stdout, highlight=False)
@@ -367,8 +482,19 @@ def _progress_interval() -> float:
 
 
 def _summary(views: Sequence[GroupView], console: Console, now: float) -> bool:
-    """Print what happened to each group; True if all completed."""
+    """Print what happened to each group; True if all completed. Above MANY_GROUPS, the
+    completed ones share one line and only the others get one each."""
+    from rich.text import Text
+
+    from modelfetch.core.format import format_bytes
+    from modelfetch.render import MANY_GROUPS, file_state, group_state
+
     ok = True
+    if len(views) > MANY_GROUPS:
+        completed = [v for v in views if v.status == "completed"]
+        views = [v for v in views if v.status != "completed"]
+        if completed:
+            console.print(_completed_line(completed))
     for v in views:
         files = "1 file" if len(v.files) == 1 else f"{len(v.files)} files"
         if v.status == "completed":
@@ -397,7 +523,27 @@ def _summary(views: Sequence[GroupView], console: Console, now: float) -> bool:
     return ok
 
 
+def _completed_line(views: Sequence[GroupView]) -> Text:
+    """`✓ 200 downloads: 200 files, 12.5 MiB, 3 verified → /models/example.org`."""
+    from rich.text import Text
+
+    from modelfetch.core.format import format_bytes
+
+    files = sum(len(v.files) for v in views)
+    size = sum(v.total or 0 for v in views)
+    verified = sum(1 for v in views if v.spec.startswith("hf://"))
+    dirs = sorted({v.dest_dir for v in views})
+    where = dirs[0] if len(dirs) == 1 else f"{len(dirs)} directories"
+    checked = f"{verified} verified" if verified else "no digests to check against"
+    line = Text("✓ ", style="green")
+    line.append(f"{len(views)} downloads", style="bold")
+    line.append(f": {files} files, {format_bytes(size)}, {checked} → {where}")
+    return line
+
+
 def _resume_command(argv: Sequence[str]) -> str:
+    import shlex
+
     return shlex.join(["modelfetch", *argv])
 
 
@@ -419,6 +565,10 @@ class GetOptions:
 async def _limit_rate(backend: Backend, rate: int, display: Display) -> None:
     """Pass a bandwidth cap (bytes/s) to `set_limits` if the backend takes one (its keyword
     argument `rate_limit`); else say that it is not supported yet."""
+    import inspect
+
+    from modelfetch.core.format import format_rate
+
     set_limits: Callable[..., Awaitable[None]] = backend.set_limits
     names = [n for n in inspect.signature(set_limits).parameters if "rate" in n]
     if len(names) == 1:
@@ -439,10 +589,75 @@ def _check_specs(specs: Sequence[str], cfg: Config) -> None:
         parse_spec(spec, default_endpoint=cfg.hf_endpoint)
 
 
+STDIN = "-"
+
+
+def spec_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, spec) for each line of an input list that names something: one spec or
+    URL per line; blank lines and lines starting with `#` are skipped, surrounding whitespace
+    ignored. A `#` later in a line is part of it (URLs have fragments)."""
+    found: list[tuple[int, str]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            found.append((number, line))
+    return found
+
+
+def _read_list(source: str, stdin: IO[str]) -> tuple[str, str]:
+    """(how to name it in messages, its text) for `--input-file FILE` (`-`: standard input)."""
+    if source == STDIN:
+        return "standard input", stdin.read()
+    try:
+        return source, Path(source).expanduser().read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise SpecError(f"--input-file: cannot read {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"--input-file: {source} is not UTF-8 text") from None
+
+
+def gather_specs(
+    specs: Iterable[str],
+    input_file: str | None,
+    cfg: Config,
+    *,
+    stdin: IO[str] | None = None,
+) -> list[str]:
+    """The specs given on the command line, then those of the input list, each checked: a
+    malformed one is a SpecError naming its line, before anything is opened or enqueued."""
+    from modelfetch.core.spec import parse_spec
+
+    gathered = list(specs)
+    _check_specs(gathered, cfg)
+    if input_file is None:
+        if not gathered:
+            raise SpecError("nothing to download: give one or more specs, or --input-file FILE")
+        return gathered
+    name, text = _read_list(input_file, stdin if stdin is not None else sys.stdin)
+    lines = spec_lines(text)
+    for number, line in lines:
+        try:
+            if len(line.split()) > 1:
+                raise SpecError(f"one spec or URL per line, not {line!r}")
+            parse_spec(line, default_endpoint=cfg.hf_endpoint)
+        except SpecError as exc:
+            raise SpecError(f"{name} line {number}: {exc.message}") from None
+        gathered.append(line)
+    if not gathered:
+        raise SpecError(f"nothing to download: {name} lists no spec or URL")
+    return gathered
+
+
 async def run_get(
     cfg: Config, options: GetOptions, *, resume_hint: str, debug: bool = False
 ) -> int:
     """`modelfetch get`: enqueue, run in the foreground until settled, summarize."""
+    import asyncio
+
+    from modelfetch.config import ConfigError
+    from modelfetch.core.format import parse_size
+    from modelfetch.render import JsonDisplay
+
     _check_specs(options.specs, cfg)
     rate: int | None = None
     if options.limit_rate is not None:
@@ -475,13 +690,7 @@ async def run_get(
                 gids.append(gid)
         if not gids:
             return max(errors) if errors else EXIT_FAILED
-        # What the user waits for goes first (best effort: only what waits can move), and
-        # what an earlier Ctrl-C paused runs again.
-        for gid in reversed(gids):
-            with contextlib.suppress(ModelfetchError):
-                await backend.move(gid, 1)
-        for gid in gids:
-            await backend.resume(gid)
+        await _put_first(backend, gids)
         wanted = set(gids)
         before = {v.id: v.status for v in await _views(backend, wanted)}
         display.track(wanted)
@@ -542,7 +751,33 @@ async def run_get(
     return interrupts.exit_code
 
 
+async def _put_first(backend: Backend, gids: Sequence[int]) -> None:
+    """What an earlier Ctrl-C paused runs again, and what the user waits for goes first, in the
+    order asked (best effort: only what waits can move). Each call is skipped where it would
+    change nothing: with 200 URLs that is 400 round trips saved."""
+    views = {v.id: v for v in await backend.snapshot()}
+    for gid in gids:
+        view = views.get(gid)
+        if view is not None and any(f.status == "paused" for f in view.files):
+            await backend.resume(gid)
+    queue = sorted((v for v in await backend.snapshot() if v.position), key=_position)
+    waiting = [v.id for v in queue]
+    in_queue = set(waiting)
+    ours = [gid for gid in gids if gid in in_queue]
+    if waiting[: len(ours)] == ours:
+        return
+    for gid in reversed(ours):
+        with contextlib.suppress(ModelfetchError):
+            await backend.move(gid, 1)
+
+
+def _position(view: GroupView) -> int:
+    return view.position or 0
+
+
 def _finished_event(view: GroupView) -> ev.GroupFinished:
+    from modelfetch.core import events as ev
+
     counts = {s: sum(1 for f in view.files if f.status == s) for s in FINISHED}
     return ev.GroupFinished(
         group_id=view.id,
@@ -559,11 +794,21 @@ def _finished_event(view: GroupView) -> ev.GroupFinished:
 # ------------------------------------------------------------------------------ commands
 
 SpecsArg = Annotated[
-    list[str],
+    list[str] | None,
     typer.Argument(
         help="What to download: owner/name, owner/name:Q4_K_M, owner/name/file.gguf, a URL.",
         show_default=False,
-        metavar="SPEC...",
+        metavar="SPEC",
+    ),
+]
+InputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-file",
+        "-I",
+        help="Also download what FILE lists: one spec or URL per line, # comments; - is stdin.",
+        show_default=False,
+        metavar="FILE",
     ),
 ]
 QuantOpt = Annotated[
@@ -619,10 +864,11 @@ def _root(
     ctx.obj = AppState(home=home, debug=debug)
 
 
-@app.command()
+@app.command(cls=_Command)
 def get(
     ctx: typer.Context,
-    specs: SpecsArg,
+    specs: SpecsArg = None,
+    input_file: InputOpt = None,
     quant: QuantOpt = None,
     dir: DirOpt = None,
     layout: LayoutOpt = None,
@@ -644,30 +890,32 @@ def get(
 ) -> None:
     """Download now, in the foreground, until done. Ctrl-C pauses; running it again resumes."""
     state = _state(ctx)
-    options = GetOptions(
-        specs=specs,
-        quant=quant,
-        revision=revision,
-        include=include or [],
-        layout=layout,
-        json=json_out,
-        jobs=jobs,
-        limit_rate=limit_rate,
-    )
 
     async def go() -> int:
         cfg = state.config(models_dir=dir, max_active=jobs, layout=layout)
-        return await run_get(
-            cfg, options, resume_hint=_resume_command(sys.argv[1:]), debug=state.debug
+        options = GetOptions(
+            specs=gather_specs(specs or [], input_file, cfg),
+            quant=quant,
+            revision=revision,
+            include=include or [],
+            layout=layout,
+            json=json_out,
+            jobs=jobs,
+            limit_rate=limit_rate,
         )
+        hint = _resume_command(sys.argv[1:])
+        if input_file == STDIN:
+            hint += "   (with the same list on standard input)"
+        return await run_get(cfg, options, resume_hint=hint, debug=state.debug)
 
     _execute(state, go)
 
 
-@app.command()
+@app.command(cls=_Command)
 def add(
     ctx: typer.Context,
-    specs: SpecsArg,
+    specs: SpecsArg = None,
+    input_file: InputOpt = None,
     quant: QuantOpt = None,
     dir: DirOpt = None,
     layout: LayoutOpt = None,
@@ -678,11 +926,13 @@ def add(
     state = _state(ctx)
 
     async def go() -> int:
+        from modelfetch.core.format import format_bytes
+
         cfg = state.config(models_dir=dir, layout=layout)
-        _check_specs(specs, cfg)
+        wanted = gather_specs(specs or [], input_file, cfg)
         out, code, added = _stdout(), EXIT_OK, 0
         async with _backend(cfg, workers=False) as backend:
-            for spec in specs:
+            for spec in wanted:
                 try:
                     gid = await backend.add(
                         spec,
@@ -710,12 +960,14 @@ def add(
     _execute(state, go)
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Work the queue until it is drained."""
     state = _state(ctx)
 
     async def go() -> int:
+        import asyncio
+
         cfg = state.config()
         display, console = _make_display(json_out, hint="Ctrl-C stops; `modelfetch run` continues")
         interrupts = Interrupts(
@@ -775,6 +1027,8 @@ def run(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
 
 def _progress(v: GroupView) -> str:
+    from modelfetch.core.format import UNKNOWN
+
     if not v.total:
         return UNKNOWN
     return f"{min(100.0, 100.0 * v.downloaded / v.total):.0f}%"
@@ -782,6 +1036,8 @@ def _progress(v: GroupView) -> str:
 
 def _group_error(v: GroupView) -> str:
     """The first error among a download's files (a retry's reason is in its status already)."""
+    from modelfetch.render import short_error
+
     for f in v.files:
         if f.status == "failed" or (f.status == "paused" and f.error_message):
             return short_error(f.error_message, f.error_kind)
@@ -789,6 +1045,12 @@ def _group_error(v: GroupView) -> str:
 
 
 def _queue_table(views: Sequence[GroupView], now: float) -> Table:
+    from rich.console import JustifyMethod
+    from rich.table import Table
+
+    from modelfetch.core.format import format_bytes, format_rate
+    from modelfetch.render import group_state
+
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("ID", "right"),
         ("NAME", "left"),
@@ -817,6 +1079,11 @@ def _queue_table(views: Sequence[GroupView], now: float) -> Table:
 
 
 def _files_table(v: GroupView, now: float) -> Table:
+    from rich.table import Table
+
+    from modelfetch.core.format import UNKNOWN, format_bytes, format_rate
+    from modelfetch.render import file_state
+
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("ID", "FILE", "STATUS", "PROGRESS", "SIZE", "SPEED", "POS", "ERROR"):
         table.add_column(name, no_wrap=name != "ERROR")
@@ -840,7 +1107,7 @@ def _files_table(v: GroupView, now: float) -> Table:
     return table
 
 
-@app.command("ls")
+@app.command("ls", cls=_Command)
 def ls_command(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """List downloads: id, name, status, progress, size, speed, queue position, error."""
     state = _state(ctx)
@@ -852,17 +1119,16 @@ def ls_command(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         if json_out:
             print(json.dumps([v.to_dict() for v in views], indent=2))
             return EXIT_OK
-        out = _stdout()
-        if not views:
-            out.print("No downloads. Add one with `modelfetch get SPEC` or `modelfetch add SPEC`.")
+        if not views:  # (print, not rich: an empty listing should not pay for rich's import)
+            print("No downloads. Add one with `modelfetch get SPEC` or `modelfetch add SPEC`.")
             return EXIT_OK
-        out.print(_queue_table(views, time.time()))
+        _stdout().print(_queue_table(views, time.time()))
         return EXIT_OK
 
     _execute(state, go)
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(
     ctx: typer.Context,
     item: Annotated[
@@ -885,9 +1151,15 @@ def status(
             data: Any = views[0].to_dict() if ref is not None else [v.to_dict() for v in views]
             print(json.dumps(data, indent=2))
             return EXIT_OK
-        out, now = _stdout(), time.time()
         if not views:
-            out.print("Nothing queued, active or paused.")
+            print("Nothing queued, active or paused.")
+            return EXIT_OK
+        from rich.text import Text
+
+        from modelfetch.core.format import format_bytes, format_duration, format_rate
+        from modelfetch.render import group_state
+
+        out, now = _stdout(), time.time()
         for v in views:
             head = Text(f"{v.id}  {v.name}", style="bold")
             state_words = group_state(v, now) or v.status
@@ -973,31 +1245,31 @@ async def _all_refs(backend: Backend, action: str) -> list[str]:
     return [str(v.id) for v in views if v.status in wanted]
 
 
-@app.command()
+@app.command(cls=_Command)
 def pause(ctx: typer.Context, ids: IdsArg = None, all_: AllOpt = False) -> None:
     """Pause downloads (the bytes on disk are kept)."""
     _control(ctx, "pause", ids, all_)
 
 
-@app.command()
+@app.command(cls=_Command)
 def resume(ctx: typer.Context, ids: IdsArg = None, all_: AllOpt = False) -> None:
     """Queue paused downloads again."""
     _control(ctx, "resume", ids, all_)
 
 
-@app.command()
+@app.command(cls=_Command)
 def cancel(ctx: typer.Context, ids: IdsArg = None, all_: AllOpt = False) -> None:
     """Cancel downloads (their partial files are deleted)."""
     _control(ctx, "cancel", ids, all_)
 
 
-@app.command()
+@app.command(cls=_Command)
 def retry(ctx: typer.Context, ids: IdsArg = None, all_: AllOpt = False) -> None:
     """Queue failed or cancelled downloads again."""
     _control(ctx, "retry", ids, all_)
 
 
-@app.command()
+@app.command(cls=_Command)
 def move(
     ctx: typer.Context,
     item: Annotated[str, typer.Argument(help="Download id (12) or file id (12.3).")],
@@ -1019,7 +1291,7 @@ def move(
     _execute(state, go)
 
 
-@app.command()
+@app.command(cls=_Command)
 def quants(
     ctx: typer.Context,
     repo: Annotated[str, typer.Argument(help="owner/name of a Hub repository.")],
@@ -1046,6 +1318,11 @@ def quants(
             ]
             print(json.dumps(rows, indent=2))
             return EXIT_OK
+        from rich.console import JustifyMethod
+        from rich.table import Table
+
+        from modelfetch.core.format import format_bytes
+
         out = _stdout()
         if not groups:
             out.print(f"{repo} has no GGUF quantizations.")
@@ -1078,16 +1355,15 @@ async def _list_quants(cfg: Config, repo: str, revision: str | None) -> list[Qua
             return await backend.quants(repo, revision)
     except StateLockedError:
         # A listing needs no state: ask the Hub directly while another process owns it.
-        from modelfetch.hub import HubClient
+        from modelfetch.hub import HubClient, make_api_session
         from modelfetch.planner import Planner
-        from modelfetch.transfer import make_session
 
-        async with make_session() as session:
+        async with make_api_session() as session:
             planner = Planner(session, HubClient(session, cfg.hub_config()))
             return await planner.quants(repo, revision)
 
 
-@app.command()
+@app.command(cls=_Command)
 def clean(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -1096,6 +1372,8 @@ def clean(
     state = _state(ctx)
 
     async def go() -> int:
+        from modelfetch.core.format import format_bytes
+
         cfg = state.config()
         out = _stdout()
         async with _backend(cfg, workers=False) as backend:
@@ -1138,9 +1416,11 @@ def _size_of(path: Path) -> int:
         return 0
 
 
-@app.command("config")
+@app.command("config", cls=_Command)
 def config_command(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Show the effective settings and where each comes from (the token masked)."""
+    from modelfetch.config import ConfigError
+
     state = _state(ctx)
     try:
         cfg = state.config()
@@ -1152,6 +1432,8 @@ def config_command(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         data = {name: {"value": value, "source": source} for name, value, source in rows}
         print(json.dumps({"config_file": str(cfg.config_file), "settings": data}, indent=2))
         return
+    from rich.table import Table
+
     out = _stdout()
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("SETTING", "VALUE", "FROM"):
@@ -1163,7 +1445,7 @@ def config_command(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     out.print(f"config file: {cfg.config_file}{found}", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -1183,6 +1465,9 @@ def serve(
     state = _state(ctx)
 
     async def go() -> int:
+        import asyncio
+        import signal
+
         serve_fn = _server_entry()
         if serve_fn is None:
             _stderr().print(
@@ -1227,6 +1512,8 @@ def _server_entry() -> Callable[..., Coroutine[Any, Any, None]] | None:
 
 async def _announce(home: Path, host: str, port: int) -> None:
     """Say where the daemon listens once it does (its daemon.json names the bound port)."""
+    import asyncio
+
     url = f"http://{host}:{port}"
     path = home / "daemon.json"
     for _ in range(50):
@@ -1239,7 +1526,7 @@ async def _announce(home: Path, host: str, port: int) -> None:
     _stderr().print(f"modelfetch daemon for {home} listening on {url} (Ctrl-C stops)")
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     ctx: typer.Context,
     dir: Annotated[

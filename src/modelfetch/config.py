@@ -21,17 +21,14 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-
 from modelfetch.core.errors import ModelfetchError, SpecError
-from modelfetch.core.spec import DEFAULT_ENDPOINT
 
 if TYPE_CHECKING:
-    from modelfetch.hub import HubConfig
+    from modelfetch.hubconfig import HubConfig
 
 __all__ = [
     "DEFAULT_MAX_ACTIVE",
@@ -39,13 +36,18 @@ __all__ = [
     "ConfigError",
     "FileSettings",
     "Overrides",
+    "SecretStr",
     "load_config",
     "mask_token",
     "user_config_path",
 ]
 
+# Every command loads the settings, so this module stays cheap to import: no pydantic, and not
+# the manager (it pulls in the transfer machinery) until a command asks for it.
+
 DEFAULT_MAX_ACTIVE = 3
 DEFAULT_STALL_TIMEOUT = 30.0
+MAX_MAX_ACTIVE = 64
 LayoutName = Literal["plain", "hf-cache"]
 _LAYOUTS: tuple[str, ...] = ("plain", "hf-cache")
 
@@ -61,18 +63,85 @@ class ConfigError(ModelfetchError):
     kind = "config"
 
 
-class FileSettings(BaseModel):
-    """What `config.toml` may contain. Unknown keys are refused (a typo should not be silent)."""
+class SecretStr:
+    """A token that never shows in a repr, a traceback's locals or `describe()`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "SecretStr('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretStr) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class FileSettings:
+    """What `config.toml` may contain. Unknown keys are refused (a typo should not be silent)."""
 
     home: Path | None = None
     models_dir: Path | None = None
-    max_active: int | None = Field(default=None, ge=1, le=64)
+    max_active: int | None = None
     layout: LayoutName | None = None
     hf_endpoint: str | None = None
     hf_token: SecretStr | None = None
-    stall_timeout: float | None = Field(default=None, gt=0)
+    stall_timeout: float | None = None
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> FileSettings:
+        """Check the values TOML gave; a ValueError names the first bad setting (`name: why`)."""
+        known = cls.names()
+        for name in raw:
+            if name not in known:
+                raise ValueError(f"{name}: unknown setting")
+        values: dict[str, Any] = {}
+        for name in ("home", "models_dir"):
+            if name in raw:
+                values[name] = Path(_string(raw, name))
+        if "max_active" in raw:
+            value = raw["max_active"]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError("max_active: must be a whole number")
+            if not 1 <= value <= MAX_MAX_ACTIVE:
+                raise ValueError(f"max_active: must be from 1 to {MAX_MAX_ACTIVE}, not {value}")
+            values["max_active"] = value
+        if "layout" in raw:
+            values["layout"] = _check_layout(_string(raw, "layout"), "layout")
+        if "hf_endpoint" in raw:
+            values["hf_endpoint"] = _string(raw, "hf_endpoint")
+        if "hf_token" in raw:
+            values["hf_token"] = SecretStr(_string(raw, "hf_token"))
+        if "stall_timeout" in raw:
+            value = raw["stall_timeout"]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError("stall_timeout: must be a number of seconds")
+            if not value > 0:
+                raise ValueError(f"stall_timeout: must be more than 0, not {value}")
+            values["stall_timeout"] = float(value)
+        return cls(**values)
+
+
+def _string(raw: Mapping[str, Any], name: str) -> str:
+    value = raw[name]
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: must be a string")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,25 +154,31 @@ class Overrides:
     layout: str | None = None
 
 
-class Config(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Config:
     """The effective settings. `manager_kwargs()` is what `open_backend` / DownloadManager take."""
-
-    model_config = ConfigDict(frozen=True)
 
     home: Path
     models_dir: Path
-    max_active: int = Field(ge=1)
+    max_active: int
     layout: LayoutName
     hf_endpoint: str
     hf_token: SecretStr | None = None
-    stall_timeout: float = Field(gt=0)
+    stall_timeout: float
     config_file: Path
     config_file_found: bool = False
-    sources: dict[str, str] = Field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_active < 1:
+            raise ConfigError(f"max_active must be at least 1, not {self.max_active}")
+        if not self.stall_timeout > 0:
+            raise ConfigError(f"stall_timeout must be more than 0, not {self.stall_timeout}")
+        _check_layout(self.layout, "layout")
 
     def hub_config(self) -> HubConfig:
         """Where the Hub is and the token to show it."""
-        from modelfetch.hub import HubConfig
+        from modelfetch.hubconfig import HubConfig
 
         token = self.hf_token.get_secret_value() if self.hf_token is not None else None
         return HubConfig(self.hf_endpoint, token)
@@ -169,13 +244,10 @@ def _read_file(path: Path) -> FileSettings | None:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     try:
-        return FileSettings.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        problem = "unknown setting" if first["type"] == "extra_forbidden" else first["msg"]
-        known = ", ".join(FileSettings.model_fields)
-        raise ConfigError(f"{path}: {where}: {problem} (settings: {known})") from None
+        return FileSettings.from_mapping(raw)
+    except ValueError as exc:
+        known = ", ".join(FileSettings.names())
+        raise ConfigError(f"{path}: {exc} (settings: {known})") from None
 
 
 def _env_int(environ: Mapping[str, str], name: str) -> int | None:
@@ -266,7 +338,8 @@ def load_config(
 
     # The Hub settings read exactly as huggingface_hub reads them (HF_ENDPOINT, HF_TOKEN, its
     # legacy name, and its token file); the config file fills in only what they leave unset.
-    from modelfetch.hub import hub_config_from_env
+    from modelfetch.core.spec import DEFAULT_ENDPOINT
+    from modelfetch.hubconfig import hub_config_from_env
 
     try:
         hub = hub_config_from_env(env)

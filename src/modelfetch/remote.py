@@ -10,6 +10,7 @@ StateError.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -18,9 +19,8 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
 
 from modelfetch.core import events as ev
 from modelfetch.core.errors import (
@@ -32,12 +32,18 @@ from modelfetch.core.models import ItemRef
 from modelfetch.core.quant import Quant, QuantGroup
 from modelfetch.views import FileView, GroupView
 
+if TYPE_CHECKING:
+    import aiohttp
+
+# aiohttp is imported where a request is made, not here: every command looks for a daemon, and
+# when none runs (the usual case) finding that out must not cost the HTTP client's import.
+
 __all__ = ["RemoteManager", "connect", "error_from_response"]
 
 DAEMON_FILE = "daemon.json"
 _HEALTH_TIMEOUT = 1.0
-_REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=300, sock_connect=5)
-_STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5)
+_REQUEST_TOTAL = 300.0
+_CONNECT_TIMEOUT = 5.0
 
 Ref = str | int | ItemRef
 
@@ -83,6 +89,12 @@ async def connect(home: Path, *, health_timeout: float = _HEALTH_TIMEOUT) -> Rem
         return None
     token = info.get("token") if isinstance(info.get("token"), str) else None
     url: str = info["url"]
+    if not await _listening(url, health_timeout):
+        # Nothing listens there: the pid was reused by another process after a crash.
+        path.unlink(missing_ok=True)
+        return None
+    import aiohttp
+
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         async with (
@@ -93,7 +105,6 @@ async def connect(home: Path, *, health_timeout: float = _HEALTH_TIMEOUT) -> Rem
         ):
             health = await response.json() if response.status == 200 else None
     except aiohttp.ClientConnectorError:
-        # Nothing listens there: the pid was reused by another process after a crash.
         path.unlink(missing_ok=True)
         return None
     except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -101,6 +112,30 @@ async def connect(home: Path, *, health_timeout: float = _HEALTH_TIMEOUT) -> Rem
     if not isinstance(health, dict) or health.get("pid") != pid:
         return None
     return RemoteManager(url, token=token)
+
+
+async def _listening(url: str, within: float) -> bool:
+    """False if a TCP connection to `url`'s host and port is refused (nobody listens there);
+    True if it is accepted, and when in doubt (a timeout, an unparsable URL): the health
+    check then decides."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return True
+    if not host:
+        return True
+    try:
+        async with asyncio.timeout(within):
+            _, writer = await asyncio.open_connection(host, port)
+    except ConnectionRefusedError:
+        return False
+    except OSError:  # a timeout, an unreachable or unknown host: the health check decides
+        return True
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 # ------------------------------------------------------------------------------- the client
@@ -226,7 +261,10 @@ class RemoteManager:
             headers = {"Accept": "application/json"}
             if self._token:
                 headers["Authorization"] = f"Bearer {self._token}"
-            self._session = aiohttp.ClientSession(headers=headers, timeout=_REQUEST_TIMEOUT)
+            import aiohttp
+
+            timeout = aiohttp.ClientTimeout(total=_REQUEST_TOTAL, sock_connect=_CONNECT_TIMEOUT)
+            self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
         return self
 
     async def __aexit__(
@@ -257,6 +295,8 @@ class RemoteManager:
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
     ) -> Any:
+        import aiohttp
+
         session = self._require_session()
         kwargs: dict[str, Any] = {"params": params}
         if method != "GET":
@@ -419,12 +459,14 @@ class RemoteManager:
             yield event
 
     async def _stream(self, *, snapshots: bool) -> AsyncIterator[ev.Event]:
+        import aiohttp
+
         session = self._require_session()
         parser = _SSEParser()
         try:
             async with session.get(
                 f"{self.url}/api/events",
-                timeout=_STREAM_TIMEOUT,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT),
                 headers={"Accept": "text/event-stream"},
             ) as response:
                 if response.status >= 400:

@@ -14,19 +14,22 @@ import json
 import math
 import re
 from collections.abc import Iterable, Sequence
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
-
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 from modelfetch.core import events as ev
 from modelfetch.core.format import UNKNOWN, format_bytes, format_duration, format_rate
 from modelfetch.core.models import FileStatus, derive_group_status
 from modelfetch.views import FileView, GroupView
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.live import Live
+    from rich.progress_bar import ProgressBar
+    from rich.text import Text
+
+# rich is imported by what draws (the live display); the words and the plain and NDJSON
+# displays do without it, so `ls`, `status` and a piped `get` do not pay for it here.
 
 __all__ = [
     "STALL_AFTER",
@@ -38,8 +41,10 @@ __all__ = [
     "file_state",
     "group_line",
     "group_state",
+    "many_line",
     "render_groups",
     "short_error",
+    "summary_words",
 ]
 
 STALL_AFTER = 5.0
@@ -47,6 +52,13 @@ STALL_AFTER = 5.0
 
 MAX_FILE_ROWS = 6
 """Active or waiting files shown under a model; the rest are counted."""
+
+MANY_GROUPS = 8
+"""Above this many downloads, the displays collapse: one line for all of them, then only those
+that are moving or need attention (`get -I list` with 200 URLs stays one screen)."""
+
+MAX_GROUP_ROWS = 10
+"""Downloads shown under the summary line once collapsed; the rest are counted."""
 
 _STATE_WIDTH = 24  # the state column never gets less than this (14 below 100 columns)
 _STATE_ROOM = 44  # ...and gets this much before the bar may grow past its minimum
@@ -343,6 +355,8 @@ class _Model:
 
 
 def _bar(done: int, total: int | None, width: int, now: float) -> ProgressBar:
+    from rich.progress_bar import ProgressBar
+
     if not total:
         return ProgressBar(total=None, completed=0, width=width, pulse=True, animation_time=now)
     return ProgressBar(total=float(total), completed=float(min(done, total)), width=width)
@@ -360,11 +374,20 @@ def render_groups(
 
     The numbers keep their width; on a narrow terminal the bar shrinks first, then the names,
     and the state words are cut with `…`. `name_width` keeps the name column from jumping as
-    rows come and go."""
+    rows come and go. Above MANY_GROUPS models, one summary row stands for all of them, followed
+    by at most MAX_GROUP_ROWS of those that are moving, waiting to retry, paused or failed."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    many = len(groups) > MANY_GROUPS
+    rows = _rows_worth_showing(groups) if many else list(groups)
     fixed = 4 + 21 + 9 + 5  # pct, bytes, speed, the gaps between the six columns
     narrow = width < 100
     state_min = 14 if narrow else _STATE_WIDTH
     names = min(44, max(name_width, _name_width(groups)))
+    if many:
+        names = max(names, len(f"{len(groups)} downloads {len(groups)}/{len(groups)} done"))
     bar_width = max(8 if narrow else 10, min(30, width - fixed - names - _STATE_ROOM))
     names = max(12, min(names, width - fixed - bar_width - state_min))
     table = Table.grid(padding=(0, 1), expand=False)
@@ -375,7 +398,19 @@ def render_groups(
     table.add_column("speed", justify="right", no_wrap=True, min_width=9)
     state_width = max(state_min, width - fixed - names - bar_width)
     table.add_column("state", no_wrap=True, overflow="ellipsis", max_width=state_width)
-    for g in groups:
+    if many:
+        downloaded, total, speed = _totals(groups)
+        head = Text(f"{len(groups)} downloads", style="bold")
+        head.append(f" {_count(groups, 'completed')}/{len(groups)} done", style="dim")
+        table.add_row(
+            head,
+            _bar(downloaded, total, bar_width, now),
+            _percent(downloaded, total),
+            _bytes(downloaded, total),
+            format_rate(speed),
+            Text(summary_words(groups), style="cyan", no_wrap=True, overflow="ellipsis"),
+        )
+    for g in rows[:MAX_GROUP_ROWS] if many else rows:
         state = group_state(g, now)
         files = _files_done(g)
         name = Text(g.name, style="bold")
@@ -389,8 +424,8 @@ def render_groups(
             format_rate(g.speed),
             _state_text(state, f"ETA {format_duration(g.eta)}"),
         )
-        if g.status in _FINISHED:
-            continue
+        if g.status in _FINISHED or (many and len(g.files) == 1):
+            continue  # (a one-file download's row says all its file's row would)
         shown = [
             f
             for f in g.files
@@ -411,12 +446,52 @@ def render_groups(
             )
         if len(shown) > MAX_FILE_ROWS:
             table.add_row(Text(f"  … {len(shown) - MAX_FILE_ROWS} more", style="dim"))
+    if many and len(rows) > MAX_GROUP_ROWS:
+        table.add_row(Text(f"… {len(rows) - MAX_GROUP_ROWS} more", style="dim"))
     if hint:
         return Group(table, Text(hint, style="dim"))
     return table
 
 
+def _rows_worth_showing(groups: Sequence[GroupView]) -> list[GroupView]:
+    """What a collapsed display lists: downloads moving first, then those waiting to retry,
+    paused or stalled, then failed ones; plainly queued and completed ones are only counted."""
+    moving = [g for g in groups if g.status == "active"]
+    waiting = [
+        g
+        for g in groups
+        if g.status in ("queued", "paused")
+        and (g.status == "paused" or any(f.status == FileStatus.WAITING_RETRY for f in g.files))
+    ]
+    failed = [g for g in groups if g.status in ("failed", "partial")]
+    return moving + waiting + failed
+
+
+def _count(groups: Sequence[GroupView], status: str) -> int:
+    return sum(1 for g in groups if g.status == status)
+
+
+def _totals(groups: Sequence[GroupView]) -> tuple[int, int | None, float | None]:
+    """Bytes done, bytes in all (None while any size is unknown), and the sum of the speeds the
+    manager estimated for each download (None while none is known)."""
+    downloaded = sum(g.downloaded for g in groups)
+    sizes = [g.total for g in groups]
+    total = None if any(t is None for t in sizes) else sum(t or 0 for t in sizes)
+    speeds = [g.speed for g in groups if g.speed is not None and g.status == "active"]
+    return downloaded, total, (sum(speeds) if speeds else None)
+
+
+def summary_words(groups: Sequence[GroupView]) -> str:
+    """`3 active, 185 queued, 2 failed`: how many downloads are in each state (none omitted)."""
+    order = ("active", "queued", "paused", "completed", "partial", "failed", "cancelled")
+    counts = {status: _count(groups, status) for status in order}
+    words = {"completed": "done"}
+    return ", ".join(f"{n} {words.get(s, s)}" for s, n in counts.items() if n) or "nothing"
+
+
 def _state_text(state: str | None, moving: str) -> Text:
+    from rich.text import Text
+
     if state is None:
         text, style = moving, ""
     elif state.startswith(("failed", "paused: disk")):
@@ -463,6 +538,9 @@ class LiveDisplay:
         self._width = 0
 
     def begin(self) -> None:
+        from rich.live import Live
+        from rich.text import Text
+
         self._live = Live(
             Text(""),
             console=self.console,
@@ -484,6 +562,8 @@ class LiveDisplay:
         if isinstance(event, ev.Notice | ev.FileFailed) and self._model.wants(_group_of(event)):
             line = event_line(event, self._now)
             if line:
+                from rich.text import Text
+
                 self.console.print(Text(line, style="yellow"))
 
     def renderable(self, now: float, *, hint: bool = True) -> RenderableType:
@@ -503,6 +583,8 @@ class LiveDisplay:
             self._live.update(self.renderable(now), refresh=True)
 
     def message(self, text: str, *, style: str | None = None) -> None:
+        from rich.text import Text
+
         self.console.print(Text(text, style=style or ""))
 
     def end(self) -> None:
@@ -520,7 +602,9 @@ class LiveDisplay:
 
 class PlainDisplay:
     """For a pipe or a log: a line per state change, and every `interval` seconds one line per
-    model that is downloading."""
+    model that is downloading. Above MANY_GROUPS models, the periodic lines are one summary line
+    plus one per model that is moving, and the routine events (queued, started from zero, a
+    model completed) get no line of their own: a file's `done` line says it."""
 
     def __init__(self, stream: IO[str], *, interval: float = 5.0) -> None:
         self.stream = stream
@@ -542,6 +626,8 @@ class PlainDisplay:
         self._model.apply(event)
         if not self._model.wants(_group_of(event)) and not isinstance(event, ev.Notice):
             return
+        if self._many() and _routine(event):
+            return
         line = event_line(event, event.ts or self._now)
         if line:
             self._write(line)
@@ -554,7 +640,16 @@ class PlainDisplay:
         if now - self._last < self.interval:
             return
         self._last = now
-        for g in self._model.shown():
+        shown = self._model.shown()
+        if self._many():
+            self._write(many_line(shown))
+            moving = [g for g in shown if g.status == "active"]
+            for g in moving[:MAX_GROUP_ROWS]:
+                self._write("  " + group_line(g, now))
+            if len(moving) > MAX_GROUP_ROWS:
+                self._write(f"  … {len(moving) - MAX_GROUP_ROWS} more downloading")
+            return
+        for g in shown:
             if g.status in ("active", "queued"):
                 self._write(group_line(g, now))
 
@@ -567,9 +662,34 @@ class PlainDisplay:
     def abort(self) -> None:
         self.stream.flush()
 
+    def _many(self) -> bool:
+        wanted = self._model.wanted
+        count = len(wanted) if wanted is not None else len(self._model.groups)
+        return count > MANY_GROUPS
+
     def _write(self, line: str) -> None:
         self.stream.write(line + "\n")
         self.stream.flush()
+
+
+def _routine(event: ev.Event) -> bool:
+    """An event that needs no line of its own among many downloads."""
+    if isinstance(event, ev.GroupQueued):
+        return True
+    if isinstance(event, ev.FileStarted):
+        return not event.offset
+    if isinstance(event, ev.GroupFinished):
+        return event.status == "completed"
+    return False
+
+
+def many_line(groups: Sequence[GroupView]) -> str:
+    """`200 downloads: 45%  1.2 GiB / 2.4 GiB  45.1 MB/s  (3 active, 185 queued, 12 done)`."""
+    downloaded, total, speed = _totals(groups)
+    return (
+        f"{len(groups)} downloads: {_percent(downloaded, total)}  {_bytes(downloaded, total)}  "
+        f"{format_rate(speed)}  ({summary_words(groups)})"
+    )
 
 
 class JsonDisplay:
