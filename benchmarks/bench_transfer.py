@@ -10,7 +10,8 @@ Cases (each tool run `--runs` times, tools alternating, the order rotated every 
   2. the same file from a server that caps each connection (nginx `limit_rate 25m`):
      modelfetch vs `aria2c -x8 -s8 -k1M`;
   3. 200 files of 256 KiB: modelfetch (a DownloadManager with max_active 16: queue, SQLite
-     store, events, SHA-256 of every file) vs `aria2c -j16 -i list` (no verification);
+     store, events, SHA-256 of every file) vs `aria2c -j16 -i list` (no verification); also
+     `modelfetch get --input-file list` (the command line, planner and display included);
   4. peak RSS of modelfetch during case 1, and of a manager working a queue of 1,000 items.
 
 Every tool runs as its own process and is timed from spawn to exit (modelfetch therefore pays
@@ -433,6 +434,31 @@ def case_small(servers: Servers) -> Case:
             [sys.executable, str(CHILD), "manager", str(home), str(plan), "--max-active", "16"]
         )
 
+    cli_home = OUT_DIR / "home-cli"
+
+    def command_line() -> Run:
+        # What a user types: the CLI with its daemon check, planner, display and exit.
+        clean(out, cli_home)
+        run = timed(
+            [
+                sys.executable,
+                "-m",
+                "modelfetch",
+                "--home",
+                str(cli_home),
+                "get",
+                "--dir",
+                str(out),
+                "--jobs",
+                "16",
+                "--input-file",
+                str(url_list),
+            ]
+        )
+        if len(list(out.iterdir())) != SMALL_FILES:
+            raise SystemExit("modelfetch get did not leave every file")
+        return run
+
     def transfers_only() -> Run:
         clean(out)
         return timed([sys.executable, str(CHILD), "files", str(plan), "--concurrency", "16"])
@@ -446,6 +472,8 @@ def case_small(servers: Servers) -> Case:
         SMALL_FILES * SMALL_SIZE,
         {
             "modelfetch": modelfetch,
+            # Not asked for: the same through the command line (`get --input-file`).
+            "modelfetch get -I list": command_line,
             # Not asked for: the transfer layer alone (no queue, store or events), to show
             # where the time goes.
             "modelfetch fetch_file x16": transfers_only,
@@ -589,6 +617,10 @@ def main(argv: list[str] | None = None) -> int:
     source_file(size)
     small_files()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
+    # An installed package carries its bytecode (pip compiles at install); this checkout is an
+    # editable install, and where PYTHONDONTWRITEBYTECODE is set every modelfetch child would
+    # otherwise compile the package from source on each spawn (~0.1 s).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src")], check=True)
     began = time.monotonic()
     start_load = load()
     cases: list[Case] = []
