@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import itertools
+from typing import Any
 
 import pytest
 
 from modelfetch.bus import EventBus, Subscription
-from modelfetch.core.events import Event, Missed, Notice
+from modelfetch.core.events import EVENT_TYPES, Event, Missed, Notice
 
 
 def fake_clock() -> tuple[list[float], EventBus]:
@@ -236,3 +238,33 @@ def test_invalid_sizes_are_refused() -> None:
         EventBus(history=-1)
     with pytest.raises(ValueError):
         EventBus().subscribe(maxsize=0)
+
+
+def sample_event(cls: type[Event]) -> Event:
+    """An instance of `cls` with a distinct value in every field but seq and ts."""
+    values: dict[str, Any] = {}
+    for n, field in enumerate(dataclasses.fields(cls)):
+        if field.name in ("seq", "ts"):
+            continue
+        kind = str(field.type)
+        if "dict" in kind:
+            values[field.name] = {"7": n}
+        elif "list" in kind:
+            values[field.name] = [{"n": n}]
+        elif kind.startswith("int") or kind.startswith("float"):
+            values[field.name] = n
+        else:
+            values[field.name] = f"v{n}"
+    return cls(**values)
+
+
+@pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=list(EVENT_TYPES))
+def test_a_stamped_event_is_the_original_with_seq_and_ts_only(cls: type[Event]) -> None:
+    _, bus = fake_clock()
+    original = sample_event(cls)
+    stamped = bus.publish(original)
+    assert stamped == dataclasses.replace(original, seq=1, ts=1_001.0)
+    assert type(stamped) is cls and stamped is not original
+    assert (original.seq, original.ts) == (0, 0.0)  # untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stamped.seq = 5  # type: ignore[misc]

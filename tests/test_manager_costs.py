@@ -359,9 +359,15 @@ async def test_transfers_ending_together_share_a_commit_and_are_announced_after_
         store = m.store
         assert store._db is not None
         commits: list[str] = []
-        store._db.set_trace_callback(
-            lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
-        )
+        file_writes: list[str] = []
+
+        def trace(sql: str) -> None:
+            if sql.strip().upper() == "COMMIT":
+                commits.append(sql)
+            elif sql.startswith("UPDATE files SET status"):
+                file_writes.append(sql)
+
+        store._db.set_trace_callback(trace)
         published_uncommitted: list[ev.Event] = []
         announced: list[ev.Event] = []
         original = m.bus.publish
@@ -381,7 +387,14 @@ async def test_transfers_ending_together_share_a_commit_and_are_announced_after_
     assert not published_uncommitted
     # At most one commit per finished transfer (plus the enqueue and the first starts).
     assert len(commits) <= len(paths) + 3
+    # Per file: its start and its completion, one status statement each (SQLite traces a
+    # statement again for its trigger, hence the set).
+    assert len(set(file_writes)) == 2 * len(paths)
     with Store(tmp_path / "home") as fresh:
         group = fresh.get_group(gid)
         assert group is not None
         assert {f.status for f in group.files} == {FileStatus.COMPLETED}
+        # The verified digests were committed with the completions they belong to.
+        for f in group.files:
+            st = os.stat(f.dest)
+            assert fresh.verified_digest(f.dest, st.st_size, st.st_mtime_ns) == f.sha256

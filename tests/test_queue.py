@@ -297,6 +297,48 @@ def test_load_tolerates_equal_keys_and_the_next_move_renumbers() -> None:
     assert changes == {(1, 1): SPACING, (3, 1): 2 * SPACING, (2, 1): 3 * SPACING}
 
 
+def test_load_with_equal_keys_keeps_its_order_across_removals_and_appends() -> None:
+    queue = SchedulingQueue()
+    queue.load(QueueEntry((g, 1), 0, 7, True) for g in (3, 1, 2))
+    queue.remove((2, 1))  # found among equal keys by its file key
+    queue.add_group(4, [1])
+    assert queue.order() == [(1, 1), (3, 1), (4, 1)]
+    assert queue.entry((4, 1)).order_key == 7 + SPACING
+
+
+def test_waiting_is_candidates_lazily_and_allows_starting_what_it_yields() -> None:
+    queue = queue_of(2, 1, 2)
+    queue.set_waiting((1, 2), False)
+    started = []
+    for key in queue.waiting():  # what the manager does: start files while it reads
+        queue.set_waiting(key, False)
+        started.append(key)
+        if len(started) == 2:
+            break
+    assert started == [(1, 1), (2, 1)]
+    assert list(queue.waiting()) == queue.candidates() == [(3, 1), (3, 2)]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda q: q.remove((2, 1)),
+        lambda q: q.remove((1, 1)),
+        lambda q: q.add_group(9, [1]),
+        lambda q: q.move((3, 1), 1),
+        lambda q: q.remove_group(3),
+        lambda q: q.load([]),
+    ],
+)
+def test_waiting_refuses_to_go_on_after_the_order_changed(change: object) -> None:
+    queue = queue_of(1, 1, 1)
+    reading = queue.waiting()
+    assert next(reading) == (1, 1)
+    change(queue)  # type: ignore[operator]
+    with pytest.raises(RuntimeError, match="changed during iteration"):
+        next(reading)
+
+
 def test_load_refuses_a_duplicated_file() -> None:
     with pytest.raises(ValueError, match="twice"):
         SchedulingQueue().load([QueueEntry((1, 1), 0, 1, True)] * 2)
@@ -463,6 +505,26 @@ class QueueMachine(RuleBasedStateMachine):
             del self.waiting[key]
         assert group_id not in self.queue
 
+    @rule()
+    def reload(self) -> None:
+        """A restart: the queue is loaded from its entries (the store's rows) and sorts afresh."""
+        before = self.queue.entries()
+        self.queue.load(before)
+        assert self.queue.entries() == before
+
+    @rule(data=st.data(), count=st.integers(1, 4))
+    def start_waiting(self, data: st.DataObject, count: int) -> None:
+        """The coordinator: read `waiting()` lazily, starting (set_waiting False) as it goes."""
+        expected = self.queue.candidates()[:count]
+        started: list[FileKey] = []
+        for key in self.queue.waiting():
+            if len(started) == count:
+                break
+            self.queue.set_waiting(key, False)
+            self.waiting[key] = False
+            started.append(key)
+        assert started == expected
+
     @rule(position=st.integers(1, 5))
     def move_unknown(self, position: int) -> None:
         before = self.queue.entries()
@@ -488,6 +550,15 @@ class QueueMachine(RuleBasedStateMachine):
         order = self.queue.order()
         assert len(order) == len(set(order))
         assert order == sorted(self.model, key=lambda k: (-self.model[k][0], self.model[k][1]))
+
+    @invariant()
+    def kept_order_equals_a_fresh_sort(self) -> None:
+        """The order kept across removals, appends and moves is what sorting the same entries
+        from scratch gives (a queue loaded from them sorts at its first read)."""
+        fresh = SchedulingQueue()
+        fresh.load(self.queue.entries())
+        assert fresh.order() == self.queue.order()
+        assert list(self.queue.waiting()) == fresh.candidates()
 
     @invariant()
     def positions_are_dense(self) -> None:

@@ -591,6 +591,35 @@ def test_a_batch_commits_its_writes_together_when_it_ends(store: Store) -> None:
     assert _fresh_statuses(store, group.id) == ["active", "active", "queued"]
 
 
+def _fresh_digests(store: Store) -> dict[str, tuple[int, int, str]]:
+    db = sqlite3.connect(store.path)
+    try:
+        rows = db.execute("SELECT path, size, mtime_ns, sha256 FROM verified_files").fetchall()
+    finally:
+        db.close()
+    return {str(p): (int(s), int(m), str(d)) for p, s, m, d in rows}
+
+
+def test_digests_remembered_in_a_batch_commit_with_it_and_the_last_one_wins(
+    store: Store,
+) -> None:
+    group = store.add_group(plain_group(files=2))
+    with store.batch():
+        store.remember_verified("/m/a.gguf", 1, 2, "ab" * 32)
+        store.remember_verified("/m/b.gguf", 3, 4, "cd" * 32)
+        store.remember_verified("/m/a.gguf", 5, 6, "ef" * 32)  # the file changed again
+        assert store.transition(group.id, 1, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED})
+        assert _fresh_digests(store) == {}  # nothing committed yet
+        assert store.verified_digest("/m/a.gguf", 5, 6) == "ef" * 32
+        assert store.verified_digest("/m/a.gguf", 1, 2) is None  # superseded
+    assert _fresh_digests(store) == {"/m/a.gguf": (5, 6, "ef" * 32), "/m/b.gguf": (3, 4, "cd" * 32)}
+    assert _fresh_statuses(store, group.id) == ["active", "queued"]
+    with store.batch():  # a batch that only remembers a digest commits it too
+        store.remember_verified("/m/c.gguf", 7, 8, "01" * 32)
+    assert _fresh_digests(store)["/m/c.gguf"] == (7, 8, "01" * 32)
+    assert store._db is not None and not store._db.in_transaction
+
+
 def test_a_batch_that_writes_nothing_opens_no_transaction(store: Store) -> None:
     group = store.add_group(plain_group())
     with store.batch():

@@ -27,7 +27,7 @@ import random
 import shutil
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -548,7 +548,7 @@ class DownloadManager:
             self._publish_links(f)
             self._emit(
                 ev.FileCompleted(
-                    ref=str(f.ref),
+                    ref=_file_ref(f),
                     group_id=f.group_id,
                     name=f.name,
                     path=f.dest,
@@ -1031,43 +1031,40 @@ class DownloadManager:
         f: FileRecord,
         to: FileStatus,
         *,
-        allowed_from: Iterable[FileStatus],
+        allowed_from: Collection[FileStatus],
         reason: str | None = None,
         **fields: Any,
     ) -> bool:
         """The one way a file changes status: store first, then memory, then the event."""
         previous = f.status
-        if not self.store.transition(
-            f.group_id, f.index, to, allowed_from=set(allowed_from), **fields
-        ):
+        if not self.store.transition(f.group_id, f.index, to, allowed_from=allowed_from, **fields):
             return False
+        key = (f.group_id, f.index)
         if to is FileStatus.COMPLETED or to is FileStatus.CANCELLED:
-            self._segmented.discard((f.group_id, f.index))  # dropped by the store's trigger
-        self._set(f, {"status": to, **fields})
+            self._segmented.discard(key)  # dropped by the store's trigger
+        fields["status"] = to
+        self._set(f, fields)
+        failing = to is FileStatus.WAITING_RETRY or to is FileStatus.FAILED
         self._emit(
             ev.StatusChanged(
-                ref=str(f.ref),
+                ref=_file_ref(f),
                 group_id=f.group_id,
                 name=f.name,
                 status=to.value,
                 previous=previous.value,
                 reason=reason,
                 retry_at=f.retry_at if to is FileStatus.WAITING_RETRY else None,
-                error_kind=f.error_kind
-                if to in (FileStatus.WAITING_RETRY, FileStatus.FAILED)
-                else None,
-                error_message=f.error_message
-                if to in (FileStatus.WAITING_RETRY, FileStatus.FAILED)
-                else None,
+                error_kind=f.error_kind if failing else None,
+                error_message=f.error_message if failing else None,
             )
         )
-        if FileStatus.QUEUED in (previous, to):
+        if previous is FileStatus.QUEUED or to is FileStatus.QUEUED:
             self._positions_dirty = True  # announced by the ticker, at most twice a second
-        if to in TERMINAL_STATUSES:
-            if (f.group_id, f.index) in self._queue:
-                self._queue.remove((f.group_id, f.index))
-        elif (f.group_id, f.index) in self._queue:
-            self._queue.set_waiting((f.group_id, f.index), to is FileStatus.QUEUED)
+        if key in self._queue:
+            if to in TERMINAL_STATUSES:
+                self._queue.remove(key)
+            else:
+                self._queue.set_waiting(key, to is FileStatus.QUEUED)
         return True
 
     def _emit(self, event: ev.Event) -> None:
@@ -1142,7 +1139,7 @@ class DownloadManager:
         ):
             for p in _partial_paths(f.dest):
                 p.unlink(missing_ok=True)
-            self._emit(ev.Cancelled(ref=str(f.ref), group_id=f.group_id, name=f.name))
+            self._emit(ev.Cancelled(ref=_file_ref(f), group_id=f.group_id, name=f.name))
             self._finish_if_done(f.group_id)
 
     async def _pause_files(self, files: list[FileRecord], reason: PauseReason) -> None:
@@ -1251,11 +1248,13 @@ class DownloadManager:
         return max(0.0, min(times) - now) + 0.01
 
     def _fill_slots(self, now: float) -> None:
-        if self._closing or len(self._running) >= self.settings.max_active:
+        """Start the first eligible waiting files until `max_active` run. The queue is read
+        lazily (starting a file changes no order), so this costs the files it starts and the
+        held ones in front of them, not O(queue)."""
+        max_active = self.settings.max_active
+        if self._closing or len(self._running) >= max_active:
             return
-        for key in self._queue.candidates():
-            if len(self._running) >= self.settings.max_active:
-                return
+        for key in self._queue.waiting():
             group = self._groups.get(key[0])
             if group is None:
                 continue
@@ -1263,6 +1262,8 @@ class DownloadManager:
             if f is None or f.status is not FileStatus.QUEUED or self._held(f.url, now):
                 continue
             self._start(f, now)
+            if len(self._running) >= max_active:
+                return
 
     def _start(self, f: FileRecord, now: float) -> None:
         if not self._transition(
@@ -1286,7 +1287,7 @@ class DownloadManager:
         self._running[key] = run
         self._group_rates.setdefault(f.group_id, RateEstimator())
         assert self._tg is not None
-        run.task = self._tg.create_task(self._run_file(run), name=f"modelfetch-{f.ref}")
+        run.task = self._tg.create_task(self._run_file(run), name=f"modelfetch-{_file_ref(f)}")
 
     async def _run_file(self, run: _Running) -> None:
         f = run.rec
@@ -1295,7 +1296,7 @@ class DownloadManager:
         try:
             self._emit(
                 ev.FileStarted(
-                    ref=str(f.ref),
+                    ref=_file_ref(f),
                     group_id=f.group_id,
                     name=f.name,
                     offset=run.done,
@@ -1419,7 +1420,7 @@ class DownloadManager:
                 bytes_done=0,
                 finished_at=time.time(),
             ):
-                self._emit(ev.Cancelled(ref=str(f.ref), group_id=f.group_id, name=f.name))
+                self._emit(ev.Cancelled(ref=_file_ref(f), group_id=f.group_id, name=f.name))
             self._finish_if_done(f.group_id)
         elif reason is StopReason.SHUTDOWN:
             self._transition(
@@ -1467,7 +1468,7 @@ class DownloadManager:
             self._publish_links(f)
             self._emit(
                 ev.FileCompleted(
-                    ref=str(f.ref),
+                    ref=_file_ref(f),
                     group_id=f.group_id,
                     name=f.name,
                     path=str(result.path),
@@ -1533,7 +1534,7 @@ class DownloadManager:
                 bytes_done=on_disk,
                 bytes_total=run.total,
             )
-            self._emit(ev.Notice(message=decision.message, level="error", ref=str(f.ref)))
+            self._emit(ev.Notice(message=decision.message, level="error", ref=_file_ref(f)))
             assert self._tg is not None
             self._tg.create_task(self._pause_for_disk_full())
         else:
@@ -1551,7 +1552,7 @@ class DownloadManager:
             ):
                 self._emit(
                     ev.FileFailed(
-                        ref=str(f.ref),
+                        ref=_file_ref(f),
                         group_id=f.group_id,
                         name=f.name,
                         error_kind=kind,
@@ -1590,7 +1591,7 @@ class DownloadManager:
             groups.add(f.group_id)
             self._emit(
                 ev.FileProgress(
-                    ref=str(f.ref),
+                    ref=_file_ref(f),
                     group_id=f.group_id,
                     name=f.name,
                     downloaded=run.done,
@@ -1684,7 +1685,7 @@ class DownloadManager:
         key = (f.group_id, f.index)
         run = self._running.get(key)
         return FileView(
-            ref=str(f.ref),
+            ref=_file_ref(f),
             name=f.name,
             status=f.status.value,
             dest=f.dest,
@@ -1708,6 +1709,11 @@ class DownloadManager:
 
 async def _raise(exc: Exception) -> None:
     raise exc
+
+
+def _file_ref(f: FileRecord) -> str:
+    """`str(f.ref)` without making an ItemRef: every event about a file carries it."""
+    return f"{f.group_id}.{f.index}"
 
 
 def _member(group: GroupRecord, index: int) -> FileRecord | None:

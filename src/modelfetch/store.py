@@ -172,6 +172,9 @@ class Store:
         self._db: sqlite3.Connection | None = None
         self._batching = False
         self._begun = False  # inside a batch: its BEGIN has been issued
+        # remember_verified rows of the open batch, by path: written in one statement when the
+        # batch commits (a completion per file otherwise costs one statement more).
+        self._verified: dict[str, tuple[str, int, int, str]] = {}
         try:
             self._db = _connect(self._path)
             apply_migrations(self._db, MIGRATIONS, self._path)
@@ -337,17 +340,25 @@ class Store:
     ) -> bool:
         """Set a file's status (and FileRecord `fields`) only if its status is in `allowed_from`,
         in one UPDATE. True when the row changed; False when it is missing or in another state."""
-        allowed = [FileStatus(s).value for s in allowed_from]
-        if not allowed:
-            raise ValueError("allowed_from is empty: the transition could never happen")
-        assignments, values = _assignments(fields, _FILE_UPDATABLE, "FileRecord")
-        extra = f", {assignments}" if assignments else ""
-        with self._write() as db:
-            cursor = db.execute(
+        allowed = tuple(FileStatus(s).value for s in allowed_from)
+        names = tuple(fields)
+        # The manager makes a handful of shapes of transition, thousands of times: the text of
+        # each is built (and its field names checked) once.
+        sql = _TRANSITION_SQL.get((names, allowed))
+        if sql is None:
+            if not allowed:
+                raise ValueError("allowed_from is empty: the transition could never happen")
+            assignments, _ = _assignments(fields, _FILE_UPDATABLE, "FileRecord")
+            extra = f", {assignments}" if assignments else ""
+            sql = (
                 f"UPDATE files SET status = ?{extra}"
-                f" WHERE group_id = ? AND idx = ? AND status IN ({_marks(allowed)})",
-                [FileStatus(to).value, *values, group_id, index, *allowed],
+                f" WHERE group_id = ? AND idx = ? AND status IN ({_marks(allowed)})"
             )
+            if len(_TRANSITION_SQL) < 256:  # bounded whatever callers pass
+                _TRANSITION_SQL[names, allowed] = sql
+        cursor = self._execute(
+            sql, [FileStatus(to).value, *map(_sql, fields.values()), group_id, index, *allowed]
+        )
         return cursor.rowcount == 1
 
     def update_file(self, group_id: int, index: int, **fields: object) -> None:
@@ -404,17 +415,20 @@ class Store:
         return sorted((_decode_file(row) for row in rows), key=lambda f: (f.group_id, f.index))
 
     def remember_verified(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
-        """Record that the file at `path`, as it is now (size, mtime), has this digest."""
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO verified_files (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (path) DO UPDATE SET size = excluded.size,"
-                " mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256",
-                (path, size, mtime_ns, sha256),
-            )
+        """Record that the file at `path`, as it is now (size, mtime), has this digest. Inside a
+        batch the row is written together with the batch's others just before it commits."""
+        row = (path, size, mtime_ns, sha256)
+        if self._batching:
+            self._conn  # noqa: B018 -- a closed store refuses now, not at the commit
+            self._verified[path] = row
+            return
+        self._execute(_REMEMBER_VERIFIED, row)
 
     def verified_digest(self, path: str, size: int, mtime_ns: int) -> str | None:
         """The digest recorded for `path` if the file has not changed since (size and mtime)."""
+        pending = self._verified.get(path)
+        if pending is not None:  # remembered in the open batch
+            return pending[3] if pending[1:3] == (size, mtime_ns) else None
         row = self._conn.execute(
             "SELECT sha256 FROM verified_files WHERE path = ? AND size = ? AND mtime_ns = ?",
             (path, size, mtime_ns),
@@ -503,7 +517,9 @@ class Store:
         Each write stays atomic on its own: a failing statement or multi-statement method
         (savepoint) leaves no trace, and the block's exception propagates. What succeeded before
         it is still committed, so a caller that mirrors each successful write in memory stays
-        in step with the file. A failed COMMIT raises `StateError` and rolls back the batch."""
+        in step with the file. A failed COMMIT raises `StateError` and rolls back the batch.
+        `remember_verified` rows (a cache of digests) are written in one statement right
+        before the COMMIT, and seen by `verified_digest` meanwhile."""
         if self._batching:
             yield
             return
@@ -526,12 +542,17 @@ class Store:
         if not self._batching:
             return
         self._batching = False
-        if not self._begun:
+        verified, self._verified = self._verified, {}
+        if not self._begun and not verified:
             return
         self._begun = False
         db = self._conn
         try:
             with self._errors():
+                if not db.in_transaction:
+                    db.execute("BEGIN IMMEDIATE")
+                if verified:
+                    db.executemany(_REMEMBER_VERIFIED, list(verified.values()))
                 db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -564,10 +585,25 @@ class Store:
         (ValueError), anything else means the state file cannot be used (StateError)."""
         try:
             yield
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.DataError) as exc:
-            raise ValueError(f"rejected by the state database: {exc}") from exc
         except sqlite3.Error as exc:
-            raise StateError(f"state database {self._path}: {exc}") from exc
+            raise self._ours(exc) from exc
+
+    def _ours(self, exc: sqlite3.Error) -> Exception:
+        if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.DataError)):
+            return ValueError(f"rejected by the state database: {exc}")
+        return StateError(f"state database {self._path}: {exc}")
+
+    def _execute(self, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
+        """`with self._write() as db: return db.execute(sql, params)`, without the cost of two
+        context managers: for the writes the manager makes for every file."""
+        db = self._conn
+        try:
+            if self._batching and not self._begun:
+                db.execute("BEGIN IMMEDIATE")
+                self._begun = True
+            return db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._ours(exc) from exc
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -708,6 +744,13 @@ def _assignments(
 
 
 _PLAIN: Final = frozenset({str, int, float, bytes, type(None)})
+_REMEMBER_VERIFIED: Final = (
+    "INSERT INTO verified_files (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (path) DO UPDATE SET size = excluded.size,"
+    " mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256"
+)
+# `transition` statements by (field names, allowed statuses).
+_TRANSITION_SQL: Final[dict[tuple[tuple[str, ...], tuple[str, ...]], str]] = {}
 
 
 def _sql(value: object) -> object:

@@ -17,10 +17,16 @@ it was and the first waiting file is always position 1.
 
 A move never crosses a priority class: priority is an explicit user choice and beats manual order,
 so moving a file "to position 1" puts it as close to position 1 as its priority class allows.
+
+The scheduling order is sorted once (at the first read after `load`) and then kept in step by
+every change: a removal deletes its key (found by bisection), an append inserts at the end of its
+class, a move rewrites only its class's run of the list. So the manager's per-file calls
+(`remove`, `set_waiting`, `waiting()`) cost O(log n) plus a list splice, never a re-sort.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -55,11 +61,14 @@ class _Slot:
 class SchedulingQueue:
     """Orders live files by (-priority, order_key) and moves them on request."""
 
-    __slots__ = ("_order", "_slots")
+    __slots__ = ("_order", "_slots", "_version")
 
     def __init__(self) -> None:
         self._slots: dict[FileKey, _Slot] = {}
-        self._order: list[FileKey] | None = None  # scheduling order, rebuilt lazily
+        # Every key in scheduling order: sorted lazily after `load`, then kept in step by each
+        # change (never thrown away), so it always equals a fresh sort by `_sort_key`.
+        self._order: list[FileKey] | None = None
+        self._version = 0  # bumped by every change of the order: `waiting()` checks it
 
     # -- loading and membership ---------------------------------------------------------------
 
@@ -76,6 +85,7 @@ class SchedulingQueue:
             slots[entry.key] = _Slot(entry.priority, entry.order_key, entry.waiting)
         self._slots = slots
         self._order = None
+        self._version += 1
 
     def add_group(
         self, group_id: int, indexes: Sequence[int], priority: int = 0
@@ -90,18 +100,31 @@ class SchedulingQueue:
             raise ValueError(f"already queued: {', '.join(_label(k) for k in present)}")
         if not keys:
             return {}
-        return self._place(keys, priority, anchor=None)
+        return self._append(keys, priority)
 
     def remove(self, key: FileKey) -> None:
         """The file reached a terminal status: it leaves the queue. Unknown key -> KeyError."""
+        slot = self._slots[key]
+        order = self._order
+        if order is not None:
+            at = bisect_left(order, (-slot.priority, slot.order_key, key), key=self._sort_key)
+            if at < len(order) and order[at] == key:
+                del order[at]
+            else:  # the cache is out of step (a bug): sort again at the next read
+                self._order = None
         del self._slots[key]
-        self._order = None
+        self._version += 1
 
     def remove_group(self, group_id: int) -> None:
         """Every live file of the group leaves the queue; a group with none left is a no-op."""
-        for key in [key for key in self._slots if key[0] == group_id]:
+        gone = [key for key in self._slots if key[0] == group_id]
+        if not gone:
+            return
+        for key in gone:
             del self._slots[key]
-        self._order = None
+        if self._order is not None:
+            self._order = [key for key in self._order if key[0] != group_id]
+        self._version += 1
 
     def set_waiting(self, key: FileKey, waiting: bool) -> None:
         """False while the file is active, paused or waiting for a retry; it keeps its place."""
@@ -129,6 +152,20 @@ class SchedulingQueue:
         """Waiting keys in scheduling order; the manager starts the first eligible ones."""
         slots = self._slots
         return [key for key in self._sorted() if slots[key].waiting]
+
+    def waiting(self) -> Iterator[FileKey]:
+        """`candidates()`, lazily: costs only as far as the caller reads (the files it starts,
+        and the held ones in front of them), not O(queue). `set_waiting` may be called while
+        iterating; a change of the order (add, remove, move, load) makes the next step raise
+        RuntimeError, like a dict changed during iteration."""
+        order = self._sorted()
+        slots = self._slots
+        version = self._version
+        for key in order:
+            if slots[key].waiting:
+                yield key
+                if self._version != version:
+                    raise RuntimeError("the queue's order changed during iteration")
 
     def positions(self) -> dict[FileKey, int]:
         """1..n, dense, for waiting files in scheduling order."""
@@ -202,9 +239,39 @@ class SchedulingQueue:
 
     def _sorted(self) -> list[FileKey]:
         if self._order is None:
-            slots = self._slots
-            self._order = sorted(slots, key=lambda k: (-slots[k].priority, slots[k].order_key, k))
+            self._order = sorted(self._slots, key=self._sort_key)
         return self._order
+
+    def _sort_key(self, key: FileKey) -> tuple[int, int, FileKey]:
+        slot = self._slots[key]
+        return (-slot.priority, slot.order_key, key)
+
+    def _class_bounds(self, order: list[FileKey], priority: int) -> tuple[int, int]:
+        """[start, end) of priority class `priority` in `order` (empty: where it would be)."""
+        slots = self._slots
+
+        def rank(key: FileKey) -> int:
+            return -slots[key].priority
+
+        return (
+            bisect_left(order, -priority, key=rank),
+            bisect_right(order, -priority, key=rank),
+        )
+
+    def _append(self, keys: list[FileKey], priority: int) -> dict[FileKey, int]:
+        """New keys, waiting, at the end of class `priority`: what `_place(keys, priority,
+        anchor=None)` does for keys not in the queue, without walking the class."""
+        order = self._sorted()
+        slots = self._slots
+        start, end = self._class_bounds(order, priority)
+        last = slots[order[end - 1]].order_key if end > start else None
+        fresh = _keys_between(last, None, len(keys))
+        assert fresh is not None  # unbounded above: there is always room
+        for key, order_key in zip(keys, fresh, strict=True):
+            slots[key] = _Slot(priority, order_key, waiting=True)
+        order[end:end] = keys
+        self._version += 1
+        return dict(zip(keys, fresh, strict=True))
 
     def _members(self, target: Target) -> list[FileKey]:
         if isinstance(target, int):
@@ -223,8 +290,12 @@ class SchedulingQueue:
         before `anchor` if it is in that class, else at the end of the class nearest to it
         (the back when `anchor` is None)."""
         moving = set(members)
-        current = [k for k in self._sorted() if self._slots[k].priority == priority]
+        order = self._sorted()
+        start, end = self._class_bounds(order, priority)
+        current = order[start:end]
         rest = [k for k in current if k not in moving]
+        # Members from another class (set_priority), or new ones: the rest of the order loses them.
+        from_elsewhere = len(rest) + len(members) != len(current)
         if anchor is None:
             at = len(rest)
         else:
@@ -256,7 +327,16 @@ class SchedulingQueue:
             else:
                 continue
             changes[key] = order_key
-        self._order = None
+        # The class's run of the order becomes `arranged`: its new keys increase along it.
+        if from_elsewhere:
+            self._order = [
+                *(k for k in order[:start] if k not in moving),
+                *arranged,
+                *(k for k in order[end:] if k not in moving),
+            ]
+        else:
+            order[start:end] = arranged
+        self._version += 1
         return changes
 
 
