@@ -79,6 +79,7 @@ if TYPE_CHECKING:
     # resolved, not when the manager is: a queue of plain requests never needs them.
     import aiohttp
 
+    from modelfetch.hub import HubClient
     from modelfetch.planner import Planner
 
 _WAITING = frozenset({FileStatus.QUEUED, FileStatus.PAUSED, FileStatus.WAITING_RETRY})
@@ -344,18 +345,27 @@ class DownloadManager:
 
     @property
     def planner(self) -> Planner:
-        """Resolves specs; made (with the Hub client and, unless one was given, an aiohttp
-        session closed at shutdown) on first use."""
+        """Resolves specs; made on first use. Plain-URL probes go through the transfers' session;
+        the Hub client (and, unless one was given, an aiohttp session closed at shutdown) is made
+        when a spec first needs the Hub."""
         if self._planner is None:
             self._require_running()
-            from modelfetch.hub import HubClient, make_api_session
             from modelfetch.planner import Planner
 
-            if self._api_session is None:
-                self._api_session = self._external_api_session or make_api_session()
-            session = self._api_session
-            self._planner = Planner(session, HubClient(session, self.hub_config))
+            self._planner = Planner(
+                None,
+                self._hub_parts,
+                hub_config=self.hub_config,
+                probe_session=self._session_or_fail(),
+            )
         return self._planner
+
+    def _hub_parts(self) -> tuple[aiohttp.ClientSession, HubClient]:
+        from modelfetch.hub import HubClient, make_api_session
+
+        if self._api_session is None:
+            self._api_session = self._external_api_session or make_api_session()
+        return self._api_session, HubClient(self._api_session, self.hub_config)
 
     async def add(
         self,
