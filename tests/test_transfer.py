@@ -43,6 +43,7 @@ from modelfetch.transfer import (
     TransferResult,
     TransferSession,
     fetch_file,
+    http,
     make_session,
     sink,
 )
@@ -56,6 +57,10 @@ SMALL_CONTENT = b'{"architectures": ["LlamaForCausalLM"], "pad": "' + b"x" * 300
 MiB = 1 << 20
 
 Progress = list[tuple[int, int | None]]
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture
@@ -831,3 +836,243 @@ async def test_a_cancel_during_the_publish_is_too_late(
     result = await task
     assert result.verified and dest.read_bytes() == hub.content(REPO, BIG)
     assert leftovers(dest) == []
+
+
+# -- small bodies: received into memory, published by one worker-thread call ------------------
+
+SMALL_BODY = 300_000  # below SMALL_BODY_LIMIT: the in-memory path; a .bin is LFS (the CDN hop)
+
+
+@pytest.fixture
+def small(hub: FakeHub, tmp_path: Path) -> TransferRequest:
+    hub.add_repo("o/s", [RepoFile("s.bin", size=SMALL_BODY, seed=5)])
+    info = hub.file("o/s", "s.bin")
+    return TransferRequest(
+        url=hub.resolve_url("o/s", "s.bin"),
+        dest=tmp_path / "s.bin",
+        expected_size=info.size,
+        expected_sha256=info.sha256,
+    )
+
+
+def test_the_small_body_limit_keeps_big_files_streaming() -> None:
+    assert SMALL_BODY < http.SMALL_BODY_LIMIT < BIG_SIZE
+    assert http.SMALL_BODY_LIMIT <= http.SMALL_PART_LIMIT
+
+
+async def test_a_small_body_is_published_only_complete_verified_and_closed(
+    hub: FakeHub,
+    session: TransferSession,
+    small: TransferRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    content = hub.content("o/s", "s.bin")
+    seen: list[tuple[bytes, bool, list[str]]] = []
+    real_publish = sink.publish
+
+    def watching_publish(part: Path, final: Path, side: Path | None) -> None:
+        # At the rename: the `.part` is whole, the final name is not there yet, nothing of
+        # ours holds the `.part` open.
+        open_on_part = [
+            str(fd) for fd in Path("/proc/self/fd").iterdir() if fd.resolve() == part.resolve()
+        ]
+        seen.append((part.read_bytes(), final.exists(), open_on_part))
+        real_publish(part, final, side)
+
+    monkeypatch.setattr(sink, "publish", watching_publish)
+    progress: Progress = []
+    result = await fetch(session, small, progress)
+    assert seen == [(content, False, [])]
+    assert small.dest.read_bytes() == content and leftovers(small.dest) == []
+    assert result.verified and result.size == SMALL_BODY and result.sha256 == sha256_of(content)
+    assert result.resumed_from == 0 and result.bytes_fetched == SMALL_BODY
+    assert progress[0] == (0, SMALL_BODY) and progress[-1] == (SMALL_BODY, SMALL_BODY)
+
+
+async def test_a_small_body_with_a_wrong_digest_leaves_nothing(
+    hub: FakeHub, session: TransferSession, small: TransferRequest
+) -> None:
+    hub.add_fault(Fault("corrupt", path="s.bin", after_bytes=1000, times=1))
+    with pytest.raises(IntegrityError) as info:
+        await fetch(session, small)
+    assert info.value.expected == small.expected_sha256
+    assert not small.dest.exists() and leftovers(small.dest) == []
+
+
+async def test_a_small_body_cut_midway_leaves_its_prefix_and_resumes_from_it(
+    hub: FakeHub, session: TransferSession, small: TransferRequest
+) -> None:
+    hub.add_fault(Fault("truncate", path="s.bin", after_bytes=100_000, times=1))
+    with pytest.raises(NetworkError):
+        await fetch(session, small)
+    content = hub.content("o/s", "s.bin")
+    kept = part_path(small.dest).read_bytes()
+    assert 0 < len(kept) <= 100_000 and kept == content[: len(kept)]
+    state = PartState.load(sidecar_path(small.dest))
+    assert state is not None and state.total == SMALL_BODY
+    assert not small.dest.exists()
+    result = await fetch(session, small)
+    assert hub.requests(origin="cdn", path_contains="s.bin")[-1].range == f"bytes={len(kept)}-"
+    assert result.verified and result.resumed_from == len(kept)
+    assert result.bytes_fetched == SMALL_BODY - len(kept)
+    assert small.dest.read_bytes() == content and leftovers(small.dest) == []
+
+
+async def _stop_small_midway(
+    hub: FakeHub, session: TransferSession, request: TransferRequest, reason: StopReason
+) -> int:
+    """Start a throttled small body, stop it with `reason` once 60 KB arrived; the count the
+    last progress report gave."""
+    hub.add_fault(Fault("throttle", path="s.bin", rate=400_000, times=1))
+    moving = asyncio.Event()
+    reported = [0]
+    stop = StopSignal()
+
+    def report(done: int, total: int | None) -> None:
+        reported[0] = done
+        if done >= 60_000:
+            moving.set()
+
+    task = asyncio.create_task(fetch_file(session, request, on_progress=report, stop=stop))
+    await asyncio.wait_for(moving.wait(), 10)
+    stop.stop(reason)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return reported[0]
+
+
+async def test_a_paused_small_body_keeps_what_arrived_and_resumes_there(
+    hub: FakeHub, session: TransferSession, small: TransferRequest
+) -> None:
+    reported = await _stop_small_midway(hub, session, small, StopReason.PAUSE)
+    content = hub.content("o/s", "s.bin")
+    kept = part_path(small.dest).read_bytes()
+    assert len(kept) >= reported >= 60_000 and kept == content[: len(kept)]
+    assert PartState.load(sidecar_path(small.dest)) is not None and not small.dest.exists()
+    result = await fetch(session, small)
+    assert hub.requests(origin="cdn", path_contains="s.bin")[-1].range == f"bytes={len(kept)}-"
+    assert result.resumed_from == len(kept) and small.dest.read_bytes() == content
+
+
+async def test_a_cancelled_small_body_leaves_nothing(
+    hub: FakeHub, session: TransferSession, small: TransferRequest
+) -> None:
+    await _stop_small_midway(hub, session, small, StopReason.CANCEL)
+    assert leftovers(small.dest) == [] and not small.dest.exists()
+
+
+async def test_a_cancel_while_the_worker_publishes_a_small_body_is_too_late(
+    hub: FakeHub, session: TransferSession, small: TransferRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+    real_publish = sink.publish
+
+    def slow_publish(part: Path, final: Path, side: Path | None) -> None:
+        entered.set()
+        release.wait(10)
+        real_publish(part, final, side)
+
+    monkeypatch.setattr(sink, "publish", slow_publish)
+    stop = StopSignal()
+    task = asyncio.create_task(fetch(session, small, stop=stop))
+    assert await asyncio.to_thread(entered.wait, 10)
+    stop.stop(StopReason.CANCEL)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # waits for the worker rather than abandoning it half done
+    release.set()
+    result = await task
+    assert result.verified and small.dest.read_bytes() == hub.content("o/s", "s.bin")
+    assert leftovers(small.dest) == []
+
+
+async def test_a_cancel_while_the_worker_fails_still_cancels_and_cleans_up(
+    hub: FakeHub, session: TransferSession, small: TransferRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def failing_publish(part: Path, final: Path, side: Path | None) -> None:
+        entered.set()
+        release.wait(10)
+        raise OSError(errno.EIO, "the rename failed")
+
+    monkeypatch.setattr(sink, "publish", failing_publish)
+    stop = StopSignal()
+    task = asyncio.create_task(fetch(session, small, stop=stop))
+    assert await asyncio.to_thread(entered.wait, 10)
+    stop.stop(StopReason.CANCEL)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert leftovers(small.dest) == [] and not small.dest.exists()
+
+
+async def test_a_full_disk_under_a_small_body_keeps_what_landed(
+    session: TransferSession, small: TransferRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budget = [100_001]
+
+    def pwrite_until_full(fd: int, data: memoryview, offset: int) -> int:
+        if budget[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = os.pwrite(fd, data[: budget[0]], offset)
+        budget[0] -= n
+        return n
+
+    monkeypatch.setattr(sink, "pwrite", pwrite_until_full)
+    with pytest.raises(DiskFullError):
+        await fetch(session, small)
+    assert part_path(small.dest).stat().st_size == 100_001
+    assert sidecar_path(small.dest).exists() and not small.dest.exists()
+    monkeypatch.undo()
+    result = await fetch(session, small)
+    assert result.verified and result.resumed_from == 100_001
+
+
+async def test_too_little_space_for_a_small_body_is_disk_full(
+    session: TransferSession, small: TransferRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = shutil.disk_usage
+
+    def tiny(path: str | os.PathLike[str]) -> object:
+        usage = real(path)
+        return type(usage)(usage.total, usage.used, 1000)
+
+    monkeypatch.setattr(shutil, "disk_usage", tiny)
+    with pytest.raises(DiskFullError) as info:
+        await fetch(session, small)
+    assert info.value.needed == SMALL_BODY and info.value.free == 1000
+    assert not small.dest.exists() and leftovers(small.dest) == []
+
+
+async def test_a_small_body_sent_whole_instead_of_resumed_replaces_the_prefix(
+    hub: FakeHub, session: TransferSession, small: TransferRequest
+) -> None:
+    hub.add_fault(Fault("truncate", path="s.bin", after_bytes=100_000, times=1))
+    with pytest.raises(NetworkError):
+        await fetch(session, small)
+    assert part_path(small.dest).exists()
+    hub.add_fault(Fault("ignore_range", path="s.bin", times=1))
+    progress: Progress = []
+    result = await fetch(session, small, progress)
+    assert result.resumed_from == 0 and result.bytes_fetched == SMALL_BODY
+    assert (0, SMALL_BODY) in progress[1:]  # the dropped prefix is reported as gone
+    assert small.dest.read_bytes() == hub.content("o/s", "s.bin")
+    assert leftovers(small.dest) == []
+
+
+async def test_a_stray_sidecar_without_its_part_is_gone_once_the_file_is_in_place(
+    hub: FakeHub, session: TransferSession, small: TransferRequest
+) -> None:
+    # What a crash between the two unlinks of a partial leaves: a record without a `.part`.
+    for request in (small, big_request(hub, small.dest.with_name(BIG))):
+        PartState(url="http://elsewhere.invalid/x", validator=None, total=7, sha256=None).save(
+            sidecar_path(request.dest)
+        )
+        result = await fetch(session, request)
+        assert result.resumed_from == 0 and result.verified
+        assert leftovers(request.dest) == []

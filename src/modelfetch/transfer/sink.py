@@ -33,6 +33,13 @@ grows (`Digester.feed_from_file`), while those pages are still cached.
 Small files (up to INLINE_HASH_LIMIT) are hashed inline instead: for them, starting and joining
 a digest thread cost more than the hashing (a queue of many small files spent most of its time
 there).
+
+Small bodies fetched from zero (see SMALL_BODY_LIMIT in transfer/http.py) skip the `.part` while
+they arrive: they are received into memory on the loop, and everything else (hash, verify,
+create, write, fsync, rename) is one worker-thread call, `verify_and_publish_body`. Creating an
+inode on ext4 and hashing cost more loop time than receiving such a body; on a worker thread they
+overlap with the loop serving other connections. A body that stops early is written out as a
+`.part` prefix (`write_prefix`), so it resumes like a streamed one.
 """
 
 from __future__ import annotations
@@ -393,7 +400,7 @@ class PartFile:
         reserved beyond EOF (an earlier attempt's preallocation) count as ours."""
         stat = os.fstat(self.fd)
         reserved_beyond_eof = max(0, stat.st_blocks * 512 - stat.st_size)
-        _require_space(self.path, total - self.size - reserved_beyond_eof)
+        require_space(self.path, total - self.size - reserved_beyond_eof)
 
     def sync_and_close(self) -> None:
         os.fsync(self.fd)
@@ -513,13 +520,13 @@ class SegmentedPartFile(PartFile):
         """DiskFullError unless the filesystem can hold the blocks of `total` bytes that are not
         allocated to the file yet."""
         stat = os.fstat(self.fd)
-        _require_space(self.path, total - stat.st_blocks * 512)
+        require_space(self.path, total - stat.st_blocks * 512)
 
     def discard(self) -> None:
         raise RuntimeError("a segmented .part is discarded by removing it")
 
 
-def _require_space(path: Path, needed: int) -> None:
+def require_space(path: Path, needed: int) -> None:
     """DiskFullError if the filesystem cannot hold `needed` more bytes now. A size larger than
     the whole filesystem is not a full disk but a lying (or wrong) server: that file fails on its
     own (IntegrityError) instead of pausing every download as 'disk full'."""
@@ -545,11 +552,13 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def publish(part: Path, dest: Path, sidecar: Path) -> None:
-    """Make a verified, fsynced `.part` visible under its final name, atomically and durably."""
+def publish(part: Path, dest: Path, sidecar: Path | None) -> None:
+    """Make a verified, fsynced `.part` visible under its final name, atomically and durably;
+    then remove its sidecar (None: it has none)."""
     os.replace(part, dest)
     fsync_directory(dest.parent)
-    sidecar.unlink(missing_ok=True)
+    if sidecar is not None:
+        sidecar.unlink(missing_ok=True)
 
 
 def sync_and_publish(fd: int, part: Path, dest: Path, sidecar: Path) -> None:
@@ -562,6 +571,64 @@ def sync_and_publish(fd: int, part: Path, dest: Path, sidecar: Path) -> None:
     finally:
         os.close(fd)
     publish(part, dest, sidecar)
+
+
+def write_prefix(part: Path, data: bytes | memoryview) -> None:
+    """Make `data` the whole content of the `.part` (a body held in memory whose attempt ended
+    early: it becomes a prefix to resume from, as if it had been streamed to disk). Bytes that
+    land stay, even when a write then fails (the OSError propagates: they are still a prefix)."""
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def verify_and_publish_body(
+    body: bytes | memoryview,
+    part: Path,
+    dest: Path,
+    sidecar: Path | None,
+    *,
+    git_oid: bool,
+    verify: Callable[[Digests], object],
+) -> Digests:
+    """The whole disk side of a small body held in memory, in one call for a worker thread
+    (hashlib and the os calls release the GIL, so the loop serves other connections meanwhile):
+    hash, `verify` the digests (it raises on a mismatch: nothing has been created then), write
+    the `.part`, fsync, close and `publish`. The final name only ever receives a verified,
+    fsynced, closed file. ENOSPC/EDQUOT → DiskFullError with the bytes that landed kept as a
+    prefix; other OSErrors propagate (a complete `.part` stays when fsync or the rename fail).
+    `sidecar`: the one to remove once published, or None when the caller knows there is none
+    (each call here that releases the GIL costs a wait for it while the loop runs Python)."""
+    sha256 = hashlib.sha256(body).hexdigest()
+    oid: str | None = None
+    if git_oid:
+        sha1 = hashlib.sha1(b"blob %d\0" % len(body), usedforsecurity=False)
+        sha1.update(body)
+        oid = sha1.hexdigest()
+    digests = Digests(len(body), sha256, oid)
+    verify(digests)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            _write_all(fd, body)
+        except OSError as exc:
+            if exc.errno in _DISK_FULL_ERRNOS:
+                raise disk_full(exc) from exc
+            raise
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    publish(part, dest, sidecar)
+    return digests
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    written = 0
+    while written < len(view):
+        written += pwrite(fd, view[written:], written)
 
 
 def fsync_directory(directory: Path) -> None:
