@@ -173,26 +173,28 @@ def _plain_path(info: Any) -> bool:
     return all(getattr(info, name, missing) == value for name, value in wanted.items())
 
 
-class _Command(TyperCommand):
+class _PlainParams:
+    """Mixed into typer's command and group classes: their parameters (and the help option)
+    take plain values without typer's pydantic round trip."""
+
+    params: list[Any]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _plain_values(self.params)
 
     def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         _plain_values([option] if option is not None else [])
         return option
 
 
-class _Group(TyperGroup):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _plain_values(self.params)
+class _Command(_PlainParams, TyperCommand):
+    pass
 
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        _plain_values([option] if option is not None else [])
-        return option
+
+class _Group(_PlainParams, TyperGroup):
+    pass
 
 
 app = typer.Typer(
