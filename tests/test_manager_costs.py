@@ -93,6 +93,43 @@ async def test_wait_returns_when_files_finish_in_any_order_including_failures(
         assert_totals_match_a_recount(m)
 
 
+async def test_wait_on_many_groups_checks_each_once_per_settle_whatever_the_order(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    count = 40
+    paths = shards(hub, "o/m", count, 64 * 1024)
+    # The first groups are slow, so the groups settle in no particular order of their ids; one
+    # is requeued after it settled (a retry), so the wait must look at every group again.
+    for path in paths[:4]:
+        hub.add_fault(Fault("throttle", origin="cdn", path=path, rate=256 * 1024))
+    hub.add_fault(Fault("status", origin="cdn", path=paths[5], status=404, times=1))
+    async with manager(tmp_path, max_active=8) as m:
+        checks = 0
+        settled = m._settled
+
+        def counted(gid: int) -> bool:
+            nonlocal checks
+            checks += 1
+            return settled(gid)
+
+        m._settled = counted  # type: ignore[method-assign]
+        gids = [
+            await m.enqueue(group_of(hub, "o/m", [path], tmp_path / "out", name=f"g{i}"))
+            for i, path in enumerate(paths)
+        ]
+        waiter = asyncio.create_task(m.wait(gids))
+        async with asyncio.timeout(30):
+            while (await m.group_view(gids[5])).status != "failed":
+                await asyncio.sleep(0.02)
+        await m.retry(gids[5])
+        async with asyncio.timeout(30):
+            await waiter
+        assert all(settled(g) for g in gids)
+        assert [(await m.group_view(g)).status for g in gids] == ["completed"] * count
+        # A re-scan of every pending group on each settle would be ~count**2 / 2 checks.
+        assert checks <= 4 * count, checks
+
+
 async def test_wait_counts_paused_as_settled_and_waits_again_after_a_resume(
     hub: FakeHub, tmp_path: Path
 ) -> None:

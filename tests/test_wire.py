@@ -4,6 +4,7 @@ from aiohttp.web, odd and hostile ones from raw asyncio servers that write bytes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
 import ssl
@@ -32,6 +33,7 @@ from modelfetch.transfer.wire import (
     Session,
     StallError,
     Target,
+    _Connection,
 )
 
 MiB = 1 << 20
@@ -256,6 +258,143 @@ async def test_keep_alive_reuses_one_connection(
         assert await response.read() == f"/{n}".encode()
     assert server.connections == 1 and len(server.seen) == 5
     assert {s.connection for s in server.seen} == {0}
+
+
+class CountingSession(Session):
+    """A Session that counts its connections' pause_reading/resume_reading calls (each one an
+    epoll_ctl on the selector loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses = 0
+        self.resumes = 0
+        self.transports: list[asyncio.Transport] = []
+
+    async def __aenter__(self) -> CountingSession:
+        return self
+
+    async def _connect(self, target: Target, within: float | None) -> _Connection:
+        conn = await super()._connect(target, within)
+        transport = conn._transport
+        assert transport is not None
+        pause, resume = transport.pause_reading, transport.resume_reading
+
+        def counted_pause() -> None:
+            self.pauses += 1
+            pause()
+
+        def counted_resume() -> None:
+            self.resumes += 1
+            resume()
+
+        transport.pause_reading = counted_pause  # type: ignore[method-assign]
+        transport.resume_reading = counted_resume  # type: ignore[method-assign]
+        self.transports.append(transport)
+        return conn
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_keep_alive_responses_do_not_pause_and_resume_reading_each(
+    serve: Callable[..., Awaitable[RawServer]],
+) -> None:
+    def respond(seen: Seen) -> bytes:
+        body = seen.target.encode() * 100
+        if seen.target.endswith("chunked"):
+            chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            return answer(200, chunked, [("Transfer-Encoding", "chunked")], length=False)
+        whole = answer(200, body)
+        return whole[: -len(body)] if seen.method == "HEAD" else whole
+
+    server = await serve(respond)
+    rounds = 8
+    async with CountingSession() as session:
+        for n in range(rounds):
+            response = await session.request("GET", f"{server.url}/{n}")  # read whole
+            assert await response.read() == f"/{n}".encode() * 100
+            response = await session.request("GET", f"{server.url}/{n}/chunked")
+            assert await response.read() == f"/{n}/chunked".encode() * 100
+            response = await session.request("GET", f"{server.url}/{n}/pulled")
+            parts = [bytes(await response.read_chunk(7)) for _ in range(3)]
+            parts.append(await response.read())
+            assert b"".join(parts) == f"/{n}/pulled".encode() * 100
+            streamed = bytearray()
+
+            def sink(data: memoryview, into: bytearray = streamed) -> bool:
+                into.extend(data)
+                return True
+
+            response = await session.request("GET", f"{server.url}/{n}/streamed")
+            await response.stream(sink)
+            assert bytes(streamed) == f"/{n}/streamed".encode() * 100
+            response = await session.request("HEAD", f"{server.url}/{n}")
+            response.release()
+        assert server.connections == 1 and len(server.seen) == 5 * rounds
+        # The whole of each body came with its head: holding it back from a receive that can
+        # only be unasked-for bytes buys nothing, and an idle connection reads on as it waits.
+        assert (session.pauses, session.resumes) == (0, 0)
+        assert session.transports[0].is_reading()
+
+
+async def test_a_pooled_connection_closed_by_the_server_is_noticed_and_not_reused(
+    serve: Callable[..., Awaitable[RawServer]],
+) -> None:
+    big = b"b" * (4 * MiB)  # more than the buffer holds while a view of it is kept
+    server = await serve(
+        lambda seen: answer(200, big if seen.target == "/big" else b"ok"),
+        close_after=lambda seen: seen.target in ("/close", "/big"),
+    )
+    async with CountingSession() as session:
+        for target in ("/close", "/big"):
+            response = await session.request("GET", f"{server.url}{target}")
+            first = bytes(await response.read_chunk())
+            if target == "/big":
+                await asyncio.sleep(0.1)  # the buffer fills up behind the view: reading pauses
+            assert first + await response.read() == (big if target == "/big" else b"ok")
+            assert session._idle_count == 1
+            # The server closes it while it waits in the pool: noticed there, before any reuse
+            # (no request is sent on it and then retried).
+            await _until(lambda: session._idle_count == 0)
+            seen = len(server.seen)
+            response = await session.request("GET", f"{server.url}/after")
+            assert await response.read() == b"ok"
+            assert len(server.seen) == seen + 1
+        assert server.connections == 3 and session.connections_opened == 3
+        assert session.pauses == session.resumes > 0  # the big body's, each resumed
+        assert session.transports[1].is_closing()
+
+
+async def test_bytes_after_a_complete_body_leave_its_unread_views_intact() -> None:
+    body = bytes(range(256)) * 16
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer(200, body))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(b"unasked-for " * 1000)  # while the reader still holds the body's views
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+        writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with CountingSession() as session:
+            response = await session.request("GET", f"http://127.0.0.1:{port}/f")
+            first = bytes(await response.read_chunk(100))
+            await asyncio.sleep(0.3)
+            rest = await response.read()
+            assert first + rest == body
+            assert session._idle_count == 0  # not pooled: it cannot be trusted
+            assert session.pauses == 0
+    finally:
+        listener.close()
 
 
 async def test_no_reuse_after_an_unread_body_or_connection_close(

@@ -150,9 +150,10 @@ class _Tally:
 
 @dataclass(eq=False)
 class _Waiter:
-    """One `wait()` call: woken when one of `groups` settles, then it re-checks them all."""
+    """One `wait()` call: `pending` are its groups not yet seen settling; `woken` is set when
+    the last of them settles (each settle is O(1) here, not a re-check of every group)."""
 
-    groups: frozenset[int]
+    pending: set[int]
     woken: asyncio.Future[None]
 
 
@@ -836,18 +837,18 @@ class DownloadManager:
         groups = frozenset(group_ids)
         loop = asyncio.get_running_loop()
         while not self.bus.closed:
-            pending = frozenset(g for g in groups if not self._settled(g))
+            pending = {g for g in groups if not self._settled(g)}
             if not pending:
                 return
-            # Woken when one of them settles (`_set`), then everything is checked again: a
-            # group may have been queued again in between.
+            # Each group leaves `pending` as it settles (`_wake_waiters`); once all have, every
+            # group is checked once more: one may have been queued again in between.
             waiter = _Waiter(pending, loop.create_future())
             for g in pending:
                 self._waiters.setdefault(g, []).append(waiter)
             try:
                 await waiter.woken
             finally:
-                for g in pending:
+                for g in waiter.pending:  # left only when the wait was cancelled
                     waiters = self._waiters.get(g)
                     if waiters is not None and waiter in waiters:
                         waiters.remove(waiter)
@@ -857,7 +858,8 @@ class DownloadManager:
     def _wake_waiters(self, gids: Iterable[int]) -> None:
         for gid in gids:
             for waiter in self._waiters.pop(gid, ()):
-                if not waiter.woken.done():
+                waiter.pending.discard(gid)
+                if not waiter.pending and not waiter.woken.done():
                     waiter.woken.set_result(None)
 
     async def events(self) -> AsyncIterator[ev.Event]:

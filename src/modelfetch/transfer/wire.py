@@ -14,9 +14,14 @@ The shape of one exchange:
 
 Where the bytes go. Each connection is an asyncio BufferedProtocol: the kernel copies received
 bytes into one reusable buffer (taken from the session while a request is active), the parser
-finds the body in place and hands out views of it. Nothing is allocated per chunk. While a
-view is out (read_chunk) or the sink asks for a pause, the connection stops reading, so the
-buffer is never overwritten under its reader; TCP flow control slows the server down.
+finds the body in place and hands out views of it. Nothing is allocated per chunk. The buffer
+is never overwritten under its reader: while views are out (read_chunk) or body bytes wait for
+the reader to attach, later receives land after them, and the connection stops reading only
+when too little room is left or the reader asks (a sink's pause, small bandwidth-limited
+reads); TCP flow control then slows the server down. Pausing and resuming cost an epoll_ctl
+each, so a response that is all in the buffer never pauses, and bytes after it go to a small
+scratch buffer and make the connection unusable. An idle pooled connection keeps reading, so a
+server closing it is noticed before it is reused.
 
 Hostile servers. The head is capped (64 KiB, 100 fields), status lines, field lines, chunk
 sizes and Content-Length values are checked strictly, and every failure is a typed `WireError`
@@ -63,6 +68,7 @@ MAX_FIELDS = 100
 MAX_CHUNK_LINE = 4 << 10  # a chunk-size line with its extensions
 _HEAD_STEP = 2 << 10  # head bytes are looked at this many at a time
 READ_BUFFER = 1 << 20  # the receive buffer of a connection while a request is active
+_MIN_ROOM = 64 << 10  # a connection with views out pauses when less is left after them
 IDLE_TIMEOUT = 15.0  # a pooled connection older than this is not reused (servers drop them)
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _EMPTY: Final = memoryview(b"")
@@ -475,7 +481,15 @@ class _Connection(asyncio.BufferedProtocol):
         self._keep_alive = False
         self._head_waiter: asyncio.Future[Response] | None = None
         self._response: Response | None = None
-        self._held: memoryview | None = None  # body bytes that came with the head
+        self._held: memoryview | None = None  # body bytes that came before the reader attached
+        self._attached = False  # the current response's reader is ready for its body
+        # The rest of the response is in the buffer already (held, not yet handed over): a
+        # receive now would be bytes nobody asked for, so reading goes on into the scratch
+        # buffer instead of pausing (a pause and a resume are two epoll_ctl calls each).
+        self._sealed = False
+        # Where the next receive lands: bytes before it may still be wanted (held, or views a
+        # reader has), so receives go on after them rather than pausing until they are read.
+        self._fill = 0
         self._paused = False
         self.idle_since = 0.0
 
@@ -494,6 +508,10 @@ class _Connection(asyncio.BufferedProtocol):
         self._method, self._url = method, url
         self._state = _HEAD
         self._received = False
+        self._attached = False
+        self._sealed = False
+        self._held = None
+        self._fill = 0
         self._head.clear()
         waiter: asyncio.Future[Response] = self._loop.create_future()
         self._head_waiter = waiter
@@ -523,7 +541,12 @@ class _Connection(asyncio.BufferedProtocol):
             self._session._put_buffer(buffer)
 
     def pause(self) -> None:
-        if not self._paused and self._transport is not None and not self._lost:
+        if (
+            not self._paused
+            and self._transport is not None
+            and not self._lost
+            and self._expects_body()
+        ):
             self._paused = True
             self._transport.pause_reading()
 
@@ -532,9 +555,73 @@ class _Connection(asyncio.BufferedProtocol):
             self._paused = False
             self._transport.resume_reading()
 
+    def _expects_body(self) -> bool:
+        """Whether more bytes of the current response may still land in the buffer. When none
+        can, pausing protects nothing: the connection keeps reading (into the scratch buffer),
+        which is also how a server's close of it is noticed."""
+        state = self._state
+        if self._sealed or state in (_IDLE, _DONE):
+            return False
+        return not (state == _LENGTH and self._left == 0 and self._held is None)
+
+    def _hold(self, data: memoryview) -> None:
+        """Body bytes before the reader is ready (the last ones received): they wait where they
+        landed, after any held already. If they are all there is to come, later bytes are
+        unasked-for; else receiving goes on after them while there is room."""
+        assert self._buffer is not None
+        total = len(data) if self._held is None else len(self._held) + len(data)
+        self._held = self._buffer[self._fill - total : self._fill]
+        if self._state == _LENGTH and total >= self._left:
+            self._sealed = True
+        else:
+            self._steer()
+
+    def _after_feed(self) -> None:
+        """After bytes were handed over: a sink is done with them when it returns, so the
+        next receive may land at the start again; views (read_chunk) keep theirs until the
+        reader comes back for more (`rewind`)."""
+        response = self._response
+        if self._held is None and (
+            response is None or response._sink is not None or not self._attached
+        ):
+            self._fill = 0
+        self._steer()
+
+    def rewind(self) -> None:
+        """The reader holds no view of the buffer any more: receive from its start again."""
+        if self._held is None:
+            self._fill = 0
+        self._steer()
+
+    def _steer(self) -> None:
+        """Read on, or pause: only while the reader asked for a pause (or small steps, with
+        views out), or too little room is left after the bytes still wanted. Each change is
+        an epoll_ctl on the selector loop, so none is made that protects nothing."""
+        response, buffer = self._response, self._buffer
+        if response is None or buffer is None or not self._expects_body():
+            return
+        asked = response._sink_paused or bool(response.recv_size and response._views)
+        cramped = len(buffer) - self._fill < max(1, min(_MIN_ROOM, len(buffer) // 2))
+        if asked or cramped:
+            self.pause()
+        else:
+            self.resume()
+
+    def _unasked(self) -> None:
+        """Bytes after a complete response or on an idle connection: it cannot be trusted with
+        another request. The buffer stays with a reader that may still hold views of it."""
+        self._keep_alive = False
+        if self._state == _IDLE:
+            self._state = _DONE
+        if self._buffer is None:
+            self.close()
+        else:
+            self._close_transport()
+
     def attach(self) -> None:
-        """The response's reader is ready: hand it the body bytes that came with the head and
+        """The response's reader is ready: hand it the body bytes that came before it and
         read on (unless it holds views again, or asked for a pause)."""
+        self._attached = True
         held, self._held = self._held, None
         if held is not None:
             try:
@@ -545,9 +632,7 @@ class _Connection(asyncio.BufferedProtocol):
             if self._lost:
                 self._on_lost()
                 return
-        response = self._response
-        if response is not None and not response._holding():
-            self.resume()
+        self._after_feed()
 
     # -- protocol callbacks (on the loop; never raise) --------------------------------------------
 
@@ -556,22 +641,29 @@ class _Connection(asyncio.BufferedProtocol):
         self._transport = transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._buffer is not None:
-            response = self._response
+        if self._buffer is not None and not self._sealed and self._state not in (_IDLE, _DONE):
+            fill, response = self._fill, self._response
             if response is not None and response.recv_size:
-                return self._buffer[: response.recv_size]
-            return self._buffer
+                return self._buffer[fill : fill + response.recv_size]
+            return self._buffer[fill:]
         if self._scratch is None:  # bytes on an idle connection: only to notice and drop it
             self._scratch = memoryview(bytearray(256))
         return self._scratch
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._buffer is None or self._state in (_IDLE, _DONE):
-            self.close()  # nobody asked: an idle connection is not reusable after this
+        if self._buffer is None or self._sealed or self._state in (_IDLE, _DONE):
+            self._unasked()  # (they went to the scratch buffer)
             return
         self._received = True
+        start = self._fill
+        self._fill = start + nbytes
+        data = self._buffer[start : self._fill]
         try:
-            self._feed(self._buffer[:nbytes])
+            if self._state != _HEAD and not self._attached:
+                self._hold(data)
+            else:
+                self._feed(data)
+                self._after_feed()
         except Exception as exc:
             self._fail(exc)
 
@@ -622,7 +714,7 @@ class _Connection(asyncio.BufferedProtocol):
                 if self._state == _LENGTH and self._left == 0:  # no body (HEAD, 204, 304, 0)
                     self._body_done(reusable=not data)
                 elif data:
-                    self._held = data  # waits (in the buffer) for the reader to attach
+                    self._hold(data)
                 return
             elif state in (_LENGTH, _CHUNK_DATA):
                 take = min(len(data), self._left)
@@ -745,7 +837,8 @@ class _Connection(asyncio.BufferedProtocol):
         else:
             self._state = _UNTIL_CLOSE
             self._keep_alive = False
-        self.pause()  # until the reader attaches
+        # No pause until the reader attaches: body bytes that land before then are held
+        # (buffer_updated), and only then does reading stop, if more is to come.
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
@@ -975,7 +1068,7 @@ class Response:
             self._attached = True
             conn.attach()
         elif not self._holding():
-            conn.resume()
+            conn.rewind()
         if self._views or self._ended or self._failure is not None:
             self._waiter = None
             return
@@ -1024,9 +1117,9 @@ class Response:
         if self._sink is not None:
             self._last = asyncio.get_running_loop().time()
             return self._sink(data)
+        # The views point into the buffer: later receives land after them (`_fill`) until
+        # the reader is back for more, or the connection pauses when room runs out.
         self._views.append(data)
-        if self._conn is not None:
-            self._conn.pause()  # the views point into the buffer: no receiving until read
         self._wake()
         return True
 
