@@ -15,7 +15,7 @@ from modelfetch.core.models import FileStatus
 from modelfetch.core.policy import RetryPolicy
 from modelfetch.manager import DownloadManager, ManagerSettings
 from modelfetch.store import Store
-from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
+from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile, RequestRecord
 
 from .conftest import group_of, next_event
 
@@ -52,7 +52,7 @@ def assert_published(hub: FakeHub, repo: str, paths: list[str], dest: Path) -> N
         assert not (dest / (path + ".part.json")).exists()
 
 
-def cdn_gets(hub: FakeHub, path: str) -> list[object]:
+def cdn_gets(hub: FakeHub, path: str) -> list[RequestRecord]:
     return [r for r in hub.requests(origin="cdn", path_contains=path, method="GET")]
 
 
@@ -151,7 +151,7 @@ async def test_pause_keeps_the_partial_and_resume_continues_from_that_byte(
             await m.resume(gid)
             await next_event(sub, lambda e: isinstance(e, ev.GroupFinished))
     gets = cdn_gets(hub, paths[0])
-    assert gets[-1].range == f"bytes={on_disk}-"  # type: ignore[attr-defined]
+    assert gets[-1].range == f"bytes={on_disk}-"
     assert_published(hub, "o/m", paths, dest)
 
 
@@ -170,7 +170,7 @@ async def test_cancel_leaves_neither_a_partial_nor_a_final_file(
                 sub, lambda e: isinstance(e, ev.Cancelled) and e.ref == str(gid)
             )
             finished = await next_event(sub, lambda e: isinstance(e, ev.GroupFinished))
-        assert cancelled.group_id == gid
+        assert isinstance(cancelled, ev.Cancelled) and cancelled.group_id == gid
         assert isinstance(finished, ev.GroupFinished) and finished.status == "cancelled"
         view = await m.group_view(gid)
     assert [f.status for f in view.files] == ["cancelled", "cancelled"]
@@ -270,7 +270,7 @@ async def test_resets_and_stalls_recover_without_user_action(hub: FakeHub, tmp_p
     assert sorted(kinds) == ["network", "network", "stalled"]
     assert_published(hub, "o/m", paths, tmp_path / "out")
     # Each retry resumed where the previous attempt stopped instead of starting over.
-    ranges = [r.range for r in cdn_gets(hub, paths[0])]  # type: ignore[attr-defined]
+    ranges = [r.range for r in cdn_gets(hub, paths[0])]
     assert ranges[0] is None and all(r and r.startswith("bytes=") for r in ranges[1:])
 
 
@@ -289,7 +289,7 @@ async def test_a_corrupt_download_is_retried_once_from_zero_then_fails(
     assert first.status == "completed"
     assert second.status == "failed" and second.error_kind == "integrity"
     assert len(cdn_gets(hub, paths[0])) == 2 and len(cdn_gets(hub, paths[1])) == 2
-    assert all(r.range is None for r in cdn_gets(hub, paths[1]))  # type: ignore[attr-defined]
+    assert all(r.range is None for r in cdn_gets(hub, paths[1]))
     assert view.status == "partial"
     assert not (tmp_path / "out" / paths[1]).exists()
     assert not (tmp_path / "out" / (paths[1] + ".part")).exists()
@@ -372,7 +372,7 @@ async def test_shutdown_parks_transfers_and_a_new_manager_resumes_them(
         async with asyncio.timeout(20):
             await m.wait([gid])
     for p in paths:
-        assert cdn_gets(hub, p)[-1].range == f"bytes={sizes[p]}-"  # type: ignore[attr-defined]
+        assert cdn_gets(hub, p)[-1].range == f"bytes={sizes[p]}-"
     assert_published(hub, "o/m", paths, dest)
 
 
