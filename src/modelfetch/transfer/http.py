@@ -73,6 +73,7 @@ from modelfetch.transfer.api import (
 )
 from modelfetch.transfer.limiter import ConnectionSlots, Slot, TokenBucket, read_size_for
 from modelfetch.transfer.segments import (
+    RECV_STEP,
     FirstPiece,
     SegmentedFetch,
     SegmentSettings,
@@ -665,7 +666,11 @@ class _Transfer:
                 headers["Authorization"] = f"Bearer {self.request.credentials.token}"
             async with asyncio.timeout(self.stall_timeout):  # also bounds waiting for the head
                 response = await self.session.request(
-                    "GET", url, headers=headers, connect_timeout=self.request.connect_timeout
+                    "GET",
+                    url,
+                    headers=headers,
+                    connect_timeout=self.request.connect_timeout,
+                    recv_size=self._limited_recv_size(),
                 )
             self._note_hub_headers(response.headers)
             if 300 <= response.status < 400 and response.status != 304:
@@ -1029,6 +1034,12 @@ class _Transfer:
                 self.sidecar_path.unlink(missing_ok=True)
                 self.stray_sidecar = False
             write_prefix(self.part_path, held.view[: held.size])
+
+    def _limited_recv_size(self) -> int:
+        """Under a bandwidth limit, how much one receive may take from the first (0: no cap)."""
+        if not any(bucket.rate is not None for bucket in self.limits):
+            return 0
+        return read_size_for(RECV_STEP, self.limits)
 
     def _close_part(self) -> None:
         if self.part is not None:

@@ -315,9 +315,12 @@ class Session:
         *,
         headers: Mapping[str, str] | None = None,
         connect_timeout: float | None = None,
+        recv_size: int = 0,
     ) -> Response:
         """Send `method url` and return once the response head is in (1xx skipped). The body
         is not read: read it (`read_chunk`, `read`, `stream`), then `release()` or `close()`.
+        `recv_size` (0: the whole buffer) caps every receive from the first on, so a reader under
+        a bandwidth limit is not handed a burst that arrived with the head, before it attached.
         A pooled connection that turns out dead before any response byte is replaced once
         (GET and HEAD only). Bound the wait for the head with `asyncio.timeout` around this."""
         if self._closed:
@@ -334,7 +337,7 @@ class Session:
             if conn is None:
                 conn = await self._connect(target, timeout)
             try:
-                return await conn.exchange(head, method, url)
+                return await conn.exchange(head, method, url, recv_size)
             except _NothingReceived as nothing:
                 if reused and attempt == 0:
                     continue  # the server dropped the idle connection as we reused it
@@ -472,6 +475,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._lost_exc: Exception | None = None  # how the connection ended, once it has
         self._state = _IDLE
         self._method = "GET"
+        self._recv_size = 0  # the current exchange's cap per receive (0: none)
         self._url = ""
         self._received = False  # any byte of the current response
         self._head = bytearray()
@@ -499,13 +503,14 @@ class _Connection(asyncio.BufferedProtocol):
 
     # -- the exchange ---------------------------------------------------------------------------
 
-    async def exchange(self, head: bytes, method: str, url: str) -> Response:
+    async def exchange(self, head: bytes, method: str, url: str, recv_size: int = 0) -> Response:
         transport = self._transport
         if transport is None or self._lost or transport.is_closing():
             self._session._forget(self)
             raise _NothingReceived
         self._buffer = self._session._get_buffer()
         self._method, self._url = method, url
+        self._recv_size = recv_size
         self._state = _HEAD
         self._received = False
         self._attached = False
@@ -643,8 +648,9 @@ class _Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._buffer is not None and not self._sealed and self._state not in (_IDLE, _DONE):
             fill, response = self._fill, self._response
-            if response is not None and response.recv_size:
-                return self._buffer[fill : fill + response.recv_size]
+            size = response.recv_size if response is not None else self._recv_size
+            if size:
+                return self._buffer[fill : fill + size]
             return self._buffer[fill:]
         if self._scratch is None:  # bytes on an idle connection: only to notice and drop it
             self._scratch = memoryview(bytearray(256))
@@ -821,6 +827,7 @@ class _Connection(asyncio.BufferedProtocol):
         encodings = _tokens(",".join(headers.getall("Transfer-Encoding", [])).lower())
         length = _content_length(headers)
         response = self._response = Response(self, self._method, self._url, status, reason)
+        response.recv_size = self._recv_size
         response.version, response.headers = version, headers
         if self._method == "HEAD" or status in _NO_BODY_STATUSES:
             self._state = _LENGTH
