@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -36,6 +38,37 @@ def group_of(
             )
         )
     return GroupRequest(name=name or f"{repo}:{len(paths)}", files=tuple(files), dest_dir=dest)
+
+
+def write_plan(path: Path, request: GroupRequest, **extra: object) -> Path:
+    """`request` as the JSON plan the manager child processes read (`manager_child.py`,
+    `batch_child.py`); `extra` keys (e.g. `max_active`) go alongside."""
+    files = [
+        {"url": f.url, "path": f.path, "size": f.size, "sha256": f.sha256} for f in request.files
+    ]
+    path.write_text(
+        json.dumps(
+            {"name": request.name, "dest_dir": str(request.dest_dir), "files": files, **extra}
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1 and localhost, made by the openssl CLI."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        capture_output=True,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip("openssl cannot make a test certificate here")
+    return cert, key
 
 
 async def next_event(

@@ -19,7 +19,7 @@ from modelfetch.manager import DownloadManager
 from modelfetch.store import Store
 from modelfetch.testing.fakehub import FakeHub, Fault
 
-from .conftest import group_of, next_event
+from .conftest import group_of, next_event, write_plan
 from .test_manager import MiB, manager, shards
 
 BATCH_CHILD = Path(__file__).with_name("batch_child.py")
@@ -254,18 +254,7 @@ async def test_events_seen_before_a_kill_9_are_in_the_store(hub: FakeHub, tmp_pa
     dest = tmp_path / "out"
     request = group_of(hub, "o/m", paths, dest)
     plan = tmp_path / "plan.json"
-    plan.write_text(
-        json.dumps(
-            {
-                "name": request.name,
-                "dest_dir": str(dest),
-                "files": [
-                    {"url": f.url, "path": f.path, "size": f.size, "sha256": f.sha256}
-                    for f in request.files
-                ],
-            }
-        )
-    )
+    write_plan(plan, request)
     home = tmp_path / "home"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -19,7 +19,7 @@ from modelfetch.core.models import FileStatus
 from modelfetch.store import Store
 from modelfetch.testing.fakehub import FakeHub, Fault
 
-from .conftest import group_of, next_event
+from .conftest import group_of, next_event, write_plan
 from .test_manager import MiB, assert_published, manager, shards
 
 CHILD = Path(__file__).with_name("manager_child.py")
@@ -63,19 +63,7 @@ async def test_sigkill_twice_mid_download_loses_nothing_and_refetches_little(
     dest = tmp_path / "out"
     request = group_of(hub, "o/m", paths, dest)
     plan = tmp_path / "plan.json"
-    plan.write_text(
-        json.dumps(
-            {
-                "name": request.name,
-                "dest_dir": str(dest),
-                "files": [
-                    {"url": f.url, "path": f.path, "size": f.size, "sha256": f.sha256}
-                    for f in request.files
-                ],
-                "max_active": 2,
-            }
-        )
-    )
+    write_plan(plan, request, max_active=2)
     home = tmp_path / "home"
     kills = 0
     for _ in range(2):
@@ -106,8 +94,8 @@ async def test_sigkill_twice_mid_download_loses_nothing_and_refetches_little(
     refetched = sent - 3 * 6 * MiB
     assert 0 <= refetched <= kills * 2 * rate
     # Every restart resumed each started file from its bytes on disk.
-    resumed = [r for r in hub.requests(origin="cdn", method="GET") if r.range]
-    assert resumed and all(r.range.startswith("bytes=") for r in resumed)
+    resumed = [r.range for r in hub.requests(origin="cdn", method="GET") if r.range]
+    assert resumed and all(r.startswith("bytes=") for r in resumed)
 
 
 @contextlib.contextmanager
@@ -150,7 +138,7 @@ async def test_a_full_disk_pauses_everything_keeps_every_byte_and_resumes(
                 notice = await next_event(
                     sub, lambda e: isinstance(e, ev.Notice) and e.level == "error"
                 )
-                assert "space" in notice.message.lower()
+                assert isinstance(notice, ev.Notice) and "space" in notice.message.lower()
                 await asyncio.sleep(0.3)
                 view = await m.group_view(gid)
                 statuses = [f.status for f in view.files]

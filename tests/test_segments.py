@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import random
 import signal
 import sqlite3
 import ssl
-import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -50,7 +48,7 @@ from modelfetch.transfer import segments as segments_module
 from modelfetch.transfer.sink import PartState
 from modelfetch.transfer.wire import InvalidURLError, Target
 
-from .conftest import group_of
+from .conftest import group_of, write_plan
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -604,18 +602,7 @@ async def test_after_a_sigkill_each_segment_resumes_where_the_store_says(
     home, dest = tmp_path / "home", tmp_path / "out"
     request = group_of(seghub, REPO, [BIG], dest)
     plan = tmp_path / "plan.json"
-    plan.write_text(
-        json.dumps(
-            {
-                "name": request.name,
-                "dest_dir": str(dest),
-                "files": [
-                    {"url": f.url, "path": f.path, "size": f.size, "sha256": f.sha256}
-                    for f in request.files
-                ],
-            }
-        )
-    )
+    write_plan(plan, request)
     seghub.add_fault(Fault("throttle", path=BIG, origin="cdn", rate=1 * MiB))
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _CHILD, str(home), str(plan), stderr=asyncio.subprocess.PIPE
@@ -649,22 +636,6 @@ async def test_after_a_sigkill_each_segment_resumes_where_the_store_says(
 # ---------------------------------------------------------------------------------------------
 # The fast path over TLS (a CDN is https)
 # ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        capture_output=True,
-    )  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip("openssl cannot make a test certificate here")
-    return cert, key
 
 
 async def test_pieces_arrive_over_tls_with_the_sessions_context(

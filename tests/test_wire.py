@@ -708,22 +708,6 @@ async def test_an_unresolvable_name_is_a_resolution_error() -> None:
 
 
 @pytest.fixture
-def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        capture_output=True,
-    )  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip("openssl cannot make a test certificate here")
-    return cert, key
-
-
-@pytest.fixture
 async def tls_server(tls_cert: tuple[Path, Path]) -> AsyncIterator[RawServer]:
     cert, key = tls_cert
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
