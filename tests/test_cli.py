@@ -190,11 +190,16 @@ async def test_ctrl_c_pauses_and_the_same_get_resumes_from_the_bytes_on_disk(
         while not part.exists() or part.stat().st_size < MIB:
             await asyncio.sleep(0.1)
 
-    # While it runs, it owns the state directory: another command says so, in one line.
-    locked = await cli("ls")
+    # While it runs, it owns the state directory: a command that would change the queue says
+    # so, in one line; looking at the queue still works, from its last saved state.
+    locked = await cli("pause", "1")
     assert locked.code == 1
     assert_no_traceback(locked)
     assert "another modelfetch process (pid" in locked.err and "Wait for it" in locked.err
+    looked = await cli("ls")
+    assert looked.code == 0, (looked.out, looked.err)
+    assert_no_traceback(looked)
+    assert "is working this queue" in looked.err and "slow-GGUF" in looked.out
 
     proc.send_signal(signal.SIGINT)
     stopped = await cli.finish(proc, limit=30)

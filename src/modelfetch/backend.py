@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from modelfetch.core import events as ev
     from modelfetch.core.models import ItemRef
     from modelfetch.core.quant import QuantGroup
+    from modelfetch.readonly import ReadOnlyBackend
     from modelfetch.views import GroupView
 
 Ref: TypeAlias = "str | int | ItemRef"
@@ -88,3 +89,31 @@ async def open_backend(
     kwargs.pop("home", None)
     async with DownloadManager(home=home, **kwargs) as manager:
         yield manager
+
+
+@contextlib.asynccontextmanager
+async def open_viewer(
+    *,
+    home: Path,
+    lazy_kwargs: Callable[[], Mapping[str, Any]] | None = None,
+    **manager_kwargs: Any,
+) -> AsyncIterator[Backend | ReadOnlyBackend]:
+    """`open_backend` for commands that only look at the queue (`ls`, `status`).
+
+    When another process holds the state directory's lock and no daemon answers (a `modelfetch
+    get` working the queue in its own process), this yields a `ReadOnlyBackend` over what that
+    process last committed, instead of raising `StateLockedError`. Check for one with
+    `isinstance` to tell the user its `notice`."""
+    from modelfetch.core.errors import StateLockedError
+
+    async with contextlib.AsyncExitStack() as stack:
+        viewer: Backend | ReadOnlyBackend
+        try:
+            viewer = await stack.enter_async_context(
+                open_backend(home=home, lazy_kwargs=lazy_kwargs, **manager_kwargs)
+            )
+        except StateLockedError:
+            from modelfetch.readonly import ReadOnlyBackend
+
+            viewer = stack.enter_context(ReadOnlyBackend(home))
+        yield viewer

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from modelfetch.config import Config
     from modelfetch.core import events as ev
     from modelfetch.core.quant import QuantGroup
+    from modelfetch.readonly import ReadOnlyBackend
     from modelfetch.render import Display
     from modelfetch.views import GroupView
 
@@ -259,7 +260,8 @@ def explain(error: BaseException) -> str:
     if isinstance(error, StateLockedError):
         return (
             f"{error.message}. Wait for it to finish or stop it (Ctrl-C), then try again; "
-            "downloads it started continue from their bytes on disk."
+            "downloads it started continue from their bytes on disk "
+            "(`modelfetch ls` shows its queue meanwhile)."
         )
     if isinstance(error, UnknownItemError):
         return f"{error.message} (see `modelfetch ls`)"
@@ -327,6 +329,22 @@ async def _backend(cfg: Config, *, workers: bool = True) -> AsyncIterator[Backen
         home=cfg.home, lazy_kwargs=lambda: cfg.manager_kwargs(workers=workers)
     ) as backend:
         yield backend
+
+
+@contextlib.asynccontextmanager
+async def _viewer(cfg: Config) -> AsyncIterator[Backend | ReadOnlyBackend]:
+    """`_backend` (without workers) for `ls` and `status`: when another process works the queue
+    (and no daemon answers), its last saved state, read-only, after one line on stderr saying
+    so. That line goes to stderr for `--json` too, so stdout stays one JSON document."""
+    from modelfetch.backend import open_viewer
+
+    async with open_viewer(
+        home=cfg.home, lazy_kwargs=lambda: cfg.manager_kwargs(workers=False)
+    ) as viewer:
+        notice = getattr(viewer, "read_only_notice", None)
+        if isinstance(notice, str):
+            print(f"note: {notice}", file=sys.stderr, flush=True)
+        yield viewer
 
 
 def _parse_refs(ids: Sequence[str]) -> list[str]:
@@ -1226,7 +1244,7 @@ def ls_command(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
     async def go() -> int:
         cfg = state.config()
-        async with _backend(cfg, workers=False) as backend:
+        async with _viewer(cfg) as backend:
             views = await backend.snapshot()
         if json_out:
             print(json.dumps([v.to_dict() for v in views], indent=2))
@@ -1254,7 +1272,7 @@ def status(
     async def go() -> int:
         cfg = state.config()
         ref = _parse_refs([item])[0] if item is not None else None
-        async with _backend(cfg, workers=False) as backend:
+        async with _viewer(cfg) as backend:
             if ref is not None:
                 views = [await backend.group_view(ref)]
             else:

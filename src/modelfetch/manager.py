@@ -72,7 +72,7 @@ from modelfetch.transfer.api import (
     TransferRequest,
     TransferResult,
 )
-from modelfetch.views import FileView, GroupView
+from modelfetch.views import FileView, GroupView, file_view
 
 if TYPE_CHECKING:
     # The Hub client and the planner (and aiohttp under them) are imported when a spec must be
@@ -1696,26 +1696,16 @@ class DownloadManager:
     def _file_view(self, f: FileRecord, positions: dict[FileKey, int]) -> FileView:
         key = (f.group_id, f.index)
         run = self._running.get(key)
-        return FileView(
-            ref=_file_ref(f),
-            name=f.name,
-            status=f.status.value,
-            dest=f.dest,
-            url=f.url,
-            position=positions.get(key),
-            downloaded=run.done if run else f.bytes_done,
-            total=(run.total if run else None) or f.bytes_total or f.expected_size,
-            speed=run.rate.speed if run else None,
-            eta=run.rate.eta(run.total, run.done) if run else None,
-            attempts=f.attempts,
-            error_kind=f.error_kind,
-            error_message=f.error_message,
-            retry_at=f.retry_at,
-            pause_reason=f.pause_reason,
-            sha256=f.sha256,
-            verified=f.status is FileStatus.COMPLETED
-            and (f.expected_sha256 is not None or f.expected_git_oid is not None),
-            idle_for=run.rate.idle_for(time.monotonic()) if run else None,
+        if run is None:
+            return file_view(f, positions.get(key))
+        return file_view(
+            f,
+            positions.get(key),
+            downloaded=run.done,
+            total=run.total,
+            speed=run.rate.speed,
+            eta=run.rate.eta(run.total, run.done),
+            idle_for=run.rate.idle_for(time.monotonic()),
         )
 
 

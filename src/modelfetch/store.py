@@ -805,3 +805,89 @@ def _decode_group(row: Sequence[Any]) -> GroupRecord:
         if values[i] is not None:
             values[i] = float(values[i])
     return GroupRecord(*values)
+
+
+class StoreReader(Store):
+    """The queue as another process last committed it, read without the lock and without writing.
+
+    For showing the queue while a manager in another process owns the state directory. The file
+    is opened read-only (`mode=ro`): a WAL reader sees the last committed transaction, and the
+    owner's checkpoints (bytes about once a second) are what it shows. Nothing is migrated or
+    recovered: a database of another schema version is refused with a clear `StateError`. Every
+    read method of `Store` works; every write raises `StateError` before touching the file.
+    """
+
+    def __init__(self, home: Path) -> None:
+        # Not Store.__init__: that one takes the lock, creates the file and migrates it.
+        self._path = Path(home) / DB_NAME
+        self._lock_fd = None
+        self._db = None
+        self._batching = False
+        self._begun = False
+        self._verified = {}
+        if not self._path.is_file():
+            raise StateError(f"{self._path} does not exist: there is no queue to show")
+        self._db = _connect_readonly(self._path)
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __repr__(self) -> str:
+        return f"<StoreReader {str(self._path)!r}{' closed' if self.closed else ''}>"
+
+    def begin_batch(self) -> None:
+        raise self._read_only()
+
+    def _execute(self, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
+        raise self._read_only()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        raise self._read_only()
+        yield self._conn  # pragma: no cover -- makes this a generator
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        raise self._read_only()
+        yield self._conn  # pragma: no cover -- makes this a generator
+
+    def _read_only(self) -> StateError:
+        return StateError(f"{self._path} is open read-only here: another process owns it")
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a modelfetch database at this schema version (see StoreReader).
+
+    No PRAGMA that writes (journal_mode, migrations): the owner set WAL mode in the file's header
+    already. The busy timeout is `_connect`'s, for the moment a checkpoint holds a lock."""
+    try:
+        db = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StateError(f"{path} cannot be opened: {exc}") from exc
+    try:
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("PRAGMA query_only = ON")
+        found = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            apply_migrations(db, MIGRATIONS, path)  # refuses a newer schema before any write
+        if found != SCHEMA_VERSION:
+            if found == 0:
+                raise StateError(f"{path} is not a modelfetch database (no schema version)")
+            raise StateError(
+                f"{path} has schema version {found}, older than this modelfetch's"
+                f" {SCHEMA_VERSION}: an older modelfetch is using it; look again once it has"
+                " finished (this one upgrades the file when it opens it)"
+            )
+        db.execute(f"SELECT {_GROUP_SELECT} FROM groups LIMIT 0").fetchall()
+        db.execute(f"SELECT {_FILE_SELECT} FROM files LIMIT 0").fetchall()
+    except sqlite3.Error as exc:
+        db.close()
+        raise StateError(f"{path} cannot be used as a modelfetch database: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from modelfetch.core.models import FileRecord, FileStatus
+
 
 @dataclass(frozen=True, slots=True)
 class FileView:
@@ -46,3 +48,38 @@ class GroupView:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def file_view(
+    f: FileRecord,
+    position: int | None,
+    *,
+    downloaded: int | None = None,
+    total: int | None = None,
+    speed: float | None = None,
+    eta: float | None = None,
+    idle_for: float | None = None,
+) -> FileView:
+    """A file as the views show it: its stored row, with what a running transfer knows better
+    (bytes, total, speed, ETA, idle time) when there is one."""
+    return FileView(
+        ref=f"{f.group_id}.{f.index}",
+        name=f.name,
+        status=f.status.value,
+        dest=f.dest,
+        url=f.url,
+        position=position,
+        downloaded=f.bytes_done if downloaded is None else downloaded,
+        total=total or f.bytes_total or f.expected_size,
+        speed=speed,
+        eta=eta,
+        attempts=f.attempts,
+        error_kind=f.error_kind,
+        error_message=f.error_message,
+        retry_at=f.retry_at,
+        pause_reason=f.pause_reason,
+        sha256=f.sha256,
+        verified=f.status is FileStatus.COMPLETED
+        and (f.expected_sha256 is not None or f.expected_git_oid is not None),
+        idle_for=idle_for,
+    )
