@@ -51,7 +51,7 @@ from modelfetch.core.models import (
 from modelfetch.core.paths import PART_SUFFIX, part_path, sidecar_path
 from modelfetch.core.policy import AttemptHistory, GiveUp, PauseAll, Retry, RetryPolicy
 from modelfetch.core.quant import QuantGroup
-from modelfetch.core.queue import FileKey, QueueEntry, SchedulingQueue
+from modelfetch.core.queue import FileKey, SchedulingQueue, entries_of
 from modelfetch.core.rate import RateEstimator
 from modelfetch.hubconfig import HubConfig, hub_config_from_env
 from modelfetch.layout import Layout, Placement, link_snapshot, write_ref
@@ -72,7 +72,7 @@ from modelfetch.transfer.api import (
     TransferRequest,
     TransferResult,
 )
-from modelfetch.views import FileView, GroupView, file_view
+from modelfetch.views import FileView, GroupView, file_view, group_view
 
 if TYPE_CHECKING:
     # The Hub client and the planner (and aiohttp under them) are imported when a spec must be
@@ -330,17 +330,7 @@ class DownloadManager:
                             store.update_file(f.group_id, f.index, bytes_done=on_disk)
                             f.bytes_done = on_disk
                 self._register(group)
-        self._queue.load(
-            QueueEntry(
-                key=(f.group_id, f.index),
-                priority=f.priority,
-                order_key=f.order_key,
-                waiting=f.status is FileStatus.QUEUED,
-            )
-            for g in self._groups.values()
-            for f in g.files
-            if f.status in LIVE_STATUSES
-        )
+        self._queue.load(entries_of(self._groups.values()))
 
     # ------------------------------------------------------------------ public API
 
@@ -811,20 +801,14 @@ class DownloadManager:
         tally = self._tallies.get(group.id)
         total = tally.total if tally is not None else group.bytes_total
         active = rate is not None and group.status is GroupStatus.ACTIVE
-        return GroupView(
-            id=group.id,
-            name=group.name,
-            spec=group.spec,
-            status=group.status.value,
-            dest_dir=group.dest_dir,
-            position=group_positions.get(group.id),
+        return group_view(
+            group,
+            group_positions.get(group.id),
+            [self._file_view(f, positions) for f in group.files],
             downloaded=done,
             total=total,
             speed=rate.speed if rate is not None and active else None,
             eta=rate.eta(total, done) if rate is not None and active else None,
-            created_at=group.created_at,
-            finished_at=group.finished_at,
-            files=[self._file_view(f, positions) for f in group.files],
         )
 
     def subscribe(self, *, maxsize: int = 1024, since: int | None = None) -> Subscription:

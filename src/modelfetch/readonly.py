@@ -16,12 +16,12 @@ from types import TracebackType
 from typing import Final
 
 from modelfetch.core.errors import UnknownItemError
-from modelfetch.core.models import LIVE_STATUSES, FileStatus, GroupRecord, ItemRef
-from modelfetch.core.queue import FileKey, QueueEntry, SchedulingQueue
+from modelfetch.core.models import GroupRecord, ItemRef
+from modelfetch.core.queue import FileKey, SchedulingQueue, entries_of
 from modelfetch.store import LOCK_NAME, StoreReader
-from modelfetch.views import GroupView, file_view
+from modelfetch.views import GroupView, file_view, group_view
 
-__all__ = ["NOTICE", "ReadOnlyBackend", "file_view", "group_view", "queue_positions"]
+__all__ = ["NOTICE", "ReadOnlyBackend", "queue_positions", "stored_view"]
 
 NOTICE: Final = (
     "another modelfetch process{pid} is working this queue: showing its last saved state"
@@ -60,7 +60,7 @@ class ReadOnlyBackend:
         """Every stored group in id order, as the manager would show it (without speeds)."""
         groups = self._reader.groups()
         positions, group_positions = queue_positions(groups)
-        return [group_view(g, positions, group_positions) for g in groups]
+        return [stored_view(g, positions, group_positions) for g in groups]
 
     async def group_view(self, ref: str | int | ItemRef) -> GroupView:
         target = ref if isinstance(ref, ItemRef) else ItemRef.parse(ref)
@@ -72,7 +72,7 @@ class ReadOnlyBackend:
             if group is None:
                 raise UnknownItemError(f"no download with id {target.group_id}")
         positions, group_positions = queue_positions(groups)
-        return group_view(group, positions, group_positions)
+        return stored_view(group, positions, group_positions)
 
 
 def queue_positions(
@@ -81,39 +81,16 @@ def queue_positions(
     """(file positions, group positions) of the waiting files, from their stored priorities and
     order keys: the scheduling queue loaded as the manager loads it at start."""
     queue = SchedulingQueue()
-    queue.load(
-        QueueEntry(
-            key=(f.group_id, f.index),
-            priority=f.priority,
-            order_key=f.order_key,
-            waiting=f.status is FileStatus.QUEUED,
-        )
-        for g in groups
-        for f in g.files
-        if f.status in LIVE_STATUSES
-    )
+    queue.load(entries_of(groups))
     return queue.positions(), queue.group_positions()
 
 
-def group_view(
+def stored_view(
     group: GroupRecord, positions: dict[FileKey, int], group_positions: dict[int, int]
 ) -> GroupView:
-    """A stored group as the manager's `_group_view` shows one that is not transferring."""
-    return GroupView(
-        id=group.id,
-        name=group.name,
-        spec=group.spec,
-        status=group.status.value,
-        dest_dir=group.dest_dir,
-        position=group_positions.get(group.id),
-        downloaded=group.bytes_done,
-        total=group.bytes_total,
-        speed=None,
-        eta=None,
-        created_at=group.created_at,
-        finished_at=group.finished_at,
-        files=[file_view(f, positions.get((f.group_id, f.index))) for f in group.files],
-    )
+    """A stored group as the manager shows one it is not transferring (no speed, no ETA)."""
+    files = [file_view(f, positions.get((f.group_id, f.index))) for f in group.files]
+    return group_view(group, group_positions.get(group.id), files)
 
 
 def _holder_pid(home: Path) -> str | None:

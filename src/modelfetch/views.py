@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from modelfetch.core.models import FileRecord, FileStatus
+from modelfetch.core.models import FileRecord, FileStatus, GroupRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,4 +82,33 @@ def file_view(
         verified=f.status is FileStatus.COMPLETED
         and (f.expected_sha256 is not None or f.expected_git_oid is not None),
         idle_for=idle_for,
+    )
+
+
+def group_view(
+    group: GroupRecord,
+    position: int | None,
+    files: list[FileView],
+    *,
+    downloaded: int | None = None,
+    total: int | None = None,
+    speed: float | None = None,
+    eta: float | None = None,
+) -> GroupView:
+    """A group as the views show it: its stored row, with what the running manager knows
+    better (bytes, total, speed, ETA) when it has it."""
+    return GroupView(
+        id=group.id,
+        name=group.name,
+        spec=group.spec,
+        status=group.status.value,
+        dest_dir=group.dest_dir,
+        position=position,
+        downloaded=group.bytes_done if downloaded is None else downloaded,
+        total=group.bytes_total if total is None else total,
+        speed=speed,
+        eta=eta,
+        created_at=group.created_at,
+        finished_at=group.finished_at,
+        files=files,
     )

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from modelfetch.core.models import LIVE_STATUSES, FileStatus, GroupRecord
+
 FileKey: TypeAlias = tuple[int, int]
 """(group_id, index): one file of one group."""
 
@@ -366,3 +368,17 @@ def _by_priority(
 
 def _label(key: FileKey) -> str:
     return f"{key[0]}.{key[1]}"
+
+
+def entries_of(groups: Iterable[GroupRecord]) -> Iterator[QueueEntry]:
+    """The queue entries of stored groups: every live file, waiting when it is queued. What the
+    manager loads at start, and what a read-only view loads to show the same positions."""
+    for g in groups:
+        for f in g.files:
+            if f.status in LIVE_STATUSES:
+                yield QueueEntry(
+                    key=(f.group_id, f.index),
+                    priority=f.priority,
+                    order_key=f.order_key,
+                    waiting=f.status is FileStatus.QUEUED,
+                )
