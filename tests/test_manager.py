@@ -14,7 +14,7 @@ from modelfetch.core.errors import StateLockedError
 from modelfetch.core.models import FileStatus
 from modelfetch.core.policy import RetryPolicy
 from modelfetch.manager import DownloadManager, ManagerSettings
-from modelfetch.store import Store
+from modelfetch.store import SqliteStore
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile, RequestRecord
 
 from .conftest import group_of, next_event
@@ -73,7 +73,7 @@ async def test_a_group_arrives_byte_exact_with_events_in_order(
     assert view.downloaded == view.total == 9 * MiB
     assert all(f.sha256 == hub.file("o/m", f.name).sha256 for f in view.files)
     # The store agrees, read back through a fresh connection.
-    with Store(tmp_path / "home") as store:
+    with SqliteStore(tmp_path / "home") as store:
         group = store.get_group(gid)
         assert group is not None
         assert [f.status for f in group.files] == [FileStatus.COMPLETED] * 3
@@ -364,7 +364,7 @@ async def test_shutdown_parks_transfers_and_a_new_manager_resumes_them(
             )
     sizes = {p: (dest / (p + ".part")).stat().st_size for p in paths}
     assert all(size > 0 for size in sizes.values())
-    with Store(tmp_path / "home") as store:
+    with SqliteStore(tmp_path / "home") as store:
         assert {f.status for f in store.files()} == {FileStatus.QUEUED}
         assert {f.name: f.bytes_done for f in store.files()} == sizes
     hub.clear_faults()

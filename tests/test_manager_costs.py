@@ -16,7 +16,7 @@ from pathlib import Path
 from modelfetch.core import events as ev
 from modelfetch.core.models import LIVE_STATUSES, FileStatus
 from modelfetch.manager import DownloadManager
-from modelfetch.store import Store
+from modelfetch.store import SqliteStore
 from modelfetch.testing.fakehub import FakeHub, Fault
 
 from .conftest import group_of, next_event, write_plan
@@ -243,7 +243,7 @@ async def test_changes_made_together_commit_once_and_are_announced_after_the_com
         assert len(commits) <= 3
         assert not seen_uncommitted
     # Read back through another connection: every announced pause is on disk.
-    with Store(tmp_path / "home") as fresh:
+    with SqliteStore(tmp_path / "home") as fresh:
         group = fresh.get_group(gid)
         assert group is not None
         assert {f.status for f in group.files} == {FileStatus.PAUSED}
@@ -277,7 +277,7 @@ async def test_events_seen_before_a_kill_9_are_in_the_store(hub: FakeHub, tmp_pa
     finally:
         proc.send_signal(signal.SIGKILL)  # right after the events: no chance to tidy up
         await proc.wait()
-    with Store(home) as store:
+    with SqliteStore(home) as store:
         rows = {str(f.ref): f for f in store.files()}
     for ref, status in announced.items():
         stored = rows[ref].status
@@ -416,7 +416,7 @@ async def test_transfers_ending_together_share_a_commit_and_are_announced_after_
     # Per file: its start and its completion, one status statement each (SQLite traces a
     # statement again for its trigger, hence the set).
     assert len(set(file_writes)) == 2 * len(paths)
-    with Store(tmp_path / "home") as fresh:
+    with SqliteStore(tmp_path / "home") as fresh:
         group = fresh.get_group(gid)
         assert group is not None
         assert {f.status for f in group.files} == {FileStatus.COMPLETED}

@@ -16,7 +16,7 @@ import pytest
 
 from modelfetch.core import events as ev
 from modelfetch.core.models import FileStatus
-from modelfetch.store import Store
+from modelfetch.store import SqliteStore
 from modelfetch.testing.fakehub import FakeHub, Fault
 
 from .conftest import group_of, next_event, write_plan
@@ -69,7 +69,7 @@ async def test_sigkill_twice_mid_download_loses_nothing_and_refetches_little(
     for _ in range(2):
         await _run_child_until(home, plan, 3 * MiB)
         kills += 1
-        with Store(home) as store:  # the crashed process left rows `active`, and the lock free
+        with SqliteStore(home) as store:  # the crash left rows `active`, the lock free
             assert any(f.status is FileStatus.ACTIVE for f in store.files())
             assert store.integrity_check() == "ok"
     hub.clear_faults()
@@ -86,7 +86,7 @@ async def test_sigkill_twice_mid_download_loses_nothing_and_refetches_little(
     lines = [json.loads(line) for line in out.decode().splitlines()]
     assert lines[0] == {"type": "enqueued", "id": 1}  # the same download, not a new one
     assert_published(hub, "o/m", paths, dest)
-    with Store(home) as store:
+    with SqliteStore(home) as store:
         assert {f.status for f in store.files()} == {FileStatus.COMPLETED}
     # Bytes the CDN sent beyond one copy of each file: what was in flight at each kill. With at
     # most 2 connections at `rate` each, one second's worth per kill bounds it.

@@ -25,8 +25,8 @@ from modelfetch.store import (
     DB_NAME,
     LOCK_NAME,
     MIGRATIONS,
-    Store,
-    StoreReader,
+    SqliteStore,
+    SqliteStoreReader,
     apply_migrations,
 )
 from modelfetch.testing.fakehub import FakeHub, Fault
@@ -182,9 +182,9 @@ def a_group(dest: Path) -> GroupRecord:
 
 
 @pytest.fixture
-def held_store(tmp_path: Path) -> Iterator[Store]:
+def held_store(tmp_path: Path) -> Iterator[SqliteStore]:
     """A store with one group, its second file active with 40 bytes: open (and locked) here."""
-    with Store(tmp_path / "home") as store:
+    with SqliteStore(tmp_path / "home") as store:
         gid = store.add_group(a_group(tmp_path / "out")).id
         store.transition(gid, 2, FileStatus.ACTIVE, allowed_from=[FileStatus.QUEUED])
         store.save_progress([(gid, 2, 40, 100)])
@@ -206,7 +206,7 @@ def fingerprint(home: Path) -> dict[str, tuple[int, int, str]]:
     return found
 
 
-async def test_a_listing_writes_nothing(held_store: Store, tmp_path: Path) -> None:
+async def test_a_listing_writes_nothing(held_store: SqliteStore, tmp_path: Path) -> None:
     home = tmp_path / "home"
     before = fingerprint(home)
     assert DB_NAME + "-wal" in before  # the owner's writes are in the WAL, not checkpointed
@@ -228,8 +228,8 @@ async def test_a_listing_writes_nothing(held_store: Store, tmp_path: Path) -> No
     assert json.loads(out)["files"][1]["downloaded"] == 70
 
 
-async def test_the_reader_offers_no_writes_and_needs_no_lock(held_store: Store) -> None:
-    with StoreReader(held_store.path.parent) as reader:
+async def test_the_reader_offers_no_writes_and_needs_no_lock(held_store: SqliteStore) -> None:
+    with SqliteStoreReader(held_store.path.parent) as reader:
         assert [f.bytes_done for f in reader.files()] == [0, 40, 0]
         with pytest.raises(StateError, match="read-only"):
             reader.update_file(1, 1, attempts=3)

@@ -20,7 +20,7 @@ from modelfetch.core.errors import StateError, StateLockedError
 from modelfetch.core.models import FileRecord, FileStatus, GroupRecord
 from modelfetch.manager import DownloadManager
 from modelfetch.recovery import diagnose, open_store, partials_on_disk
-from modelfetch.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store, apply_migrations
+from modelfetch.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, SqliteStore, apply_migrations
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
 from modelfetch.transfer.sink import PartState
 
@@ -70,8 +70,8 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
         """
         import sys
         from pathlib import Path
-        from modelfetch.store import Store
-        with Store(Path(sys.argv[1])):
+        from modelfetch.store import SqliteStore
+        with SqliteStore(Path(sys.argv[1])):
             print("ready", flush=True)
             sys.stdin.read()
         """
@@ -103,7 +103,7 @@ async def test_a_second_process_is_told_who_holds_the_state_and_touches_nothing(
         open_store(home, models_dir=tmp_path / "models")
     assert f"pid {holder.pid}" in str(caught.value) and str(home) in str(caught.value)
     with pytest.raises(StateLockedError, match=f"pid {holder.pid}"):
-        Store(home)
+        SqliteStore(home)
     with pytest.raises(StateLockedError, match=f"pid {holder.pid}"):
         async with DownloadManager(home=home, settings=settings()):
             pass
@@ -175,7 +175,7 @@ def test_two_damaged_files_in_the_same_second_keep_both(tmp_path: Path) -> None:
 
 
 def _store_with_groups(home: Path, dirs: list[Path]) -> None:
-    with Store(home) as store:
+    with SqliteStore(home) as store:
         for n in range(200):  # enough rows for the tables and indexes to span many pages
             store.add_group(_a_group(dirs[n % len(dirs)], n))
 
@@ -291,7 +291,7 @@ def test_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
 
 def test_a_newer_modelfetch_database_is_refused_and_left_alone(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    with Store(home) as store:
+    with SqliteStore(home) as store:
         store.add_group(_a_group(tmp_path))
     with sqlite3.connect(home / DB_NAME) as db:
         db.execute("ALTER TABLE files ADD COLUMN from_the_future TEXT")

@@ -31,7 +31,7 @@ from modelfetch.core.segments import (
     keeps_scaling,
 )
 from modelfetch.manager import DownloadManager, ManagerSettings
-from modelfetch.store import Store
+from modelfetch.store import SqliteStore
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile, RequestRecord
 from modelfetch.transfer import (
     ConnectionSlots,
@@ -518,7 +518,7 @@ async def test_the_manager_persists_the_map_and_resumes_each_segment_after_a_shu
         gid = await manager.enqueue(group_of(seghub, REPO, [BIG], dest))
         await asyncio.sleep(1.2)
     # Stopped by the shutdown: the store holds the map the transfer last reported.
-    with Store(home) as store:
+    with SqliteStore(home) as store:
         saved = store.segments(gid, 1)
     assert saved is not None
     partial = [r for r in saved if r.done < r.end - r.start]
@@ -614,7 +614,7 @@ async def test_after_a_sigkill_each_segment_resumes_where_the_store_says(
     finally:
         child.send_signal(signal.SIGKILL)
         await child.wait()
-    with Store(home) as store:
+    with SqliteStore(home) as store:
         saved = store.segments(1, 1)
     assert saved is not None
     on_disk = sum(r.done for r in saved)

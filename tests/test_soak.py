@@ -40,7 +40,7 @@ import pytest
 
 from modelfetch.core.models import FileRecord, FileStatus, GroupRecord
 from modelfetch.manager import DownloadManager
-from modelfetch.store import Store
+from modelfetch.store import SqliteStore
 from modelfetch.testing.chaosproxy import ChaosConfig, ChaosProxy
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
 
@@ -476,7 +476,7 @@ async def _kill_and_restart(
         else:
             return f"a manager run exited with status {code} during the chaos phase"
         if (home / "state.db").exists():
-            with Store(home) as store:
+            with SqliteStore(home) as store:
                 check = store.integrity_check()
                 report.integrity_checks += 1
             if check != "ok":
@@ -500,7 +500,7 @@ def _final_state_problems(
     home: Path, models: Path, work: Workload, watcher: DirWatcher
 ) -> list[str]:
     problems = list(watcher.violations)
-    with Store(home) as store:
+    with SqliteStore(home) as store:
         check = store.integrity_check()
         files = store.files()
     if check != "ok":
@@ -590,7 +590,7 @@ async def test_a_kill_between_the_publish_and_its_commit_costs_no_second_downloa
             bytes_total=info.size,
             expected_sha256=info.sha256,
         )
-        with Store(tmp_path / "home") as store:
+        with SqliteStore(tmp_path / "home") as store:
             group = store.add_group(
                 GroupRecord(
                     key="k", spec="o/k", name="o/k", dest_dir=str(dest.parent), files=[record]

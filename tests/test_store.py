@@ -22,12 +22,12 @@ from modelfetch.core.models import (
     GroupRecord,
     PauseReason,
 )
-from modelfetch.store import DB_NAME, LOCK_NAME, MIGRATIONS, Store, apply_migrations
+from modelfetch.store import DB_NAME, LOCK_NAME, MIGRATIONS, SqliteStore, apply_migrations
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "home") as opened:
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    with SqliteStore(tmp_path / "home") as opened:
         yield opened
 
 
@@ -97,7 +97,7 @@ def full_group() -> GroupRecord:
 # -- records -------------------------------------------------------------------------------------
 
 
-def test_a_group_with_every_field_round_trips(store: Store) -> None:
+def test_a_group_with_every_field_round_trips(store: SqliteStore) -> None:
     group = full_group()
     stored = store.add_group(group)
     assert stored is group
@@ -110,16 +110,16 @@ def test_a_group_with_every_field_round_trips(store: Store) -> None:
 
 
 def test_round_trip_survives_reopening(tmp_path: Path) -> None:
-    with Store(tmp_path) as first:
+    with SqliteStore(tmp_path) as first:
         group = first.add_group(full_group())
-    with Store(tmp_path) as second:
+    with SqliteStore(tmp_path) as second:
         again = second.get_group(group.id)
     assert again == group
     assert again is not None
     assert all(isinstance(f.retry_at, float) for f in again.files)
 
 
-def test_add_group_fills_created_at_and_ids(store: Store) -> None:
+def test_add_group_fills_created_at_and_ids(store: SqliteStore) -> None:
     before = time.time()
     group = store.add_group(plain_group())
     after = time.time()
@@ -129,7 +129,7 @@ def test_add_group_fills_created_at_and_ids(store: Store) -> None:
     assert store.get_group(group.id) == group
 
 
-def test_add_group_refuses_bad_indexes_and_writes_nothing(store: Store) -> None:
+def test_add_group_refuses_bad_indexes_and_writes_nothing(store: SqliteStore) -> None:
     group = plain_group(files=2)
     group.files[1].index = 3
     with pytest.raises(ValueError, match=r"1\.\.2"):
@@ -141,7 +141,7 @@ def test_add_group_refuses_bad_indexes_and_writes_nothing(store: Store) -> None:
     assert store.groups() == []
 
 
-def test_add_group_is_one_transaction(store: Store) -> None:
+def test_add_group_is_one_transaction(store: SqliteStore) -> None:
     group = plain_group(files=2)
     group.files[1].bytes_done = -1  # the second insert violates a CHECK
     with pytest.raises(ValueError, match="rejected"):
@@ -152,7 +152,7 @@ def test_add_group_is_one_transaction(store: Store) -> None:
     assert [(f.id, f.group_id, f.created_at) for f in group.files] == [(0, 0, 0.0)] * 2
 
 
-def test_group_ids_are_never_reused(store: Store) -> None:
+def test_group_ids_are_never_reused(store: SqliteStore) -> None:
     first = store.add_group(plain_group("a"))
     second = store.add_group(plain_group("b"))
     assert store.forget_group(second.id)
@@ -160,13 +160,13 @@ def test_group_ids_are_never_reused(store: Store) -> None:
     assert third.id > second.id > first.id
 
 
-def test_missing_rows_read_as_none(store: Store) -> None:
+def test_missing_rows_read_as_none(store: SqliteStore) -> None:
     assert store.get_group(42) is None
     assert store.get_file(42, 1) is None
     assert store.find_group("nothing") is None
 
 
-def test_find_group_returns_the_newest_with_that_key(store: Store) -> None:
+def test_find_group_returns_the_newest_with_that_key(store: SqliteStore) -> None:
     old = store.add_group(plain_group("same"))
     store.add_group(plain_group("other"))
     new = store.add_group(plain_group("same"))
@@ -176,7 +176,7 @@ def test_find_group_returns_the_newest_with_that_key(store: Store) -> None:
     assert [f.index for f in found.files] == [1, 2]
 
 
-def test_groups_lists_by_id_and_live_only_filters(store: Store) -> None:
+def test_groups_lists_by_id_and_live_only_filters(store: SqliteStore) -> None:
     live = store.add_group(plain_group("live"))
     done = store.add_group(plain_group("done", files=1))
     mixed = store.add_group(plain_group("mixed"))
@@ -188,7 +188,7 @@ def test_groups_lists_by_id_and_live_only_filters(store: Store) -> None:
     assert [f.status for f in listed[1].files] == [FileStatus.COMPLETED, FileStatus.QUEUED]
 
 
-def test_files_filters_by_status(store: Store) -> None:
+def test_files_filters_by_status(store: SqliteStore) -> None:
     group = store.add_group(plain_group(files=3))
     store.transition(group.id, 2, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED})
     assert [f.index for f in store.files()] == [1, 2, 3]
@@ -201,7 +201,7 @@ def test_files_filters_by_status(store: Store) -> None:
 # -- guarded transitions -------------------------------------------------------------------------
 
 
-def test_a_transition_from_an_allowed_status_succeeds_with_its_fields(store: Store) -> None:
+def test_a_transition_from_an_allowed_status_succeeds_with_its_fields(store: SqliteStore) -> None:
     group = store.add_group(plain_group())
     changed = store.transition(
         group.id, 1, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED}, started_at=5.5, attempts=1
@@ -214,7 +214,9 @@ def test_a_transition_from_an_allowed_status_succeeds_with_its_fields(store: Sto
     assert other is not None and other.status is FileStatus.QUEUED
 
 
-def test_a_transition_from_another_status_is_refused_and_changes_nothing(store: Store) -> None:
+def test_a_transition_from_another_status_is_refused_and_changes_nothing(
+    store: SqliteStore,
+) -> None:
     group = store.add_group(plain_group())
     store.transition(group.id, 1, FileStatus.COMPLETED, allowed_from={FileStatus.QUEUED})
     refused = store.transition(
@@ -232,7 +234,7 @@ def test_a_transition_from_another_status_is_refused_and_changes_nothing(store: 
     assert missing is False
 
 
-def test_transition_validates_its_arguments(store: Store) -> None:
+def test_transition_validates_its_arguments(store: SqliteStore) -> None:
     group = store.add_group(plain_group())
     with pytest.raises(ValueError, match="no_such_field"):
         store.transition(
@@ -252,7 +254,7 @@ def test_transition_validates_its_arguments(store: Store) -> None:
     assert record is not None and record.status is FileStatus.QUEUED
 
 
-def test_every_status_is_storable_and_nothing_else(store: Store) -> None:
+def test_every_status_is_storable_and_nothing_else(store: SqliteStore) -> None:
     group = store.add_group(plain_group(files=1))
     current = FileStatus.QUEUED
     for status in FileStatus:
@@ -266,7 +268,7 @@ def test_every_status_is_storable_and_nothing_else(store: Store) -> None:
     raw.close()
 
 
-def test_an_unknown_stored_status_is_a_state_error(store: Store) -> None:
+def test_an_unknown_stored_status_is_a_state_error(store: SqliteStore) -> None:
     group = store.add_group(plain_group(files=1))
     raw = sqlite3.connect(store.path, isolation_level=None)
     raw.execute("PRAGMA ignore_check_constraints = ON")
@@ -276,7 +278,7 @@ def test_an_unknown_stored_status_is_a_state_error(store: Store) -> None:
         store.get_group(group.id)
 
 
-def test_update_file_sets_fields_without_a_guard_but_never_the_status(store: Store) -> None:
+def test_update_file_sets_fields_without_a_guard_but_never_the_status(store: SqliteStore) -> None:
     group = store.add_group(plain_group())
     store.update_file(group.id, 2, expected_size=10, etag='"e"', pause_reason=PauseReason.DISK_FULL)
     record = store.get_file(group.id, 2)
@@ -291,7 +293,7 @@ def test_update_file_sets_fields_without_a_guard_but_never_the_status(store: Sto
     assert again is not None and again.status is FileStatus.QUEUED
 
 
-def test_update_group_and_finish_group(store: Store) -> None:
+def test_update_group_and_finish_group(store: SqliteStore) -> None:
     group = store.add_group(plain_group())
     store.update_group(group.id, priority=4, commit="c0ffee")
     store.finish_group(group.id, 123.5)
@@ -305,7 +307,7 @@ def test_update_group_and_finish_group(store: Store) -> None:
 # -- batches -------------------------------------------------------------------------------------
 
 
-def test_save_progress_writes_a_batch(store: Store) -> None:
+def test_save_progress_writes_a_batch(store: SqliteStore) -> None:
     a = store.add_group(plain_group("a"))
     b = store.add_group(plain_group("b", files=1))
     store.save_progress([(a.id, 1, 10, 100), (a.id, 2, 20, None), (b.id, 1, 30, 300)])
@@ -320,14 +322,14 @@ def test_save_progress_writes_a_batch(store: Store) -> None:
     store.save_progress([])
 
 
-def test_save_progress_is_all_or_nothing(store: Store) -> None:
+def test_save_progress_is_all_or_nothing(store: SqliteStore) -> None:
     group = store.add_group(plain_group())
     with pytest.raises(ValueError):
         store.save_progress([(group.id, 1, 10, 100), (group.id, 2, -5, 100)])
     assert [f.bytes_done for f in store.files()] == [0, 0]
 
 
-def test_set_order_writes_keys_and_optionally_priority(store: Store) -> None:
+def test_set_order_writes_keys_and_optionally_priority(store: SqliteStore) -> None:
     group = store.add_group(plain_group(files=3))
     store.set_order({(group.id, 1): 3072, (group.id, 3): 512})
     store.set_order({(group.id, 2): -1024}, priority=7)
@@ -335,7 +337,7 @@ def test_set_order_writes_keys_and_optionally_priority(store: Store) -> None:
     assert rows == [(1, 0, 3072), (2, 7, -1024), (3, 0, 512)]
 
 
-def test_the_order_index_serves_a_scheduling_scan(store: Store) -> None:
+def test_the_order_index_serves_a_scheduling_scan(store: SqliteStore) -> None:
     plan = store._conn.execute(
         "EXPLAIN QUERY PLAN SELECT group_id, idx FROM files ORDER BY priority DESC, order_key"
     ).fetchall()
@@ -350,7 +352,7 @@ def test_the_order_index_serves_a_scheduling_scan(store: Store) -> None:
 # -- recovery and forgetting ---------------------------------------------------------------------
 
 
-def test_recover_flips_only_active_files_back_to_queued(store: Store) -> None:
+def test_recover_flips_only_active_files_back_to_queued(store: SqliteStore) -> None:
     group = store.add_group(plain_group(files=4))
     for index, status in [
         (1, FileStatus.ACTIVE),
@@ -375,7 +377,7 @@ def test_recover_flips_only_active_files_back_to_queued(store: Store) -> None:
     assert store.recover() == []
 
 
-def test_forget_group_deletes_its_files(store: Store) -> None:
+def test_forget_group_deletes_its_files(store: SqliteStore) -> None:
     keep = store.add_group(plain_group("keep", files=1))
     drop = store.add_group(plain_group("drop"))
     assert store.forget_group(drop.id) is True
@@ -384,7 +386,7 @@ def test_forget_group_deletes_its_files(store: Store) -> None:
     assert [(f.group_id, f.index) for f in store.files()] == [(keep.id, 1)]
 
 
-def test_forget_finished_deletes_only_groups_with_no_live_file(store: Store) -> None:
+def test_forget_finished_deletes_only_groups_with_no_live_file(store: SqliteStore) -> None:
     done = store.add_group(plain_group("done"))
     partial = store.add_group(plain_group("partial"))
     live = store.add_group(plain_group("live"))
@@ -401,24 +403,24 @@ def test_forget_finished_deletes_only_groups_with_no_live_file(store: Store) -> 
 
 
 def test_a_second_store_in_the_same_process_is_locked_out(tmp_path: Path) -> None:
-    with Store(tmp_path) as first:
+    with SqliteStore(tmp_path) as first:
         with pytest.raises(StateLockedError) as caught:
-            Store(tmp_path)
+            SqliteStore(tmp_path)
         assert f"pid {os.getpid()}" in str(caught.value)
         assert str(tmp_path) in str(caught.value)
         first.add_group(plain_group())  # the failed attempt did not disturb the owner
-    with Store(tmp_path) as again:  # released on close
+    with SqliteStore(tmp_path) as again:  # released on close
         assert len(again.groups()) == 1
 
 
 def test_close_is_idempotent_and_a_closed_store_refuses_work(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+    store = SqliteStore(tmp_path)
     store.close()
     store.close()
     assert store.closed
     with pytest.raises(RuntimeError, match="closed"):
         store.groups()
-    Store(tmp_path).close()
+    SqliteStore(tmp_path).close()
 
 
 def test_a_store_held_by_another_process_is_locked_out(tmp_path: Path) -> None:
@@ -426,8 +428,8 @@ def test_a_store_held_by_another_process_is_locked_out(tmp_path: Path) -> None:
         f"""
         import sys, time
         from pathlib import Path
-        from modelfetch.store import Store
-        store = Store(Path({str(tmp_path)!r}))
+        from modelfetch.store import SqliteStore
+        store = SqliteStore(Path({str(tmp_path)!r}))
         print("ready", flush=True)
         time.sleep(60)
         """
@@ -439,14 +441,14 @@ def test_a_store_held_by_another_process_is_locked_out(tmp_path: Path) -> None:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         with pytest.raises(StateLockedError, match=f"pid {proc.pid}"):
-            Store(tmp_path)
+            SqliteStore(tmp_path)
         assert (tmp_path / LOCK_NAME).read_text().strip() == str(proc.pid)
     finally:
         proc.kill()
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
-    with Store(tmp_path) as store:  # a killed owner leaves no lock behind
+    with SqliteStore(tmp_path) as store:  # a killed owner leaves no lock behind
         assert store.integrity_check() == "ok"
         assert (tmp_path / LOCK_NAME).read_text().strip() == str(os.getpid())
 
@@ -454,7 +456,7 @@ def test_a_store_held_by_another_process_is_locked_out(tmp_path: Path) -> None:
 # -- the database file ---------------------------------------------------------------------------
 
 
-def test_the_database_is_configured_as_promised(store: Store) -> None:
+def test_the_database_is_configured_as_promised(store: SqliteStore) -> None:
     assert store.path == store.path.parent / DB_NAME
     db = store._conn
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
@@ -464,33 +466,33 @@ def test_the_database_is_configured_as_promised(store: Store) -> None:
     assert tables["groups"] == 1 and tables["files"] == 1  # STRICT
 
 
-def test_wal_mode_and_user_version_are_in_the_file(store: Store) -> None:
+def test_wal_mode_and_user_version_are_in_the_file(store: SqliteStore) -> None:
     raw = sqlite3.connect(store.path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == Store.SCHEMA_VERSION
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SqliteStore.SCHEMA_VERSION
     finally:
         raw.close()
-    assert Store.SCHEMA_VERSION == len(MIGRATIONS) >= 1
+    assert SqliteStore.SCHEMA_VERSION == len(MIGRATIONS) >= 1
 
 
 def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
-    Store(tmp_path).close()
+    SqliteStore(tmp_path).close()
     raw = sqlite3.connect(tmp_path / DB_NAME)
-    raw.execute(f"PRAGMA user_version = {Store.SCHEMA_VERSION + 1}")
+    raw.execute(f"PRAGMA user_version = {SqliteStore.SCHEMA_VERSION + 1}")
     raw.close()
     with pytest.raises(StateError, match="newer") as caught:
-        Store(tmp_path)
+        SqliteStore(tmp_path)
     assert not isinstance(caught.value, StateLockedError)
     with pytest.raises(StateError, match="newer") as again:  # the failed open released the lock
-        Store(tmp_path)
+        SqliteStore(tmp_path)
     assert not isinstance(again.value, StateLockedError)
 
 
 def test_a_file_that_is_not_a_database_is_a_state_error(tmp_path: Path) -> None:
     (tmp_path / DB_NAME).write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StateError):
-        Store(tmp_path)
+        SqliteStore(tmp_path)
 
 
 def test_a_failed_migration_leaves_the_database_as_it_was(tmp_path: Path) -> None:
@@ -507,12 +509,12 @@ def test_a_failed_migration_leaves_the_database_as_it_was(tmp_path: Path) -> Non
     db.close()
 
 
-def test_integrity_check_is_ok(store: Store) -> None:
+def test_integrity_check_is_ok(store: SqliteStore) -> None:
     store.add_group(full_group())
     assert store.integrity_check() == "ok"
 
 
-def test_a_committed_transition_is_visible_from_a_fresh_connection(store: Store) -> None:
+def test_a_committed_transition_is_visible_from_a_fresh_connection(store: SqliteStore) -> None:
     group = store.add_group(plain_group())
     assert store.transition(
         group.id, 1, FileStatus.COMPLETED, allowed_from={FileStatus.QUEUED}, sha256="ab" * 32
@@ -544,17 +546,17 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
         " VALUES (1, 1, 'http://x/f', '/d/f', 'f', 1)"
     )
     db.close()
-    with Store(home) as store:
+    with SqliteStore(home) as store:
         group = store.get_group(1)
         assert group is not None and group.files[0].url == "http://x/f"
         assert group.files[0].link is None
         check = sqlite3.connect(store.path)
-        assert check.execute("PRAGMA user_version").fetchone()[0] == Store.SCHEMA_VERSION
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SqliteStore.SCHEMA_VERSION
         check.close()
 
 
 def test_verified_digests_are_remembered_by_path_size_and_mtime(tmp_path: Path) -> None:
-    with Store(tmp_path) as store:
+    with SqliteStore(tmp_path) as store:
         store.remember_verified("/m/a.gguf", 10, 111, "ab" * 32)
         assert store.verified_digest("/m/a.gguf", 10, 111) == "ab" * 32
         assert store.verified_digest("/m/a.gguf", 10, 112) is None  # touched since
@@ -563,7 +565,7 @@ def test_verified_digests_are_remembered_by_path_size_and_mtime(tmp_path: Path) 
         assert store.verified_digest("/m/a.gguf", 12, 113) == "cd" * 32
 
 
-def _fresh_statuses(store: Store, group_id: int) -> list[str]:
+def _fresh_statuses(store: SqliteStore, group_id: int) -> list[str]:
     """Statuses as another connection sees them: what has been committed."""
     db = sqlite3.connect(store.path)
     try:
@@ -575,7 +577,7 @@ def _fresh_statuses(store: Store, group_id: int) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def test_a_batch_commits_its_writes_together_when_it_ends(store: Store) -> None:
+def test_a_batch_commits_its_writes_together_when_it_ends(store: SqliteStore) -> None:
     group = store.add_group(plain_group(files=3))
     with store.batch():
         assert store.batching
@@ -591,7 +593,7 @@ def test_a_batch_commits_its_writes_together_when_it_ends(store: Store) -> None:
     assert _fresh_statuses(store, group.id) == ["active", "active", "queued"]
 
 
-def _fresh_digests(store: Store) -> dict[str, tuple[int, int, str]]:
+def _fresh_digests(store: SqliteStore) -> dict[str, tuple[int, int, str]]:
     db = sqlite3.connect(store.path)
     try:
         rows = db.execute("SELECT path, size, mtime_ns, sha256 FROM verified_files").fetchall()
@@ -601,7 +603,7 @@ def _fresh_digests(store: Store) -> dict[str, tuple[int, int, str]]:
 
 
 def test_digests_remembered_in_a_batch_commit_with_it_and_the_last_one_wins(
-    store: Store,
+    store: SqliteStore,
 ) -> None:
     group = store.add_group(plain_group(files=2))
     with store.batch():
@@ -620,7 +622,7 @@ def test_digests_remembered_in_a_batch_commit_with_it_and_the_last_one_wins(
     assert store._db is not None and not store._db.in_transaction
 
 
-def test_a_batch_that_writes_nothing_opens_no_transaction(store: Store) -> None:
+def test_a_batch_that_writes_nothing_opens_no_transaction(store: SqliteStore) -> None:
     group = store.add_group(plain_group())
     with store.batch():
         assert store.get_group(group.id) is not None
@@ -632,7 +634,9 @@ def test_a_batch_that_writes_nothing_opens_no_transaction(store: Store) -> None:
     store.end_batch()  # ending twice is harmless
 
 
-def test_a_failing_write_in_a_batch_leaves_no_trace_and_the_others_commit(store: Store) -> None:
+def test_a_failing_write_in_a_batch_leaves_no_trace_and_the_others_commit(
+    store: SqliteStore,
+) -> None:
     group = store.add_group(plain_group(files=2))
     with pytest.raises(ValueError), store.batch():
         store.transition(group.id, 1, FileStatus.PAUSED, allowed_from={FileStatus.QUEUED})

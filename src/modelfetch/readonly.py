@@ -18,7 +18,7 @@ from typing import Final
 from modelfetch.core.errors import UnknownItemError
 from modelfetch.core.models import GroupRecord, ItemRef
 from modelfetch.core.queue import FileKey, SchedulingQueue, entries_of
-from modelfetch.store import LOCK_NAME, StoreReader
+from modelfetch.store import LOCK_NAME, SqliteStoreReader
 from modelfetch.views import GroupView, file_view, group_view
 
 __all__ = ["NOTICE", "ReadOnlyBackend", "queue_positions", "stored_view"]
@@ -34,7 +34,7 @@ class ReadOnlyBackend:
 
     def __init__(self, home: Path) -> None:
         home = Path(home)
-        self._reader = StoreReader(home)
+        self._reader = SqliteStoreReader(home)
         self._holder = _holder_pid(home)
 
     @property

@@ -37,7 +37,15 @@ from modelfetch.core.models import FileRecord, GroupRecord
 from modelfetch.core.paths import PART_SUFFIX, SIDECAR_SUFFIX
 from modelfetch.core.queue import SPACING
 from modelfetch.requests import FileRequest, GroupRequest
-from modelfetch.store import DB_NAME, LOCK_NAME, MIGRATIONS, SCHEMA_VERSION, Store, apply_migrations
+from modelfetch.store import (
+    DB_NAME,
+    LOCK_NAME,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SqliteStore,
+    Store,
+    apply_migrations,
+)
 from modelfetch.transfer.sink import PartState
 
 __all__ = ["Diagnosis", "diagnose", "open_store", "partials_on_disk"]
@@ -90,7 +98,7 @@ def open_store(
             )
     # The lock is dropped for the moment Store takes it again: a process starting in between
     # makes Store raise StateLockedError, which is the right answer for us too.
-    store = Store(home)
+    store = SqliteStore(home)
     try:
         if found.verdict == "old":
             messages.append(

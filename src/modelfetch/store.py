@@ -1,6 +1,6 @@
 """The durable state of modelfetch: one SQLite file that is the truth after any crash.
 
-`Store(home)` owns `home/state.db` for as long as it is open: it takes an exclusive OS lock on
+`SqliteStore(home)` owns `home/state.db` for as long as it is open: it takes an exclusive OS lock on
 `home/manager.lock` first, so two managers can never write the same state. It is used directly from
 the event loop thread; every write is one short transaction that has committed by the time the
 method returns, so the manager can emit the matching event right after. Inside `with
@@ -156,7 +156,7 @@ _LIVE: Final = tuple(sorted(s.value for s in LIVE_STATUSES))
 _REAL_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at", "retry_at"})
 
 
-class Store:
+class SqliteStore:
     """The SQLite repository of groups and files. One per state directory, per process."""
 
     SCHEMA_VERSION: Final = SCHEMA_VERSION
@@ -203,7 +203,7 @@ class Store:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> SqliteStore:
         return self
 
     def __exit__(
@@ -215,7 +215,7 @@ class Store:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Store {str(self._path)!r}{' closed' if self.closed else ''}>"
+        return f"<SqliteStore {str(self._path)!r}{' closed' if self.closed else ''}>"
 
     # -- groups ---------------------------------------------------------------------------------
 
@@ -807,18 +807,18 @@ def _decode_group(row: Sequence[Any]) -> GroupRecord:
     return GroupRecord(*values)
 
 
-class StoreReader(Store):
+class SqliteStoreReader(SqliteStore):
     """The queue as another process last committed it, read without the lock and without writing.
 
     For showing the queue while a manager in another process owns the state directory. The file
     is opened read-only (`mode=ro`): a WAL reader sees the last committed transaction, and the
     owner's checkpoints (bytes about once a second) are what it shows. Nothing is migrated or
     recovered: a database of another schema version is refused with a clear `StateError`. Every
-    read method of `Store` works; every write raises `StateError` before touching the file.
+    read method of `SqliteStore` works; every write raises `StateError` before touching the file.
     """
 
     def __init__(self, home: Path) -> None:
-        # Not Store.__init__: that one takes the lock, creates the file and migrates it.
+        # Not SqliteStore.__init__: that one takes the lock, creates the file and migrates it.
         self._path = Path(home) / DB_NAME
         self._lock_fd = None
         self._db = None
@@ -833,11 +833,11 @@ class StoreReader(Store):
     def closed(self) -> bool:
         return self._db is None
 
-    def __enter__(self) -> StoreReader:
+    def __enter__(self) -> SqliteStoreReader:
         return self
 
     def __repr__(self) -> str:
-        return f"<StoreReader {str(self._path)!r}{' closed' if self.closed else ''}>"
+        return f"<SqliteStoreReader {str(self._path)!r}{' closed' if self.closed else ''}>"
 
     def begin_batch(self) -> None:
         raise self._read_only()
@@ -860,7 +860,7 @@ class StoreReader(Store):
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection to a modelfetch database at this schema version (see StoreReader).
+    """A read-only connection to a modelfetch database at this schema version.
 
     No PRAGMA that writes (journal_mode, migrations): the owner set WAL mode in the file's header
     already. The busy timeout is `_connect`'s, for the moment a checkpoint holds a lock."""
@@ -891,3 +891,8 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+# Transitional names until the store protocol lands (issue 12).
+Store = SqliteStore
+StoreReader = SqliteStoreReader
