@@ -5,6 +5,7 @@
     ├── UnsafePathError            a destination that would escape its target directory
     ├── StateError                 the state directory or database cannot be used
     │   └── StateLockedError       another process owns the state directory
+    ├── ProxyConfigError           a proxy URL (flag, config, *_PROXY) we cannot use
     ├── UnknownItemError           an id that names nothing in the queue
     ├── ConflictError              the item exists but is not in a state that allows this
     └── TransferError              one file could not be fetched; the retry policy decides what next
@@ -13,6 +14,7 @@
         │   └── HubProtocolError   the Hub API answered with something malformed
         ├── TooManyRedirectsError  a redirect loop or an over-long chain
         ├── SchemeError            a URL (or redirect) to a scheme we do not speak
+        ├── ProxyError             the proxy refused us: 407 (credentials) or its own 4xx
         ├── IntegrityError         wrong SHA-256 / git blob id / size, or a lying server
         ├── DiskFullError          ENOSPC, or not enough free space to start
         └── HTTPStatusError        the server answered with a status we cannot use
@@ -62,6 +64,10 @@ class StateLockedError(StateError):
     kind = "state_locked"
 
 
+class ProxyConfigError(ModelfetchError):
+    kind = "proxy_config"
+
+
 class UnknownItemError(ModelfetchError):
     kind = "unknown_item"
 
@@ -98,6 +104,17 @@ class TooManyRedirectsError(TransferError):
 
 class SchemeError(TransferError):
     kind = "scheme"
+
+
+class ProxyError(TransferError):
+    """The proxy answered for itself (not for the origin) with a refusal: retrying as-is cannot
+    help. A proxy that is down or answers 502/503/504 is a NetworkError instead (transient)."""
+
+    kind = "proxy"
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None) -> None:
+        super().__init__(message, url=url)
+        self.status = status
 
 
 class IntegrityError(TransferError):
