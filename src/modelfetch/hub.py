@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from modelfetch import __version__
+from modelfetch._version import __version__
 from modelfetch.core.errors import (
     AuthRequiredError,
     GatedError,
@@ -38,12 +40,15 @@ from modelfetch.core.errors import (
     HubProtocolError,
     NetworkError,
     NotFoundError,
+    ProxyError,
     RateLimitedError,
     ServerBusyError,
     SpecError,
     TooManyRedirectsError,
 )
 from modelfetch.core.headers import origin_of, retry_after_seconds
+from modelfetch.core.network import NetworkSettings
+from modelfetch.core.proxy import Proxy, ProxyRules
 from modelfetch.core.quant import QuantGroup, group_gguf_files
 from modelfetch.core.spec import validate_repo_id
 from modelfetch.hubconfig import HubConfig, hub_config_from_env
@@ -70,16 +75,41 @@ _MAX_BODY = 64 << 20  # a tree page is kilobytes; refuse to buffer a runaway bod
 # --- the session ---------------------------------------------------------------------------------
 
 
-def make_api_session(*, connect_timeout: float = 30.0) -> aiohttp.ClientSession:
-    """The aiohttp session for Hub API calls and the planner's HEAD requests (transfers use their
-    own, `transfer.make_session`). Bytes as served (`Accept-Encoding: identity`, no
-    decompression) and no cookies, like the transfer session."""
+def make_api_session(
+    *, connect_timeout: float = 30.0, network: NetworkSettings | None = None
+) -> aiohttp.ClientSession:
+    """The aiohttp session for Hub API calls (transfers use their own, `transfer.make_session`).
+    Bytes as served (`Accept-Encoding: identity`, no decompression) and no cookies, like the
+    transfer session. `network` (default: from the environment) gives the CA bundle; the
+    proxy is chosen per request by `HubClient`, which knows NO_PROXY."""
+    network = network or NetworkSettings.from_env(os.environ)
+    connector = None
+    if network.ca_bundle is not None:
+        connector = aiohttp.TCPConnector(ssl=_trusting(network.ca_bundle))
     return aiohttp.ClientSession(
+        connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )
+
+
+def _proxy_refused(proxy: Proxy, url: URL, status: int, reason: str) -> ProxyError:
+    wants = " (it wants credentials: put them in the proxy URL)" if status == 407 else ""
+    return ProxyError(
+        f"the proxy {proxy.url()} refused the request to {_origin(url)}: {status} {reason}".rstrip()
+        + wants,
+        status=status,
+        url=str(url),
+    )
+
+
+def _trusting(ca_bundle: str) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise SpecError(f"cannot use the CA bundle {ca_bundle}: {exc}") from None
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -154,8 +184,10 @@ class HubClient:
         timeout: float = 30.0,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        proxies: ProxyRules | None = None,
     ) -> None:
         self._session = session
+        self._proxies = ProxyRules.from_env(os.environ) if proxies is None else proxies
         self._config = config
         self._origin = config.origin
         self._retry_delays = tuple(retry_delays)
@@ -297,14 +329,42 @@ class HubClient:
 
     async def _get_once(self, url: URL) -> _Reply:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
-        if self._config.token is not None and _origin(url) == self._origin:
+        proxy = self._proxies.proxy_for(str(url))
+        # Through a proxy, plain http is readable by it: the token goes only inside a tunnel.
+        readable_by_proxy = proxy is not None and url.scheme == "http"
+        if (
+            self._config.token is not None
+            and _origin(url) == self._origin
+            and not readable_by_proxy
+        ):
             headers["Authorization"] = f"Bearer {self._config.token}"
+        via: dict[str, Any] = {}
+        if proxy is not None:
+            via["proxy"] = proxy.url()
+            if proxy.username is not None:
+                via["proxy_auth"] = aiohttp.BasicAuth(proxy.username, proxy.password or "")
         try:
             async with self._session.get(
-                url, headers=headers, allow_redirects=False, timeout=self._timeout
+                url, headers=headers, allow_redirects=False, timeout=self._timeout, **via
             ) as resp:
                 body = await _read_capped(resp)
+                if proxy is not None and resp.status == 407:  # (plain http: the proxy answers)
+                    raise _proxy_refused(proxy, url, 407, resp.reason or "")
                 return _Reply(resp.status, body, resp.headers, url)
+        except aiohttp.ClientHttpProxyError as exc:  # its answer to CONNECT
+            assert proxy is not None
+            if 500 <= exc.status <= 599:
+                raise NetworkError(
+                    f"the proxy {proxy.url()} could not reach {_origin(url)}: {exc.status}",
+                    url=str(url),
+                ) from None
+            raise _proxy_refused(proxy, url, exc.status, exc.message) from None
+        except aiohttp.ClientProxyConnectionError as exc:
+            assert proxy is not None
+            reason = str(exc.os_error) if exc.os_error else type(exc).__name__
+            raise NetworkError(
+                f"cannot connect to proxy {proxy.url()}: {reason}", url=str(url)
+            ) from None
         except TimeoutError:
             raise NetworkError(
                 f"no answer from {_origin(url)} within {self._timeout.total:g} s", url=str(url)
