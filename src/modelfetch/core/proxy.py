@@ -19,12 +19,15 @@ Pure: the environment is passed in, nothing is read here.
 from __future__ import annotations
 
 import base64
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
 from modelfetch.core.errors import ProxyConfigError
+
+if TYPE_CHECKING:  # ipaddress costs ~3 ms to import: only NO_PROXY entries need it
+    import ipaddress
 
 __all__ = ["NO_PROXIES", "Proxy", "ProxyRules", "parse_proxy"]
 
@@ -32,7 +35,6 @@ _ORDER = {
     "https": ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"),
     "http": ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"),
 }
-_NETWORK = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +108,15 @@ class _Bypass:
     """One NO_PROXY entry."""
 
     host: str | None = None  # a name suffix (matches itself and subdomains)
-    network: _NETWORK | None = None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     port: int | None = None
 
     def matches(self, host: str, port: int) -> bool:
         if self.port is not None and self.port != port:
             return False
         if self.network is not None:
+            import ipaddress
+
             try:
                 address = ipaddress.ip_address(host.partition("%")[0])
             except ValueError:
@@ -136,6 +140,8 @@ def _parse_bypass(entry: str) -> _Bypass | None:
         name, _, maybe_port = entry.partition(":")
         if maybe_port.isdigit():
             entry, port = name, int(maybe_port)
+    import ipaddress
+
     try:
         return _Bypass(network=ipaddress.ip_network(entry, strict=False), port=port)
     except ValueError:
