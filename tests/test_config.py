@@ -152,3 +152,45 @@ def test_mask_token() -> None:
     assert mask_token("short") == "***"
     assert mask_token("hf_0123456789abcdef") == "hf_…cdef"
     assert mask_token("plain-token-without-prefix") == "…efix"
+
+
+def test_proxy_flag_beats_file_beats_environment(tmp_path: Path) -> None:
+    env = base_env(tmp_path, HTTPS_PROXY="http://env.lan:3128", NO_PROXY="intra.lan")
+    cfg = load_config(environ=env)
+    assert cfg.network.proxies.proxy_for("https://hf.co/x") is not None
+    assert cfg.network.proxies.proxy_for("https://a.intra.lan/") is None
+    assert cfg.sources["proxy"] == "HTTPS_PROXY"
+    write_toml(tmp_path / "home" / "config.toml", 'proxy = "http://file.lan:8080"\n')
+    cfg = load_config(environ=env)
+    chosen = cfg.network.proxies.proxy_for("https://hf.co/x")
+    assert chosen is not None and (chosen.host, chosen.port) == ("file.lan", 8080)
+    assert cfg.network.proxies.proxy_for("https://a.intra.lan/") is None  # NO_PROXY still holds
+    cfg = load_config(Overrides(proxy="http://u:secret@flag.lan:1"), environ=env)
+    chosen = cfg.network.proxies.proxy_for("http://hf.co/x")
+    assert chosen is not None and chosen.host == "flag.lan"
+    assert cfg.sources["proxy"] == "--proxy"
+    shown = dict((name, value) for name, value, _ in cfg.describe())["proxy"]
+    assert "flag.lan" in shown and "secret" not in shown
+    assert load_config(Overrides(proxy=""), environ=env).network.proxies.active is False
+
+
+def test_an_unusable_proxy_or_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="socks5 proxies are not supported"):
+        load_config(environ=base_env(tmp_path, ALL_PROXY="socks5://p:1080"))
+    with pytest.raises(ConfigError, match=r"--ca-bundle: the CA bundle .* is not a readable file"):
+        load_config(Overrides(ca_bundle=tmp_path / "missing.pem"), environ=base_env(tmp_path))
+
+
+def test_ca_bundle_order(tmp_path: Path) -> None:
+    pems = {
+        name: write_toml(tmp_path / f"{name}.pem", "pem") for name in ("flag", "file", "r", "s")
+    }
+    env = base_env(tmp_path, REQUESTS_CA_BUNDLE=str(pems["r"]), SSL_CERT_FILE=str(pems["s"]))
+    assert load_config(environ=env).network.ca_bundle == str(pems["r"])
+    only_ssl = base_env(tmp_path, SSL_CERT_FILE=str(pems["s"]))
+    assert load_config(environ=only_ssl).network.ca_bundle == str(pems["s"])
+    write_toml(tmp_path / "home" / "config.toml", f'ca_bundle = "{pems["file"]}"\n')
+    assert load_config(environ=env).network.ca_bundle == str(pems["file"])
+    cfg = load_config(Overrides(ca_bundle=pems["flag"]), environ=env)
+    assert (cfg.network.ca_bundle, cfg.sources["ca_bundle"]) == (str(pems["flag"]), "--ca-bundle")
+    assert load_config(environ=base_env(tmp_path)).network.ca_bundle is not None  # the file's

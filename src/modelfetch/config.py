@@ -9,6 +9,10 @@
                     HF_TOKEN (and what       hf_token        none
                     huggingface_hub reads)
                                              stall_timeout   30 (seconds)
+    --proxy         HTTPS_PROXY, HTTP_PROXY, proxy           none (NO_PROXY applies to every source)
+                    ALL_PROXY (and lower case)
+    --ca-bundle     REQUESTS_CA_BUNDLE,      ca_bundle       the system's CA store
+                    SSL_CERT_FILE
 
 The file is `<home>/config.toml` when the home directory was given by `--home` or
 `MODELFETCH_HOME`, else `$XDG_CONFIG_HOME/modelfetch/config.toml` (`~/.config/...`); only that
@@ -25,7 +29,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from modelfetch.core.errors import ModelfetchError, SpecError
+from modelfetch.core.errors import ModelfetchError, ProxyConfigError, SpecError
+from modelfetch.core.network import NetworkSettings
 
 if TYPE_CHECKING:
     from modelfetch.hubconfig import HubConfig
@@ -98,6 +103,8 @@ class FileSettings:
     hf_endpoint: str | None = None
     hf_token: SecretStr | None = None
     stall_timeout: float | None = None
+    proxy: str | None = None
+    ca_bundle: Path | None = None
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -111,7 +118,7 @@ class FileSettings:
             if name not in known:
                 raise ValueError(f"{name}: unknown setting")
         values: dict[str, Any] = {}
-        for name in ("home", "models_dir"):
+        for name in ("home", "models_dir", "ca_bundle"):
             if name in raw:
                 values[name] = Path(_string(raw, name))
         if "max_active" in raw:
@@ -127,6 +134,8 @@ class FileSettings:
             values["hf_endpoint"] = _string(raw, "hf_endpoint")
         if "hf_token" in raw:
             values["hf_token"] = SecretStr(_string(raw, "hf_token"))
+        if "proxy" in raw:
+            values["proxy"] = _string(raw, "proxy")
         if "stall_timeout" in raw:
             value = raw["stall_timeout"]
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -152,6 +161,8 @@ class Overrides:
     models_dir: Path | None = None
     max_active: int | None = None
     layout: str | None = None
+    proxy: str | None = None  # "" turns proxies off
+    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,6 +176,7 @@ class Config:
     hf_endpoint: str
     hf_token: SecretStr | None = None
     stall_timeout: float
+    network: NetworkSettings = field(default_factory=NetworkSettings)
     config_file: Path
     config_file_found: bool = False
     sources: dict[str, str] = field(default_factory=dict)
@@ -208,6 +220,9 @@ class Config:
             ("hf_token", mask_token(token)),
             ("stall_timeout", f"{self.stall_timeout:g} s"),
         ]
+        network = dict(self.network.describe())
+        rows.append(("proxy", f"https: {network['https proxy']}, http: {network['http proxy']}"))
+        rows.append(("ca_bundle", network["ca bundle"]))
         return [(name, value, self.sources.get(name, "default")) for name, value in rows]
 
 
@@ -365,6 +380,8 @@ def load_config(
     if file.stall_timeout is not None:
         stall_timeout, sources["stall_timeout"] = file.stall_timeout, from_file
 
+    network = _network(flags, file, env, from_file, sources)
+
     return Config(
         home=home,
         models_dir=models_dir,
@@ -373,10 +390,54 @@ def load_config(
         hf_endpoint=endpoint,
         hf_token=token,
         stall_timeout=stall_timeout,
+        network=network,
         config_file=config_file,
         config_file_found=found,
         sources=sources,
     )
+
+
+_PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy")
+
+
+def _network(
+    flags: Overrides,
+    file: FileSettings,
+    env: Mapping[str, str],
+    from_file: str,
+    sources: dict[str, str],
+) -> NetworkSettings:
+    """Proxy and CA bundle: a flag, else the config file, else the environment."""
+    proxy: str | None = None
+    if flags.proxy is not None:
+        proxy, sources["proxy"] = flags.proxy, "--proxy"
+    elif file.proxy is not None:
+        proxy, sources["proxy"] = file.proxy, from_file
+    else:
+        named = [n for n in (*_PROXY_VARIABLES, "ALL_PROXY") if env.get(n, "").strip()]
+        if named:
+            sources["proxy"] = ", ".join(named)
+    bundle: Path | None = None
+    if flags.ca_bundle is not None:
+        bundle, sources["ca_bundle"] = flags.ca_bundle, "--ca-bundle"
+    elif file.ca_bundle is not None:
+        bundle, sources["ca_bundle"] = file.ca_bundle, from_file
+    else:
+        for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+            if env.get(name, "").strip():
+                bundle, sources["ca_bundle"] = Path(env[name].strip()), name
+                break
+    if bundle is not None:
+        bundle = bundle.expanduser().absolute()
+        if not bundle.is_file():
+            where = sources["ca_bundle"]
+            raise ConfigError(f"{where}: the CA bundle {bundle} is not a readable file")
+    try:
+        return NetworkSettings.from_env(
+            env, proxy=proxy, ca_bundle=str(bundle) if bundle is not None else None
+        )
+    except ProxyConfigError as exc:
+        raise ConfigError(exc.message) from None
 
 
 def _check_endpoint(endpoint: str, where: str) -> None:
