@@ -43,8 +43,10 @@ from modelfetch.transfer import (
     TransferResult,
     TransferSession,
     fetch_file,
-    http,
+    hashing,
     make_session,
+    publish,
+    receive,
     sink,
 )
 from modelfetch.transfer.sink import PartState
@@ -180,9 +182,9 @@ async def test_digests_keep_up_under_backpressure(
     hub: FakeHub, session: TransferSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Tiny limits so the digest thread's backlog bound and the early writeback both engage.
-    monkeypatch.setattr(sink, "MAX_PENDING", 64 << 10)
+    monkeypatch.setattr(hashing, "MAX_PENDING", 64 << 10)
     monkeypatch.setattr(sink, "WRITEBACK_STEP", 1 << 20)
-    monkeypatch.setattr(sink, "REHASH_READ_SIZE", 256 << 10)
+    monkeypatch.setattr(hashing, "REHASH_READ_SIZE", 256 << 10)
     dest = tmp_path / BIG
     await truncated_partial(hub, session, dest)
     result = await fetch(session, big_request(hub, dest))
@@ -192,7 +194,7 @@ async def test_digests_keep_up_under_backpressure(
 
 async def test_the_digester_matches_hashlib() -> None:
     data = [os.urandom(n) for n in (0, 1, 4095, 1 << 20, 3 << 20)]
-    digester = sink.Digester(git_blob_size=sum(map(len, data)))
+    digester = hashing.Digester(git_blob_size=sum(map(len, data)))
     for block in data:
         digester.feed(block)
     await digester.drain(1 << 20)
@@ -797,7 +799,7 @@ async def test_the_part_is_closed_before_it_takes_the_final_name(
 ) -> None:
     dest = tmp_path / BIG
     seen: list[list[str]] = []
-    real_publish = sink.publish
+    real_publish = publish.publish
 
     def watching_publish(part: Path, final: Path, side: Path) -> None:
         # What has the `.part` open at the moment of the rename: nothing of ours may.
@@ -805,7 +807,7 @@ async def test_the_part_is_closed_before_it_takes_the_final_name(
         seen.append([str(p.resolve()) for p in fds.iterdir() if p.resolve() == part.resolve()])
         real_publish(part, final, side)
 
-    monkeypatch.setattr(sink, "publish", watching_publish)
+    monkeypatch.setattr(publish, "publish", watching_publish)
     await fetch(session, big_request(hub, dest))
     assert seen == [[]]
     assert dest.read_bytes() == hub.content(REPO, BIG)
@@ -819,14 +821,14 @@ async def test_a_cancel_during_the_publish_is_too_late(
     dest = tmp_path / BIG
     entered = threading.Event()
     release = threading.Event()
-    real_publish = sink.publish
+    real_publish = publish.publish
 
     def slow_publish(part: Path, final: Path, side: Path) -> None:
         entered.set()
         release.wait(10)
         real_publish(part, final, side)
 
-    monkeypatch.setattr(sink, "publish", slow_publish)
+    monkeypatch.setattr(publish, "publish", slow_publish)
     task = asyncio.create_task(fetch(session, big_request(hub, dest)))
     assert await asyncio.to_thread(entered.wait, 10)
     task.cancel()
@@ -856,8 +858,8 @@ def small(hub: FakeHub, tmp_path: Path) -> TransferRequest:
 
 
 def test_the_small_body_limit_keeps_big_files_streaming() -> None:
-    assert SMALL_BODY < http.SMALL_BODY_LIMIT < BIG_SIZE
-    assert http.SMALL_BODY_LIMIT <= http.SMALL_PART_LIMIT
+    assert SMALL_BODY < receive.SMALL_BODY_LIMIT < BIG_SIZE
+    assert receive.SMALL_BODY_LIMIT <= receive.SMALL_PART_LIMIT
 
 
 async def test_a_small_body_is_published_only_complete_verified_and_closed(
@@ -868,7 +870,7 @@ async def test_a_small_body_is_published_only_complete_verified_and_closed(
 ) -> None:
     content = hub.content("o/s", "s.bin")
     seen: list[tuple[bytes, bool, list[str]]] = []
-    real_publish = sink.publish
+    real_publish = publish.publish
 
     def watching_publish(part: Path, final: Path, side: Path | None) -> None:
         # At the rename: the `.part` is whole, the final name is not there yet, nothing of
@@ -879,7 +881,7 @@ async def test_a_small_body_is_published_only_complete_verified_and_closed(
         seen.append((part.read_bytes(), final.exists(), open_on_part))
         real_publish(part, final, side)
 
-    monkeypatch.setattr(sink, "publish", watching_publish)
+    monkeypatch.setattr(publish, "publish", watching_publish)
     progress: Progress = []
     result = await fetch(session, small, progress)
     assert seen == [(content, False, [])]
@@ -967,14 +969,14 @@ async def test_a_cancel_while_the_worker_publishes_a_small_body_is_too_late(
 ) -> None:
     entered = threading.Event()
     release = threading.Event()
-    real_publish = sink.publish
+    real_publish = publish.publish
 
     def slow_publish(part: Path, final: Path, side: Path | None) -> None:
         entered.set()
         release.wait(10)
         real_publish(part, final, side)
 
-    monkeypatch.setattr(sink, "publish", slow_publish)
+    monkeypatch.setattr(publish, "publish", slow_publish)
     stop = StopSignal()
     task = asyncio.create_task(fetch(session, small, stop=stop))
     assert await asyncio.to_thread(entered.wait, 10)
@@ -999,7 +1001,7 @@ async def test_a_cancel_while_the_worker_fails_still_cancels_and_cleans_up(
         release.wait(10)
         raise OSError(errno.EIO, "the rename failed")
 
-    monkeypatch.setattr(sink, "publish", failing_publish)
+    monkeypatch.setattr(publish, "publish", failing_publish)
     stop = StopSignal()
     task = asyncio.create_task(fetch(session, small, stop=stop))
     assert await asyncio.to_thread(entered.wait, 10)

@@ -1,4 +1,4 @@
-"""Fetching one file: the contract (`api`), the HTTP transfer (`http`) and its disk side (`sink`).
+"""Fetching one file: the contract (`api`), the transfer (`fetch`) and its disk side (`sink`).
 
 The manager uses only what is re-exported here.
 """
@@ -12,9 +12,10 @@ from modelfetch.transfer.api import (
     TransferRequest,
     TransferResult,
 )
-from modelfetch.transfer.http import TransferSession, fetch_file, make_session
+from modelfetch.transfer.fetch import fetch_file
 from modelfetch.transfer.limiter import ConnectionSlots, TokenBucket
 from modelfetch.transfer.segments import partial_bytes
+from modelfetch.transfer.session import TransferSession, make_session
 
 __all__ = [
     "ConnectionSlots",

@@ -1,13 +1,8 @@
-"""The on-disk side of one transfer: the `.part` file, its digests, its sidecar, the publish.
+"""Where a transfer's body bytes land: the `.part` (front to back, or segmented) or memory.
 
-Where the work runs. Network reads and `pwrite` stay on the event loop (a thread hop per chunk
-halves throughput: reference/stack-measurements.md §1d). Hashing does not: SHA-256 is the single
-biggest CPU cost of a verified download (~1 s per GiB here), so each transfer feeds its chunks to
-one long-lived digest thread (`Digester`; hashlib releases the GIL), which overlaps hashing with
-the next reads and keeps the loop responsive. Measured on the 2-vCPU box, 1 GiB from nginx,
-medians of 4: inline hashing 376 MiB/s, digest thread 474, digest thread + early writeback 727
-(curl, which neither hashes nor fsyncs: 929). The thread's backlog is bounded (`MAX_PENDING`), so
-memory stays flat when the disk and network outrun the hash.
+The `.part` is written with `pwrite` on the event loop (a thread hop per chunk halves throughput:
+reference/stack-measurements.md §1d); its digests are computed on a digest thread
+(transfer/hashing.py), and the publish is transfer/publish.py.
 
 Early writeback. The publish must fsync; left to the end, that fsync flushes every dirty page at
 once (0.6 s per GiB here, seconds for a multi-GB file). Every `WRITEBACK_STEP` bytes we ask Linux
@@ -26,20 +21,12 @@ Segmented files are the exception (`SegmentedPartFile`, see transfer/segments.py
 connections fill the file out of order, so it is allocated to its full size at once (plain
 `fallocate`, or a sparse `ftruncate`) and `st_size` means nothing: what is on disk is the
 segment map the caller persists, and the sidecar says so (`PartState.segmented`, saved as
-version 2 so a reader that only knows prefix files discards it). Their digests cannot follow
-the network bytes either: the digest thread reads the contiguous prefix back from the file as it
-grows (`Digester.feed_from_file`), while those pages are still cached.
+version 2 so a reader that only knows prefix files discards it).
 
-Small files (up to INLINE_HASH_LIMIT) are hashed inline instead: for them, starting and joining
-a digest thread cost more than the hashing (a queue of many small files spent most of its time
-there).
-
-Small bodies fetched from zero (see SMALL_BODY_LIMIT in transfer/http.py) skip the `.part` while
-they arrive: they are received into memory on the loop, and everything else (hash, verify,
-create, write, fsync, rename) is one worker-thread call, `verify_and_publish_body`. Creating an
-inode on ext4 and hashing cost more loop time than receiving such a body; on a worker thread they
-overlap with the loop serving other connections. A body that stops early is written out as a
-`.part` prefix (`write_prefix`), so it resumes like a streamed one.
+Small bodies fetched from zero (see SMALL_BODY_LIMIT in transfer/receive.py) skip the `.part`
+while they arrive: they are received into memory on the loop (`HeldBody`), and everything else
+(hash, verify, create, write, fsync, rename) is one worker-thread call,
+`publish.verify_and_publish_body`.
 """
 
 from __future__ import annotations
@@ -48,33 +35,28 @@ import asyncio
 import contextlib
 import ctypes
 import errno
-import hashlib
-import json
 import os
-import queue
 import shutil
 import sys
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from modelfetch.core.errors import DiskFullError, IntegrityError
+from modelfetch.transfer import hashing
+from modelfetch.transfer.hashing import MAX_PENDING, Digester, Digests
+from modelfetch.transfer.partstate import PartState
 
-REHASH_READ_SIZE = 8 << 20
-INLINE_HASH_LIMIT = 8 << 20  # files up to this size are hashed without a digest thread
-MAX_PENDING = 64 << 20  # bytes handed to the digest thread but not hashed yet
 WRITEBACK_STEP = 64 << 20
 _FALLOC_FL_KEEP_SIZE = 0x01
 _SYNC_FILE_RANGE_WRITE = 0x02
-_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-_UNSUPPORTED_ERRNOS = frozenset(
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+UNSUPPORTED_ERRNOS = frozenset(
     {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS, errno.ENODEV}
 )
 
 # The one write primitive, a module attribute so a test can substitute a failing one (ENOSPC).
+# transfer/publish.py writes through it too.
 pwrite: Callable[[int, Any, int], int] = os.pwrite
 
 
@@ -110,180 +92,6 @@ def disk_full(exc: OSError, *, needed: int | None = None) -> DiskFullError:
     return DiskFullError(f"no space left on device: {exc.strerror or exc}", needed=needed)
 
 
-@dataclass(frozen=True, slots=True)
-class Digests:
-    size: int
-    sha256: str
-    git_oid: str | None  # sha1 of "blob <size>\0" + content, when it was asked for
-
-
-class Digester:
-    """SHA-256 (and optionally the git blob SHA-1) of a byte stream, computed on one dedicated
-    thread. `feed` never blocks; `drain` waits (without blocking the loop) for the backlog.
-
-    `inline=True` hashes in the caller instead, for small files: starting and joining a thread
-    costs more than hashing a few MiB (a queue of many small files spent most of its loop time
-    there), and a few milliseconds of hashing per chunk do not hold the loop up noticeably."""
-
-    def __init__(self, *, git_blob_size: int | None, inline: bool = False) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._sha256 = hashlib.sha256()
-        self._git_sha1: Any = None
-        self._git_blob_size = git_blob_size
-        if git_blob_size is not None:
-            self._git_sha1 = hashlib.sha1(b"blob %d\0" % git_blob_size, usedforsecurity=False)
-        self._queue: queue.SimpleQueue[bytes | _ReadBack | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._pending = 0  # guarded by _lock, like _waiter and _running
-        self._waiter: tuple[asyncio.Future[None], int] | None = None
-        self._running = True
-        self._failure: BaseException | None = None
-        self._abandoned = False
-        self.fed = 0
-        self.busy = 0.0  # seconds the thread spent hashing (written by it, read as a hint)
-        self._thread: threading.Thread | None = None
-        if not inline:
-            self._thread = threading.Thread(target=self._run, name="modelfetch-digest", daemon=True)
-            self._thread.start()
-
-    @property
-    def git_blob_size(self) -> int | None:
-        return self._git_blob_size
-
-    @property
-    def backlogged(self) -> bool:
-        return self._pending > MAX_PENDING  # an unlocked read: a hint, `drain` is exact
-
-    @property
-    def pending(self) -> int:
-        return self._pending  # an unlocked read: a hint
-
-    def feed(self, data: bytes | memoryview) -> None:
-        """Hash `data`. A view (of a receive buffer that is reused) is hashed at once inline,
-        copied for the digest thread."""
-        if self._thread is None:
-            self._update(data)
-            self.fed += len(data)
-            return
-        if isinstance(data, memoryview):
-            data = bytes(data)
-        with self._lock:
-            self._pending += len(data)
-        self.fed += len(data)
-        self._queue.put(data)
-
-    def _update(self, data: bytes | memoryview) -> None:
-        self._sha256.update(data)
-        if self._git_sha1 is not None:
-            self._git_sha1.update(data)
-
-    def feed_from_file(self, fd: int, length: int) -> None:
-        """Hash the next `length` bytes of the stream by reading them back from `fd` (at offset
-        `fed`) on the digest thread: for bytes already written, ideally still in the page
-        cache. Holds no memory while queued. `fd` must stay open until `finish`/`close`."""
-        offset = self.fed
-        end = offset + length
-        if self._thread is None:
-            buffer = bytearray(min(REHASH_READ_SIZE, length))
-            while offset < end:
-                step = min(REHASH_READ_SIZE, end - offset)
-                self._update(memoryview(buffer)[: _ReadBack(fd, offset, step).read(buffer)])
-                offset += step
-            self.fed = end
-            return
-        with self._lock:
-            self._pending += length
-        self.fed = end
-        while offset < end:
-            step = min(REHASH_READ_SIZE, end - offset)
-            self._queue.put(_ReadBack(fd, offset, step))
-            offset += step
-
-    async def drain(self, limit: int = 0) -> None:
-        """Return once at most `limit` fed bytes are still waiting to be hashed."""
-        while True:
-            with self._lock:
-                if self._pending <= limit:
-                    return
-                if not self._running:
-                    raise RuntimeError("the digest thread stopped") from self._failure
-                waiter = self._loop.create_future()
-                self._waiter = (waiter, limit)
-            try:
-                await waiter
-            finally:
-                with self._lock:
-                    self._waiter = None
-
-    async def finish(self) -> Digests:
-        await self.drain(0)
-        self.close()
-        oid = None if self._git_sha1 is None else str(self._git_sha1.hexdigest())
-        return Digests(self.fed, self._sha256.hexdigest(), oid)
-
-    def close(self) -> None:
-        """Stop the thread (abandoning any backlog) and wait for it: at most one chunk's hash."""
-        if self._thread is None:
-            return
-        self._abandoned = True
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        buffer: bytearray | None = None  # one reused read-back buffer: fresh pages cost more
-        try:
-            while (item := self._queue.get()) is not None:
-                began = time.perf_counter()
-                size = item.length if isinstance(item, _ReadBack) else len(item)
-                if self._abandoned:
-                    pass
-                elif isinstance(item, _ReadBack):
-                    if buffer is None:
-                        buffer = bytearray(REHASH_READ_SIZE)
-                    self._update(memoryview(buffer)[: item.read(buffer)])
-                else:
-                    self._update(item)
-                self.busy += time.perf_counter() - began
-                with self._lock:
-                    self._pending -= size
-                    if self._waiter is not None and self._pending <= self._waiter[1]:
-                        self._wake_waiter()
-        except BaseException as exc:  # handed to the loop side: drain() raises from it
-            self._failure = exc
-        finally:
-            with self._lock:
-                self._running = False
-                if self._waiter is not None:
-                    self._wake_waiter()
-
-    def _wake_waiter(self) -> None:
-        """Called with _lock held, on the digest thread."""
-        assert self._waiter is not None
-        waiter, self._waiter = self._waiter[0], None
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            self._loop.call_soon_threadsafe(_wake, waiter)
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-@dataclass(frozen=True, slots=True)
-class _ReadBack:
-    """Bytes [offset, offset + length) of an open file, to be hashed by the digest thread."""
-
-    fd: int
-    offset: int
-    length: int
-
-    def read(self, buffer: bytearray) -> int:
-        got = os.preadv(self.fd, [memoryview(buffer)[: self.length]], self.offset)
-        if got != self.length:
-            raise OSError(errno.EIO, f"read {got} of {self.length} bytes at {self.offset}")
-        return got
-
-
 class PartFile:
     """The `.part` of one file, filled front to back; `size` is the committed prefix and always
     equals the file's `st_size`. Owns the digests of that prefix."""
@@ -312,12 +120,14 @@ class PartFile:
         self._stop_digests()
         digester = self._digester = Digester(git_blob_size=git_blob_size, inline=inline)
         while digester.fed < self.size:
-            block = os.pread(self.fd, min(REHASH_READ_SIZE, self.size - digester.fed), digester.fed)
+            block = os.pread(
+                self.fd, min(hashing.REHASH_READ_SIZE, self.size - digester.fed), digester.fed
+            )
             if not block:
                 raise OSError(errno.EIO, f"{self.path} shrank while being re-hashed")
             digester.feed(block)
             if digester.backlogged:
-                await digester.drain(MAX_PENDING // 2)
+                await digester.drain(hashing.MAX_PENDING // 2)
             await asyncio.sleep(0)
 
     async def finish_digests(self) -> Digests:
@@ -354,7 +164,7 @@ class PartFile:
             # The digests no longer match the file; a later attempt re-hashes from disk.
             self.size += written
             self._stop_digests()
-            if exc.errno in _DISK_FULL_ERRNOS:
+            if exc.errno in DISK_FULL_ERRNOS:
                 raise disk_full(exc) from exc
             raise
         self.size += written
@@ -362,7 +172,7 @@ class PartFile:
         if self.size - self._written_back >= WRITEBACK_STEP:
             self._start_writeback()
         if digester.backlogged:
-            await digester.drain(MAX_PENDING // 2)
+            await digester.drain(hashing.MAX_PENDING // 2)
 
     def _start_writeback(self) -> None:
         if _sync_file_range is not None:
@@ -390,9 +200,9 @@ class PartFile:
         try:
             _fallocate(self.fd, _FALLOC_FL_KEEP_SIZE, self.size, total - self.size)
         except OSError as exc:
-            if exc.errno in _DISK_FULL_ERRNOS:
+            if exc.errno in DISK_FULL_ERRNOS:
                 raise disk_full(exc, needed=total - self.size) from exc
-            if exc.errno not in _UNSUPPORTED_ERRNOS:
+            if exc.errno not in UNSUPPORTED_ERRNOS:
                 raise
 
     def check_free_space(self, total: int) -> None:
@@ -487,7 +297,7 @@ class SegmentedPartFile(PartFile):
             while written < len(view):
                 written += pwrite(self.fd, view[written:], offset + written)
         except OSError as exc:
-            if exc.errno in _DISK_FULL_ERRNOS:
+            if exc.errno in DISK_FULL_ERRNOS:
                 raise disk_full(exc) from exc
             raise
 
@@ -509,9 +319,9 @@ class SegmentedPartFile(PartFile):
                 _fallocate(self.fd, 0, 0, self.total)
                 return
             except OSError as exc:
-                if exc.errno in _DISK_FULL_ERRNOS:
+                if exc.errno in DISK_FULL_ERRNOS:
                     raise disk_full(exc, needed=self.total - stat.st_blocks * 512) from exc
-                if exc.errno not in _UNSUPPORTED_ERRNOS:
+                if exc.errno not in UNSUPPORTED_ERRNOS:
                     raise
         if stat.st_size < self.total:
             os.ftruncate(self.fd, self.total)
@@ -552,149 +362,42 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def publish(part: Path, dest: Path, sidecar: Path | None) -> None:
-    """Make a verified, fsynced `.part` visible under its final name, atomically and durably;
-    then remove its sidecar (None: it has none)."""
-    os.replace(part, dest)
-    fsync_directory(dest.parent)
-    if sidecar is not None:
-        sidecar.unlink(missing_ok=True)
+class Body(Protocol):
+    """Where `_stream` puts body bytes: the `.part` (PartFile) or memory (HeldBody)."""
+
+    size: int
+
+    async def write(self, data: bytes | memoryview) -> None: ...
 
 
-def sync_and_publish(fd: int, part: Path, dest: Path, sidecar: Path) -> None:
-    """fsync the verified `.part` (open as `fd`, closed here whatever happens), close it, then
-    `publish` it: the whole of a publish in one call, to run on a worker thread. Closing before
-    the rename means no writer ever has the final name open (watchers see the close on the
-    `.part`, and the final name appears complete)."""
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    publish(part, dest, sidecar)
+class HeldBody:
+    """A small body received into memory: one buffer of its announced size, filled in order."""
+
+    __slots__ = ("size", "view")
+
+    def __init__(self, total: int) -> None:
+        self.view = memoryview(bytearray(total))
+        self.size = 0
+
+    async def write(self, data: bytes | memoryview) -> None:
+        end = self.size + len(data)
+        self.view[self.size : end] = data  # never past the end: _stream checks the limit first
+        self.size = end
 
 
-def write_prefix(part: Path, data: bytes | memoryview) -> None:
-    """Make `data` the whole content of the `.part` (a body held in memory whose attempt ended
-    early: it becomes a prefix to resume from, as if it had been streamed to disk). Bytes that
-    land stay, even when a write then fails (the OSError propagates: they are still a prefix)."""
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
-
-
-def verify_and_publish_body(
-    body: bytes | memoryview,
-    part: Path,
-    dest: Path,
-    sidecar: Path | None,
-    *,
-    git_oid: bool,
-    verify: Callable[[Digests], object],
-) -> Digests:
-    """The whole disk side of a small body held in memory, in one call for a worker thread
-    (hashlib and the os calls release the GIL, so the loop serves other connections meanwhile):
-    hash, `verify` the digests (it raises on a mismatch: nothing has been created then), write
-    the `.part`, fsync, close and `publish`. The final name only ever receives a verified,
-    fsynced, closed file. ENOSPC/EDQUOT → DiskFullError with the bytes that landed kept as a
-    prefix; other OSErrors propagate (a complete `.part` stays when fsync or the rename fail).
-    `sidecar`: the one to remove once published, or None when the caller knows there is none
-    (each call here that releases the GIL costs a wait for it while the loop runs Python)."""
-    sha256 = hashlib.sha256(body).hexdigest()
-    oid: str | None = None
-    if git_oid:
-        sha1 = hashlib.sha1(b"blob %d\0" % len(body), usedforsecurity=False)
-        sha1.update(body)
-        oid = sha1.hexdigest()
-    digests = Digests(len(body), sha256, oid)
-    verify(digests)
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            _write_all(fd, body)
-        except OSError as exc:
-            if exc.errno in _DISK_FULL_ERRNOS:
-                raise disk_full(exc) from exc
-            raise
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    publish(part, dest, sidecar)
-    return digests
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    written = 0
-    while written < len(view):
-        written += pwrite(fd, view[written:], written)
-
-
-def fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:  # e.g. platforms without O_DIRECTORY semantics; the rename still happened
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in _UNSUPPORTED_ERRNOS and exc.errno != errno.EBADF:
-            raise
-    finally:
-        os.close(fd)
-
-
-def remove_partial(part: Path, sidecar: Path) -> None:
-    part.unlink(missing_ok=True)
-    sidecar.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True, slots=True)
-class PartState:
-    """What a `.part` holds, recorded beside it when it is begun, so a later attempt knows whether
-    the prefix is still the beginning of the same file (and what to send as `If-Range`)."""
-
-    url: str
-    validator: str | None  # the body hop's strong ETag (quoted, as sent) or its Last-Modified
-    total: int | None
-    sha256: str | None  # the expected digest at the time, when one was known
-    version: int = 1
-    # A segmented `.part` (written at any offset; its segment map says what is on disk) is
-    # saved as version 2, which a modelfetch that only knows prefix files discards.
-    segmented: bool = False
-
-    def save(self, path: Path) -> None:
-        """Atomic replace, no fsync: losing the sidecar in a crash only costs a restart."""
-        fields = asdict(self)
-        del fields["segmented"]
-        if self.segmented:
-            fields["version"] = 2
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(fields, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path) -> PartState | None:
-        """The recorded state, or None when missing, unreadable or not ours."""
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
-            return None
-        if not isinstance(raw, dict) or raw.get("version") not in (1, 2):
-            return None
-        url, validator, total, sha256 = (
-            raw.get(k) for k in ("url", "validator", "total", "sha256")
-        )
-        if not isinstance(url, str):
-            return None
-        if validator is not None and not isinstance(validator, str):
-            return None
-        if total is not None and (not isinstance(total, int) or total < 0):
-            return None
-        if sha256 is not None and not isinstance(sha256, str):
-            return None
-        segmented = raw["version"] == 2
-        if segmented and total is None:
-            return None
-        return cls(url=url, validator=validator, total=total, sha256=sha256, segmented=segmented)
+# MAX_PENDING and PartState are re-exported: segments.py and recovery.py import them from here.
+# The code here reads `hashing.MAX_PENDING`, so there is one knob (tests turn it).
+__all__ = [
+    "DISK_FULL_ERRNOS",
+    "MAX_PENDING",
+    "UNSUPPORTED_ERRNOS",
+    "WRITEBACK_STEP",
+    "Body",
+    "HeldBody",
+    "PartFile",
+    "PartState",
+    "SegmentedPartFile",
+    "disk_full",
+    "pwrite",
+    "require_space",
+]

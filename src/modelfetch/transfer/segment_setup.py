@@ -1,0 +1,239 @@
+"""Segmented mode's start: whether a file goes segmented, its first ranged request, its `.part`.
+
+A large file with a known size may go segmented (several ranged connections, see
+transfer/segments.py). `_run_segmented` makes the first ranged request here, with the same
+redirect, validator and cross-check rules as a single stream, allocates the `.part` and hands
+over to `SegmentedFetch`, whose other connections ask through `_open_range_from`; it falls back
+to the single stream when the server answers a ranged request with the whole body. The segment
+map goes to the caller (`on_segments`) before the `.part` changes and whenever it stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from modelfetch.core.errors import IntegrityError, NetworkError, TransferError
+from modelfetch.core.headers import is_strong_etag, parse_content_range
+from modelfetch.core.segments import SegmentMap, SegmentRecord
+from modelfetch.transfer.api import TransferResult
+from modelfetch.transfer.failures import redact_url, status_error
+from modelfetch.transfer.partstate import PartState
+from modelfetch.transfer.publish import remove_partial
+from modelfetch.transfer.receive import ReceivingTransfer
+from modelfetch.transfer.redirects import host_of
+from modelfetch.transfer.segments import FirstPiece, SegmentedFetch, SegmentSettings, piece_size
+from modelfetch.transfer.sink import SegmentedPartFile
+from modelfetch.transfer.wire import Response
+
+
+class SegmentingTransfer(ReceivingTransfer):
+    """A transfer in segmented mode, up to the handover to `SegmentedFetch` and back."""
+
+    def _segment_total(self) -> int | None:
+        """The size to split when this transfer goes segmented, else None (single stream)."""
+        if self.resume_map is not None:
+            return self.resume_map.total  # a segmented partial can only continue segmented
+        if self.request.connections <= 1:
+            return None
+        size = self.request.expected_size
+        if size is None and self.state is not None:
+            size = self.state.total
+        if size is None or size < max(1, self.request.segment_threshold):
+            return None
+        return size
+
+    async def _run_segmented(self, total: int, offset: int) -> TransferResult:
+        """Claim the first piece, make its request (redirects, validators, cross-checks), set up
+        the `.part` and hand over to `SegmentedFetch`; fall back to one stream on a 200."""
+        segmap = self.resume_map
+        if segmap is None:  # a fresh start, or a front-to-back prefix that goes segmented now
+            segmap = SegmentMap(total, _prefix_records(offset, total) if offset else None)
+        connections = max(1, self.request.connections)
+        settings = SegmentSettings(
+            connections=connections,
+            piece=piece_size(total, connections, self.request.min_segment_size),
+            min_steal=max(1, self.request.min_steal_size),
+            stall_timeout=self.stall_timeout,
+            chunk_size=self.chunk_size,
+            checkpoint_interval=self.request.checkpoint_interval,
+        )
+        started_over = False
+        while True:
+            resuming = self.state is not None and self.state.segmented
+            self.segmap = segmap
+            # The map is recorded before the `.part` changes, so a crash can never pair a new
+            # file with an old map.
+            self._save_segments()
+            self._report(segmap.done_bytes, total, force=True)
+            self.resumed_from = segmap.done_bytes
+            first = segmap.claim(0, piece=settings.piece, min_steal=settings.min_steal)
+            # A complete map (a crash after the last byte) still asks for one byte: that checks
+            # the file is unchanged and brings the headers to publish with.
+            start, end = (first.pos, first.end) if first is not None else (total - 1, total)
+            self.slot = await self._acquire_slot(self.request.url)
+            response: Response | None = None
+            try:
+                response, redirected = await self._request(start, end=end)
+                await self._move_slot(self.url)
+                status = response.status
+                if status not in (200, 206):
+                    if status == 416:
+                        self._check_announced_size(self._total_after_416(response.headers))
+                    raise status_error(response, url=self.url, redirected=redirected)
+                self._cross_check_plan()
+                if status == 200:
+                    # Range ignored, or If-Range found another file: one stream from zero.
+                    self.segmap = None
+                    if self.on_segments is not None:
+                        self.on_segments(None)
+                    return await self._receive(response, 0)
+                parsed = parse_content_range(response.headers.get("Content-Range"))
+                if parsed is None or parsed.start != start:
+                    raise NetworkError(
+                        f"asked for bytes from {start},"
+                        f" got {response.headers.get('Content-Range')}",
+                        url=redact_url(self.url),
+                    )
+                kept = resuming or offset > 0
+                if parsed.total != total or (kept and self._partial_is_stale(response)):
+                    if parsed.total is not None and parsed.total != total:
+                        self._check_announced_size(parsed.total)  # the plan disagrees: refuse
+                    if started_over or not kept:
+                        raise IntegrityError(
+                            f"server announces {parsed.total} bytes, expected {total}",
+                            url=redact_url(self.url),
+                            expected=str(total),
+                            actual=str(parsed.total),
+                        )
+                    # Our partial belongs to another version of the file: start over, once.
+                    started_over = True
+                    response.close()
+                    remove_partial(self.part_path, self.sidecar_path)
+                    self.state = None
+                    offset = 0
+                    total = parsed.total if parsed.total is not None else total
+                    segmap = SegmentMap(total)
+                    continue
+                self._begin_segmented_part(response, total, fresh=not resuming)
+                self._save_segments()
+                part = self.part
+                assert isinstance(part, SegmentedPartFile)
+                await part.start_digests(git_blob_size=total if self.expected_git_oid else None)
+                headers = response.headers
+                if first is None:
+                    response.close()
+                    response = None
+                    break
+                fetch = SegmentedFetch(
+                    segmap=segmap,
+                    part=part,
+                    open_range=self._open_range_from(self.url, redirected),
+                    host=host_of(self.url),
+                    settings=settings,
+                    slots=self.slots,
+                    limits=self.limits,
+                    on_progress=self._report_done,
+                    on_checkpoint=self._save_segments,
+                    url=redact_url(self.url),
+                )
+                piece = FirstPiece(first, response, self.slot)
+                response = self.slot = None
+            finally:
+                if response is not None:
+                    response.close()
+                if self.slot is not None:
+                    self.slot.release()
+                    self.slot = None
+            try:
+                await fetch.run(piece)
+            finally:
+                self.bytes_fetched += fetch.bytes_fetched
+                self.steals = segmap.steals
+                self.connections = fetch.peak
+                self.reopened = fetch.reopened
+            break
+        self._save_segments()  # complete: if publishing fails, a retry needs no bytes again
+        part.hash_upto(total)
+        result = await self._verify_and_publish(headers)
+        self.segmap = None
+        if self.on_segments is not None:
+            self.on_segments(None)
+        return result
+
+    def _begin_segmented_part(self, response: Response, total: int, *, fresh: bool) -> None:
+        """Open the `.part` allocated to `total` bytes; a fresh one gets its sidecar first."""
+        encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            raise TransferError(
+                f"server applied Content-Encoding {encoding!r} despite identity",
+                url=redact_url(self.url),
+            )
+        if fresh or self.state is None:
+            etag = response.headers.get("ETag")
+            validator = etag if is_strong_etag(etag) else response.headers.get("Last-Modified")
+            if self.state is not None and self.state.validator:
+                validator = self.state.validator  # a prefix going segmented keeps its own
+            self.state = PartState(
+                url=self.request.url,
+                validator=validator,
+                total=total,
+                sha256=self._expected_digest(),
+                segmented=True,
+            )
+            self.state.save(self.sidecar_path)
+        self.total = total
+        part = self.part = SegmentedPartFile(self.part_path, total)
+        part.check_free_space(total)
+        part.allocate()
+
+    def _open_range_from(
+        self, url: str, redirected: bool
+    ) -> Callable[[int, int], Awaitable[Response]]:
+        """How the other connections ask for a piece: straight at the URL the first request
+        ended at (the CDN), with the partial's validator, checking every answer."""
+        validator = self.state.validator if self.state is not None else None
+        total = self.total
+
+        async def open_range(start: int, end: int) -> Response:
+            response, hopped = await self._request(start, end=end, url=url, validator=validator)
+            try:
+                if response.status == 206:
+                    parsed = parse_content_range(response.headers.get("Content-Range"))
+                    if parsed is None or parsed.start != start or parsed.total != total:
+                        raise NetworkError(
+                            f"asked for bytes {start}-{end - 1}/{total},"
+                            f" got {response.headers.get('Content-Range')}",
+                            url=redact_url(url),
+                        )
+                    return response
+                if response.status == 200:
+                    if validator:
+                        raise IntegrityError(
+                            "the file changed on the server during the download",
+                            url=redact_url(url),
+                        )
+                    raise NetworkError("the server stopped honouring Range", url=redact_url(url))
+                raise status_error(response, url=self.url, redirected=redirected or hopped)
+            except BaseException:
+                response.close()
+                raise
+
+        return open_range
+
+    def _save_segments(self) -> None:
+        """Hand the current map to the caller to persist (None once the `.part` is gone)."""
+        if self.segmap is None or self.on_segments is None:
+            return
+        if self.part_path.exists():
+            self.on_segments(self.segmap.records())
+        else:
+            self.on_segments(None)
+
+
+def _prefix_records(prefix: int, total: int) -> list[SegmentRecord]:
+    """The map of a front-to-back partial of `prefix` bytes."""
+    prefix = min(prefix, total)
+    records = [SegmentRecord(0, prefix, prefix)] if prefix else []
+    if prefix < total:
+        records.append(SegmentRecord(prefix, total, 0))
+    return records
