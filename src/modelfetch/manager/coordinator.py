@@ -1,0 +1,447 @@
+"""`DownloadManager`: owns the TaskGroup and the public API, and runs the coordinator task.
+
+One coordinator task decides what runs; one task per active file runs a transfer
+(`manager/files.py`). Every task lives in the manager's TaskGroup. The state the pieces share
+lives here: the in-memory mirror (`GroupBook`), the scheduling queue, the status writer
+(`Transitions`), the running files, retry histories and per-host holds. The other modules of
+the package are functions over this state; each says its job in its first line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from modelfetch.bus import EventBus, Subscription
+from modelfetch.core import events as ev
+from modelfetch.core.errors import UnknownItemError
+from modelfetch.core.models import (
+    FileRecord,
+    FileStatus,
+    GroupRecord,
+    ItemRef,
+    PauseReason,
+    StopReason,
+)
+from modelfetch.core.policy import AttemptHistory
+from modelfetch.core.quant import QuantGroup
+from modelfetch.core.queue import FileKey, SchedulingQueue
+from modelfetch.core.rate import RateEstimator
+from modelfetch.hubconfig import HubConfig, hub_config_from_env
+from modelfetch.layout import Layout
+from modelfetch.manager import control, files, intake, lifecycle, limits, progress
+from modelfetch.manager.groups import GroupBook, group_done, wait_settled
+from modelfetch.manager.partials import partial_files_unowned, remove_paths
+from modelfetch.manager.scheduling import choose_starts, due_retries, next_wake_in
+from modelfetch.manager.settings import ManagerSettings, default_home
+from modelfetch.manager.transitions import Transitions
+from modelfetch.requests import GroupRequest
+from modelfetch.store import Store
+from modelfetch.transfer import ConnectionSlots, TokenBucket, TransferSession
+from modelfetch.views import GroupView
+
+if TYPE_CHECKING:
+    # The Hub client and the planner (and aiohttp under them) are imported when a spec must be
+    # resolved, not when the manager is: a queue of plain requests never needs them.
+    import aiohttp
+
+    from modelfetch.manager.files import RunningFile
+    from modelfetch.planner import Planner
+
+
+class DownloadManager:
+    """Owns a state directory and works its queue while entered (`async with`)."""
+
+    def __init__(
+        self,
+        *,
+        home: Path | None = None,
+        settings: ManagerSettings | None = None,
+        hub: HubConfig | None = None,
+        models_dir: Path | None = None,
+        session: aiohttp.ClientSession | None = None,
+        rng: random.Random | None = None,
+        workers: bool = True,
+    ) -> None:
+        """`workers=False` opens the queue for editing (add, pause, move, ...) without running
+        any transfer: what `modelfetch add` uses while no daemon runs. `session` is used (and
+        not closed) for Hub API calls and the planner's requests; without it the manager makes
+        one on the first spec it resolves. Transfers always use their own session."""
+        self.home = (home or default_home()).expanduser().resolve()
+        self.settings = settings or ManagerSettings()
+        self.hub_config = hub or hub_config_from_env()
+        self.models_dir = (models_dir or self.home / "models").expanduser().absolute()
+        self._workers = workers
+        self._planner: Planner | None = None
+        self._external_api_session = session
+        self._api_session: aiohttp.ClientSession | None = None
+        self._rng = rng or random.Random()
+        self.bus = EventBus()
+        self._queue = SchedulingQueue()
+        book = self._book = GroupBook()
+        # The book's tables under the names the rest of the package (and the tests) read.
+        self._groups = book.groups
+        self._tallies = book.tallies
+        self._live_dests = book.live_dests
+        self._retrying = book.retrying
+        self._queued_by_priority = book.queued_by_priority
+        self._waiters = book.waiters
+        self._segmented: set[FileKey] = set()  # files that may have a segment map in the store
+        self._tx = Transitions(
+            bus=self.bus,
+            book=book,
+            queue=self._queue,
+            segmented=self._segmented,
+            store_of=lambda: self.store,
+            task_group_of=lambda: self._tg,
+        )
+        self._batch = self._tx.batch
+        self._deferred = self._tx.deferred
+        self._flush = self._tx.flush
+        self._emit = self._tx.emit
+        self._transition = self._tx.transition
+        self._running: dict[FileKey, RunningFile] = {}
+        self._histories: dict[FileKey, AttemptHistory] = {}
+        self._group_rates: dict[int, RateEstimator] = {}
+        self._holds: dict[str, float] = {}
+        self._finish_held: set[int] = set()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._entered = False
+        self._store: Store | None = None
+        self._session: TransferSession | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._service_tasks: list[asyncio.Task[None]] = []
+        # Shared by every transfer: the connection caps and the global bandwidth bucket; each
+        # download (group) also gets its own bucket, unlimited until set_rate_limit.
+        self._slots = ConnectionSlots(
+            self.settings.max_connections, self.settings.max_connections_per_host
+        )
+        self._bandwidth = TokenBucket(self.settings.rate_limit)
+        self._group_bandwidth: dict[int, TokenBucket] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> DownloadManager:
+        if self._entered:
+            raise RuntimeError("a DownloadManager can be entered once")
+        self._entered = True
+        await lifecycle.start(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop taking work, park active transfers (keeping `.part` files), persist, return."""
+        await lifecycle.shutdown(self)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the manager is not running (use `async with DownloadManager()`)")
+        return self._store
+
+    # ------------------------------------------------------------------ adding downloads
+
+    @property
+    def planner(self) -> Planner:
+        """Resolves specs; made on first use. Plain-URL probes go through the transfers' session;
+        the Hub client (and, unless one was given, an aiohttp session closed at shutdown) is made
+        when a spec first needs the Hub."""
+        if self._planner is None:
+            self._require_running()
+            self._planner = intake.make_planner(self)
+        return self._planner
+
+    async def add(
+        self,
+        spec: str,
+        *,
+        quant: str | None = None,
+        revision: str | None = None,
+        include: Iterable[str] = (),
+        layout: Layout | str = Layout.PLAIN,
+        models_dir: Path | None = None,
+        dest_dir: Path | None = None,
+        priority: int = 0,
+    ) -> int:
+        """Resolve a spec (`owner/name:Q4_K_M`, `owner/name/file.gguf`, a URL, ...) and enqueue
+        it; returns the group id. Malformed specs raise SpecError; a repo that does not exist,
+        is gated or needs a token raises the matching HTTPStatusError before anything is queued."""
+        self._require_running()
+        from modelfetch.planner import PlanOptions
+
+        options = PlanOptions(
+            models_dir=(models_dir or self.models_dir).expanduser().absolute(),
+            layout=Layout(layout),
+            quant=quant,
+            revision=revision,
+            include=tuple(include),
+            dest_dir=dest_dir.expanduser().absolute() if dest_dir else None,
+            priority=priority,
+        )
+        request = await self.planner.plan(spec, options)
+        return await self.enqueue(request)
+
+    async def quants(self, repo: str, revision: str | None = None) -> list[QuantGroup]:
+        self._require_running()
+        return await self.planner.quants(repo, revision)
+
+    async def enqueue(self, request: GroupRequest) -> int:
+        """Add a download; returns its group id. Asking again for something queued or active
+        returns the existing id; for something failed or cancelled, re-queues it."""
+        self._require_running()
+        return await intake.enqueue(self, request)
+
+    # ------------------------------------------------------------------ queue commands
+
+    async def pause(self, ref: str | int | ItemRef) -> None:
+        await control.pause_files(self, self._files_of(ref), PauseReason.USER)
+
+    async def resume(self, ref: str | int | ItemRef) -> None:
+        control.resume_files(self, self._files_of(ref))
+
+    async def pause_all(self) -> None:
+        await control.pause_files(self, self._book.all_live_files(), PauseReason.USER)
+
+    async def resume_all(self) -> None:
+        control.resume_files(self, self._book.all_live_files())
+
+    async def cancel(self, ref: str | int | ItemRef) -> None:
+        await control.cancel(self, self._ref(ref))
+
+    async def retry(self, ref: str | int | ItemRef) -> None:
+        """Queue the failed (and cancelled) members again, from the bytes on disk."""
+        ref = self._ref(ref)
+        group = self._group(ref.group_id)
+        control.requeue(
+            self,
+            group,
+            [f for f in self._files_of(ref) if f.status in control.RETRYABLE],
+        )
+
+    async def move(self, ref: str | int | ItemRef, position: int) -> None:
+        _, changes = control.reorder(
+            self,
+            ref,
+            lambda target: self._queue.move(target, position),
+            "only waiting downloads move",
+        )
+        control.apply_order(self, changes)
+
+    async def move_to_front(self, ref: str | int | ItemRef) -> None:
+        await self.move(ref, 1)
+
+    async def set_priority(self, ref: str | int | ItemRef, priority: int) -> None:
+        """Higher runs first; within a priority, first come first served."""
+        control.set_priority(self, ref, priority)
+
+    async def orphan_partials(self) -> list[Path]:
+        """`.part` files (and their sidecars) under the models directory and every known
+        destination directory that no live download owns: what `modelfetch clean` removes."""
+        return partial_files_unowned(self)
+
+    async def remove_orphan_partials(self) -> list[Path]:
+        return remove_paths(await self.orphan_partials())
+
+    async def forget(self, ref: str | int | ItemRef) -> None:
+        """Drop a finished download from the history (files on disk are kept)."""
+        control.forget(self, self._ref(ref))
+
+    async def forget_finished(self) -> list[int]:
+        return control.forget_finished(self)
+
+    # ------------------------------------------------------------------ limits
+
+    async def set_limits(
+        self,
+        *,
+        max_active: int | None = None,
+        rate_limit: int | None = None,
+        max_connections: int | None = None,
+        max_connections_per_host: int | None = None,
+        connections_per_file: int | None = None,
+    ) -> None:
+        """Change limits while running; None leaves a limit as it is. `rate_limit` is bytes/s
+        over every download (0: unlimited) and applies at once, also to running transfers, as
+        do the connection caps (for new connections). `connections_per_file` applies to files
+        that start from now on."""
+        excess = limits.set_limits(
+            self,
+            max_active=max_active,
+            rate_limit=rate_limit,
+            max_connections=max_connections,
+            max_connections_per_host=max_connections_per_host,
+            connections_per_file=connections_per_file,
+        )
+        await asyncio.gather(*(files.stop(self, r, StopReason.SHUTDOWN) for r in excess))
+        self._wake.set()
+
+    async def set_rate_limit(self, ref: str | int | ItemRef, bytes_per_s: int | None) -> None:
+        """Cap one download's bandwidth (bytes/s over all its files and connections; None or
+        0: no cap of its own). `ref` names the download (for `12.3`, its download 12). Applies
+        at once, also while it runs, and is remembered across restarts."""
+        if bytes_per_s is not None and bytes_per_s < 0:
+            raise ValueError("bytes_per_s must be >= 0 (0 or None: unlimited)")
+        group = self._group(self._ref(ref).group_id)
+        limits.set_group_rate(self, group.id, bytes_per_s or None)
+
+    async def set_connections(self, ref: str | int | ItemRef, connections: int | None) -> None:
+        """Connections per file for one download (1: a single stream each; None: back to the
+        global setting). Remembered across restarts; applies to its files that start next."""
+        if connections is not None and connections < 1:
+            raise ValueError("connections must be at least 1 (or None for the default)")
+        group = self._group(self._ref(ref).group_id)
+        limits.set_group_connections(self, group.id, connections)
+
+    # ------------------------------------------------------------------ reading
+
+    async def snapshot(self) -> list[GroupView]:
+        """Every group the manager knows, in id order, with positions, speed and ETA."""
+        self._require_running()
+        positions = self._queue.positions()
+        group_positions = self._queue.group_positions()
+        return [
+            progress.group_view_of(
+                self, self._groups.get(group.id, group), positions, group_positions
+            )
+            for group in self.store.groups()
+        ]
+
+    async def group_view(self, ref: str | int | ItemRef) -> GroupView:
+        self._require_running()
+        group = self._group(self._ref(ref).group_id)
+        return progress.group_view_of(
+            self, group, self._queue.positions(), self._queue.group_positions()
+        )
+
+    def subscribe(self, *, maxsize: int = 1024, since: int | None = None) -> Subscription:
+        return self.bus.subscribe(maxsize=maxsize, since=since)
+
+    async def wait(self, group_ids: Iterable[int]) -> None:
+        """Until every given group is settled: nothing queued, active or waiting to retry
+        (paused counts as settled, so a disk-full pause ends the wait). Bound it with
+        `asyncio.timeout` if needed. Returns as well when the manager shuts down."""
+        await wait_settled(self._book, group_ids, settled=self._settled, bus=self.bus)
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        with self.subscribe() as sub:
+            async for e in sub:
+                yield e
+
+    # ------------------------------------------------------------------ lookups
+
+    def _require_running(self) -> None:
+        if self._store is None or self._closing:
+            raise RuntimeError("the manager is not running (use `async with DownloadManager()`)")
+
+    @staticmethod
+    def _ref(ref: str | int | ItemRef) -> ItemRef:
+        return ref if isinstance(ref, ItemRef) else ItemRef.parse(ref)
+
+    def _group(self, gid: int) -> GroupRecord:
+        group = self._groups.get(gid)
+        if group is None:
+            group = self.store.get_group(gid)
+            if group is None:
+                raise UnknownItemError(f"no download with id {gid}")
+            self._book.register(group)
+        return group
+
+    def _files_of(self, ref: str | int | ItemRef) -> list[FileRecord]:
+        ref = self._ref(ref)
+        group = self._group(ref.group_id)
+        if ref.index is None:
+            return list(group.files)
+        for f in group.files:
+            if f.index == ref.index:
+                return [f]
+        raise UnknownItemError(f"download {ref.group_id} has no file {ref.index}")
+
+    def _settled(self, gid: int) -> bool:
+        return self._book.settled(gid)
+
+    def _group_done(self, group: GroupRecord) -> int:
+        return group_done(self._tallies, self._running, group)
+
+    def _session_or_fail(self) -> TransferSession:
+        if self._session is None:
+            raise RuntimeError("no HTTP session")
+        return self._session
+
+    # ------------------------------------------------------------------ the service tasks
+
+    async def _coordinate(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            now = time.time()
+            with self._deferred():  # the retries due and the files started: one commit
+                for f in due_retries(self._retrying, self._holds, now):
+                    self._transition(
+                        f,
+                        FileStatus.QUEUED,
+                        allowed_from=(FileStatus.WAITING_RETRY,),
+                        reason="retrying",
+                        retry_at=None,
+                    )
+                self._fill_slots(now)
+            retry_times = (f.retry_at for f in self._retrying.values())
+            delay = next_wake_in(retry_times, self._holds, now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    def _fill_slots(self, now: float) -> None:
+        """Start the first eligible waiting files until `max_active` run. The queue is read
+        lazily (starting a file changes no order), so this costs the files it starts and the
+        held ones in front of them, not O(queue); a start the store refuses leaves its slot to
+        the next file in line."""
+        if self._closing:
+            return
+        waiting = self._queue.waiting()  # one pass: each round reads on where the last stopped
+        while True:
+            chosen = choose_starts(
+                waiting,
+                self._groups,
+                free=self.settings.max_active - len(self._running),
+                holds=self._holds,
+                now=now,
+            )
+            refused = 0
+            for f in chosen:
+                if not files.start(self, f, now):
+                    refused += 1
+            if not refused:
+                return
+
+    async def _pause_for_disk_full(self) -> None:
+        await control.pause_files(self, self._book.all_live_files(), PauseReason.DISK_FULL)
+
+    async def _ticker(self) -> None:
+        last_checkpoint = time.monotonic()
+        last_disk_check = last_checkpoint
+        while not self._closing:
+            await asyncio.sleep(self.settings.progress_interval)
+            now = time.monotonic()
+            progress.emit_progress(self, now)
+            if self._tx.positions_dirty:
+                self._tx.positions_dirty = False
+                control.emit_positions(self)
+            if now - last_checkpoint >= self.settings.checkpoint_interval:
+                progress.checkpoint(self)
+                last_checkpoint = now
+            if now - last_disk_check >= self.settings.disk_check_interval:
+                control.resume_when_space_returns(self)
+                last_disk_check = now

@@ -1,0 +1,199 @@
+"""New downloads: a `GroupRequest` becomes stored, queued records; present files are adopted.
+
+A file already at its destination with the expected digest is marked completed instead of
+fetched again, when it is enqueued and at start (a publish whose commit a crash lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelfetch.core import events as ev
+from modelfetch.core.errors import SpecError
+from modelfetch.core.models import FileRecord, FileStatus, GroupRecord, GroupStatus
+from modelfetch.manager import control
+from modelfetch.manager.finalize import publish_links
+from modelfetch.manager.groups import file_ref
+from modelfetch.manager.partials import on_disk
+from modelfetch.manager.transitions import finish_if_done
+from modelfetch.requests import GroupRequest
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from modelfetch.hub import HubClient
+    from modelfetch.manager.coordinator import DownloadManager
+    from modelfetch.planner import Planner
+
+
+def make_planner(m: DownloadManager) -> Planner:
+    """The planner: plain-URL probes go through the transfers' session; the Hub client (and,
+    unless the manager was given one, an aiohttp session closed at shutdown) is made when a
+    spec first needs the Hub."""
+    from modelfetch.planner import Planner
+
+    return Planner(
+        None,
+        lambda: _hub_parts(m),
+        hub_config=m.hub_config,
+        probe_session=m._session_or_fail(),
+    )
+
+
+def _hub_parts(m: DownloadManager) -> tuple[aiohttp.ClientSession, HubClient]:
+    from modelfetch.hub import HubClient, make_api_session
+
+    if m._api_session is None:
+        m._api_session = m._external_api_session or make_api_session()
+    return m._api_session, HubClient(m._api_session, m.hub_config)
+
+
+async def enqueue(m: DownloadManager, request: GroupRequest) -> int:
+    """Add a download; returns its group id. Asking again for something queued or active
+    returns the existing id; for something failed or cancelled, re-queues it."""
+    existing = m.store.find_group(request.dedupe_key())
+    if existing is not None:
+        group = m._groups.get(existing.id) or m._book.register(existing)
+        status = group.status
+        if status in (GroupStatus.QUEUED, GroupStatus.ACTIVE, GroupStatus.PAUSED):
+            return group.id
+        if status is GroupStatus.COMPLETED and all(Path(f.dest).exists() for f in group.files):
+            return group.id
+        control.requeue(
+            m,
+            group,
+            [
+                f
+                for f in group.files
+                if f.status is not FileStatus.COMPLETED or not Path(f.dest).exists()
+            ],
+        )
+        return group.id
+
+    now = time.time()
+    files = [
+        FileRecord(
+            group_id=0,
+            index=i,
+            url=fr.url,
+            dest=str((fr.dest or request.dest_dir / fr.path).absolute()),
+            link=str(fr.link.absolute()) if fr.link else None,
+            name=fr.path,
+            priority=request.priority,
+            expected_size=fr.size,
+            bytes_total=fr.size,
+            expected_sha256=fr.sha256,
+            expected_git_oid=fr.git_oid,
+            commit=request.commit,
+            created_at=now,
+        )
+        for i, fr in enumerate(request.files, start=1)
+    ]
+    _refuse_shared_destinations(m, files)
+    for f in files:
+        f.bytes_done = on_disk(m, f)
+    group = GroupRecord(
+        key=request.dedupe_key(),
+        spec=request.spec or request.name,
+        name=request.name,
+        dest_dir=str(request.dest_dir.absolute()),
+        priority=request.priority,
+        repo_id=request.repo_id,
+        revision=request.revision,
+        commit=request.commit,
+        quant=request.quant,
+        created_at=now,
+        files=files,
+    )
+    with m._batch():
+        group = m.store.add_group(group)
+        changes = m._queue.add_group(group.id, [f.index for f in group.files], request.priority)
+        m.store.set_order(changes)
+        for f in group.files:
+            f.order_key = changes.get((f.group_id, f.index), f.order_key)
+        m._book.register(group)
+    for f in group.files:
+        await adopt_existing(m, f)
+    m._emit(
+        ev.GroupQueued(
+            group_id=group.id,
+            name=group.name,
+            files=len(group.files),
+            total=m._tallies[group.id].total,
+            position=m._book.new_group_position(group.id, request.priority),
+        )
+    )
+    m._wake.set()
+    return group.id
+
+
+def _refuse_shared_destinations(m: DownloadManager, files: list[FileRecord]) -> None:
+    """Two live files with one destination would write one `.part` from two streams."""
+    taken: dict[str, FileRecord] = {}
+    for f in files:
+        owners = m._live_dests.get(f.dest)
+        other = next(iter(owners.values())) if owners else taken.get(f.dest)
+        if other is not None:
+            owner = f"download {other.ref}" if other.group_id else f"{other.name!r}"
+            raise SpecError(f"{f.dest} is already being written by {owner}")
+        taken[f.dest] = f
+
+
+async def adopt_existing(m: DownloadManager, f: FileRecord) -> None:
+    """A file already at its destination with the expected digest is not fetched again.
+    Digests are cached by (path, size, mtime), so a multi-GB file is hashed at most once."""
+    expected = f.expected_sha256
+    dest = Path(f.dest)
+    try:
+        st = dest.stat()
+    except OSError:
+        return
+    if expected is None or (f.expected_size is not None and st.st_size != f.expected_size):
+        return
+    digest = m.store.verified_digest(f.dest, st.st_size, st.st_mtime_ns)
+    if digest is None:
+        digest = await asyncio.to_thread(_sha256_of, dest)
+        with m._batch():
+            m.store.remember_verified(f.dest, st.st_size, st.st_mtime_ns, digest)
+    if digest != expected:
+        return
+    with m._batch():
+        _adopted(m, f, st.st_size, digest)
+
+
+def _adopted(m: DownloadManager, f: FileRecord, size: int, digest: str) -> None:
+    if m._transition(
+        f,
+        FileStatus.COMPLETED,
+        allowed_from=(FileStatus.QUEUED,),
+        reason="already present",
+        bytes_done=size,
+        bytes_total=size,
+        sha256=digest,
+        finished_at=time.time(),
+    ):
+        publish_links(m, f)
+        m._emit(
+            ev.FileCompleted(
+                ref=file_ref(f),
+                group_id=f.group_id,
+                name=f.name,
+                path=f.dest,
+                sha256=digest,
+                size=size,
+                verified=True,
+            )
+        )
+        finish_if_done(m, f.group_id)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

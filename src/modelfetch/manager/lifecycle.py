@@ -1,0 +1,104 @@
+"""Start and stop: adopt the stored state at start; at shutdown park transfers and persist.
+
+At start the store is opened (a corrupt one rebuilt), rows left active go back to queued, byte
+counts are reconciled with the `.part` files, files published before a crash are adopted, and
+the coordinator and ticker start. At shutdown active transfers keep their `.part`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import TYPE_CHECKING
+
+from modelfetch.core import events as ev
+from modelfetch.core.models import FileStatus, StopReason
+from modelfetch.core.queue import entries_of
+from modelfetch.manager import files
+from modelfetch.manager.groups import WAITING
+from modelfetch.manager.intake import adopt_existing
+from modelfetch.manager.partials import on_disk
+from modelfetch.manager.progress import checkpoint
+from modelfetch.recovery import open_store
+from modelfetch.transfer import make_session
+
+if TYPE_CHECKING:
+    from modelfetch.manager.coordinator import DownloadManager
+
+
+async def start(m: DownloadManager) -> None:
+    """Open the state directory and adopt what it holds; with workers, start the coordinator
+    and the ticker in the manager's TaskGroup."""
+    # A corrupt or foreign database is moved aside and the queue rebuilt from the `.part`
+    # sidecars on disk; what happened is announced once the bus is up.
+    m._store, notices = open_store(m.home, models_dir=m.models_dir)
+    for message in notices:
+        m._emit(ev.Notice(message=message, level="warning"))
+    try:
+        _recover(m)
+        m._session = make_session()
+        m._tg = asyncio.TaskGroup()
+        await m._tg.__aenter__()
+    except BaseException:
+        m._store.close()
+        raise
+    # A kill between a publish (the rename) and its commit leaves a verified file under its
+    # final name and a row that is not completed: adopt it rather than fetch it again.
+    present = [
+        f
+        for f in m._book.all_live_files()
+        if f.status is FileStatus.QUEUED and os.path.exists(f.dest)
+    ]
+    for f in present:
+        await adopt_existing(m, f)
+    if m._workers:
+        m._service_tasks = [
+            m._tg.create_task(m._coordinate(), name="modelfetch-coordinator"),
+            m._tg.create_task(m._ticker(), name="modelfetch-ticker"),
+        ]
+
+
+def _recover(m: DownloadManager) -> None:
+    """Crash recovery: rows left active go back to queued, counts reconciled with the disk."""
+    store = m.store
+    store.recover()
+    m._segmented.clear()
+    m._segmented.update(store.segmented_files())
+    with m._batch():
+        for group in store.groups(live_only=True):
+            for f in group.files:
+                if f.status in WAITING:
+                    bytes_on_disk = on_disk(m, f)
+                    if bytes_on_disk != f.bytes_done:
+                        store.update_file(f.group_id, f.index, bytes_done=bytes_on_disk)
+                        f.bytes_done = bytes_on_disk
+            m._book.register(group)
+    m._queue.load(entries_of(m._groups.values()))
+
+
+async def shutdown(m: DownloadManager) -> None:
+    """Stop taking work, park active transfers (keeping `.part` files), persist, return."""
+    if m._closing:
+        return
+    m._closing = True
+    m._wake.set()
+    running = list(m._running.values())
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(m.settings.shutdown_grace):
+            await asyncio.gather(*(files.stop(m, r, StopReason.SHUTDOWN) for r in running))
+    checkpoint(m, force=True)
+    for t in m._service_tasks:
+        t.cancel()
+    if m._tg is not None:
+        await m._tg.__aexit__(None, None, None)
+    if m._store is not None:
+        m._flush()  # the last changes, committed and announced before the bus closes
+    m.bus.close()
+    m._book.wake_waiters(list(m._waiters))  # wait() returns once the bus is closed
+    if m._session is not None:
+        await m._session.close()
+    if m._api_session is not None and m._external_api_session is None:
+        await m._api_session.close()
+    if m._store is not None:
+        m._store.close()

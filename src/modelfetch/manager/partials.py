@@ -1,0 +1,69 @@
+"""What of a file is on disk before it is complete: its `.part` and sidecar, and their bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelfetch.core.models import LIVE_STATUSES, FileRecord
+from modelfetch.core.paths import PART_SUFFIX, part_path, sidecar_path
+from modelfetch.transfer import SegmentRecord, partial_bytes
+
+if TYPE_CHECKING:
+    from modelfetch.manager.coordinator import DownloadManager
+
+
+def partial_paths(dest: str) -> tuple[Path, Path]:
+    """The `.part` and its `.part.json` sidecar for a destination."""
+    return part_path(Path(dest)), sidecar_path(Path(dest))
+
+
+def on_disk(m: DownloadManager, f: FileRecord) -> int:
+    """Bytes of `f`'s partial really on disk: the `.part`'s length when it is filled front
+    to back, the persisted segment map's count when several connections fill it."""
+    try:  # most queued files have no partial yet: one stat, no Path objects
+        os.stat(f.dest + PART_SUFFIX)
+    except FileNotFoundError:
+        return 0
+    return partial_bytes(Path(f.dest), segments_of(m, f))
+
+
+def segments_of(m: DownloadManager, f: FileRecord) -> tuple[SegmentRecord, ...] | None:
+    """The stored segment map of `f`; the store is asked only about files that may have
+    one (a map is saved only through `on_segments`, and `_segmented` was loaded at start)."""
+    key = (f.group_id, f.index)
+    if not f.group_id or key not in m._segmented:
+        return None
+    return m.store.segments(f.group_id, f.index)
+
+
+def partial_files_unowned(m: DownloadManager) -> list[Path]:
+    """`.part` files (and their sidecars) under the models directory and every known
+    destination directory that no live download owns: what `modelfetch clean` removes."""
+    owned = {
+        p
+        for g in m._groups.values()
+        for f in g.files
+        if f.status in LIVE_STATUSES
+        for p in partial_paths(f.dest)
+    }
+    roots = {m.models_dir, *(Path(g.dest_dir) for g in m.store.groups())}
+    found: set[Path] = set()
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for pattern in ("*.part", "*.part.json"):
+            found.update(p for p in root.rglob(pattern) if p.is_file())
+    return sorted(found - owned)
+
+
+def remove_paths(paths: list[Path]) -> list[Path]:
+    """Delete `paths`; returns those that were there to delete."""
+    removed = []
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed

@@ -1,0 +1,40 @@
+"""The manager's tunables (`ManagerSettings`) and where its state directory lives by default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelfetch.core.policy import RetryPolicy
+
+
+def default_home() -> Path:
+    env = os.environ.get("MODELFETCH_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("modelfetch"))
+
+
+@dataclass
+class ManagerSettings:
+    max_active: int = 3
+    stall_timeout: float = 30.0
+    progress_interval: float = 0.5
+    checkpoint_interval: float = 1.0
+    disk_check_interval: float = 5.0
+    shutdown_grace: float = 5.0
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # Multi-connection transfers (transfer/segments.py). A file of at least segment_threshold
+    # bytes (size known from the plan) is fetched over ranged connections in pieces of at least
+    # min_segment_size: 8 at first, more while they add throughput (a server that caps each
+    # connection), at most connections_per_file; 1 means one stream per file.
+    connections_per_file: int = 16
+    segment_threshold: int = 64 << 20
+    min_segment_size: int = 16 << 20
+    max_connections: int = 32  # concurrent connections over every download
+    max_connections_per_host: int = 16  # ... to any one host (0: no per-host cap)
+    rate_limit: int | None = None  # bytes/s over every download (None: unlimited)
+    allowed_hosts: frozenset[str] | None = None  # hosts transfers may reach (None: any)
