@@ -18,6 +18,7 @@ from modelfetch.core.errors import (
     HTTPStatusError,
     NetworkError,
     NotFoundError,
+    ProxyError,
     RateLimitedError,
     ServerBusyError,
     StalledError,
@@ -32,6 +33,7 @@ from modelfetch.transfer.wire import (
     InvalidURLError,
     NameResolutionError,
     ProtocolError,
+    ProxyRefusedError,
     Response,
     ServerDisconnectedError,
     WireError,
@@ -51,7 +53,7 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def status_error(response: Response, *, url: str, redirected: bool) -> HTTPStatusError:
+def status_error(response: Response, *, url: str, redirected: bool) -> HTTPStatusError | ProxyError:
     """The one mapping from an unusable HTTP status to an error (most specific first)."""
     status = response.status
     headers = response.headers
@@ -64,6 +66,13 @@ def status_error(response: Response, *, url: str, redirected: bool) -> HTTPStatu
     def make(cls: type[HTTPStatusError], message: str) -> HTTPStatusError:
         return cls(message, status=status, url=where, error_code=code, redirected=redirected)
 
+    if status == 407:  # only a proxy says this (for a plain-http request it forwarded)
+        return ProxyError(
+            f"the proxy refused the request to {where}: HTTP 407 {response.reason or ''}".rstrip()
+            + "; it wants credentials: put them in the proxy URL",
+            status=407,
+            url=where,
+        )
     if status in (404, 410):
         return make(NotFoundError, detail)
     if status == 401:
@@ -91,9 +100,18 @@ def translate_exception(
     if isinstance(exc, TransferError):
         return None
     if isinstance(exc, NameResolutionError):
-        return NetworkError(f"cannot resolve {urlsplit(url).hostname}: {exc.os_error}", url=where)
+        name = f"proxy {exc.host}" if exc.proxy else urlsplit(url).hostname
+        return NetworkError(f"cannot resolve {name}: {exc.os_error}", url=where)
     if isinstance(exc, ConnectError):
-        return NetworkError(f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}", url=where)
+        what = "proxy " if exc.proxy else ""
+        return NetworkError(
+            f"cannot connect to {what}{exc.host}:{exc.port}: {exc.os_error}", url=where
+        )
+    if isinstance(exc, ProxyRefusedError):
+        if 500 <= exc.status <= 599:  # it could not reach the origin: like a network error
+            return NetworkError(str(exc), url=where)
+        hint = "; put the credentials in the proxy URL" if exc.status == 407 else ""
+        return ProxyError(str(exc) + hint, status=exc.status, url=where)
     host = urlsplit(url).netloc
     if isinstance(exc, ServerDisconnectedError):
         return NetworkError(f"{host} closed the connection", url=where)

@@ -25,15 +25,18 @@ from modelfetch.transfer.wire import Headers, Response
 
 def may_authenticate(session: TransferSession, url: str, token_origin: str | None) -> bool:
     """Whether the Hub token may be sent with a request to `url`: only to the origin (scheme,
-    host, port) it belongs to (`token_origin`; None: there is no token). The one place that
-    decides it; every hop of every request asks. `session` is the client the request would go
-    through (not consulted yet: how it reaches `url` may also forbid the token)."""
+    host, port) it belongs to (`token_origin`; None: there is no token), and never where a
+    proxy could read it: a plain-http request through a proxy is readable by the proxy (https
+    goes through a CONNECT tunnel, inside TLS). The one place that decides it; every hop of
+    every request asks."""
     if token_origin is None:
         return False
     try:
-        return origin_of(url) == token_origin
+        if origin_of(url) != token_origin:
+            return False
     except ValueError:
         return False
+    return not (url[:5].lower() == "http:" and session.proxy_for(url) is not None)
 
 
 def host_of(url: str) -> str:

@@ -43,10 +43,10 @@ class _Handshake(asyncio.Protocol):
             if len(self._head) > MAX_HEAD:
                 self.answer.set_exception(ProtocolError("a proxy answer head over 64 KiB"))
             return
-        if end + sep != len(self._head):
-            self.answer.set_exception(ProtocolError("the proxy sent bytes after its answer"))
-            return
-        self.answer.set_result(bytes(self._head))
+        # Bytes after the head: a refusal's error page (fine), or, after a 2xx, bytes that
+        # would be taken for the origin's TLS (not fine: checked once the status is known).
+        self.extra = end + sep != len(self._head)
+        self.answer.set_result(bytes(self._head[: end + sep]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.answer.done():
