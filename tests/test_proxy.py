@@ -80,7 +80,9 @@ def proxy(tmp_path: Path) -> AsyncIterator[Tinyproxy]:
 
 @pytest.fixture
 def auth_proxy(tmp_path: Path) -> AsyncIterator[Tinyproxy]:
-    running = run_tinyproxy(tmp_path, auth=("alice", "s3cret_pass-1"))  # tinyproxy takes [\w.-] only
+    running = run_tinyproxy(
+        tmp_path, auth=("alice", "s3cret_pass-1")
+    )  # tinyproxy takes [\w.-] only
     yield running
     running.stop()
 
@@ -244,3 +246,27 @@ async def test_the_hub_api_keeps_the_token_from_a_plain_http_proxy(
     finally:
         await tap.close()
     assert tap.sent and TOKEN.encode() not in tap.sent
+
+
+async def test_a_whole_hub_download_goes_through_the_proxy(
+    proxy: Tinyproxy, hub: FakeHub, tmp_path: Path
+) -> None:
+    from modelfetch.manager import DownloadManager, ManagerSettings
+
+    shards = [
+        RepoFile(f"model-Q4_K_M-0000{i}-of-00002.gguf", content=os.urandom(300_000)) for i in (1, 2)
+    ]
+    hub.add_repo("org/model-GGUF", shards)
+    settings = ManagerSettings(network=through(proxy.url))
+    models = tmp_path / "models"
+    async with DownloadManager(
+        home=tmp_path / "home", settings=settings, hub=HubConfig(hub.endpoint), models_dir=models
+    ) as manager:
+        group = await manager.add("org/model-GGUF")
+        await manager.wait([group])
+    for shard in shards:
+        assert (models / "org" / "model-GGUF" / shard.path).read_bytes() == shard.content
+    log = proxy.log_text()
+    assert "/api/models/org/model-GGUF" in log  # the Hub API
+    assert "/org/model-GGUF/resolve/" in log  # the resolve hop
+    assert "/cdn/org/model-GGUF/" in log  # and the CDN it redirects to

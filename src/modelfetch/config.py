@@ -199,7 +199,9 @@ class Config:
         """`home`, `settings`, `hub` and `models_dir` for DownloadManager / open_backend."""
         from modelfetch.manager import ManagerSettings
 
-        settings = ManagerSettings(max_active=self.max_active, stall_timeout=self.stall_timeout)
+        settings = ManagerSettings(
+            max_active=self.max_active, stall_timeout=self.stall_timeout, network=self.network
+        )
         return {
             "home": self.home,
             "settings": settings,

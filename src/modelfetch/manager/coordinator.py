@@ -29,6 +29,7 @@ from modelfetch.core.models import (
     PauseReason,
     StopReason,
 )
+from modelfetch.core.network import NetworkSettings
 from modelfetch.core.policy import AttemptHistory
 from modelfetch.core.quant import QuantGroup
 from modelfetch.core.queue import FileKey, SchedulingQueue
@@ -81,6 +82,7 @@ class DownloadManager:
         self._planner: Planner | None = None
         self._external_api_session = session
         self._api_session: aiohttp.ClientSession | None = None
+        self._network: NetworkSettings | None = None  # resolved at start (settings or env)
         self._rng = rng or random.Random()
         self.bus = EventBus()
         self._queue = SchedulingQueue()

@@ -48,8 +48,9 @@ def _hub_parts(m: DownloadManager) -> tuple[aiohttp.ClientSession, HubClient]:
     from modelfetch.hub import HubClient, make_api_session
 
     if m._api_session is None:
-        m._api_session = m._external_api_session or make_api_session()
-    return m._api_session, HubClient(m._api_session, m.hub_config)
+        m._api_session = m._external_api_session or make_api_session(network=m._network)
+    proxies = m._network.proxies if m._network is not None else None
+    return m._api_session, HubClient(m._api_session, m.hub_config, proxies=proxies)
 
 
 async def enqueue(m: DownloadManager, request: GroupRequest) -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from modelfetch.core import events as ev
 from modelfetch.core.models import FileStatus, StopReason
+from modelfetch.core.network import NetworkSettings
 from modelfetch.core.queue import entries_of
 from modelfetch.manager import files
 from modelfetch.manager.groups import WAITING
@@ -37,7 +38,8 @@ async def start(m: DownloadManager) -> None:
         m._emit(ev.Notice(message=message, level="warning"))
     try:
         _recover(m)
-        m._session = make_session()
+        m._network = m.settings.network or NetworkSettings.from_env(os.environ)
+        m._session = make_session(network=m._network)
         m._tg = asyncio.TaskGroup()
         await m._tg.__aenter__()
     except BaseException:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelfetch.core.network import NetworkSettings
 from modelfetch.core.policy import RetryPolicy
 
 
@@ -38,3 +39,6 @@ class ManagerSettings:
     max_connections_per_host: int = 16  # ... to any one host (0: no per-host cap)
     rate_limit: int | None = None  # bytes/s over every download (None: unlimited)
     allowed_hosts: frozenset[str] | None = None  # hosts transfers may reach (None: any)
+    # Proxies and CA bundle for every request to the outside: transfers, the Hub API, probes
+    # (None: read from the environment when the manager starts, as `hf` would).
+    network: NetworkSettings | None = None
