@@ -21,11 +21,10 @@ from aiohttp import web
 from modelfetch.core.errors import NetworkError
 from modelfetch.core.proxy import Proxy
 from modelfetch.transfer import TransferRequest, fetch_file, make_session
-from modelfetch.transfer.http import _translate_exception
+from modelfetch.transfer.failures import translate_exception
 from modelfetch.transfer.wire import (
     MAX_FIELDS,
     ConnectError,
-    Headers,
     IncompleteBodyError,
     InvalidURLError,
     NameResolutionError,
@@ -774,7 +773,7 @@ async def test_connection_failures_read_clearly_in_a_transfer(
     with pytest.raises(NetworkError, match="sent an invalid response: invalid status line"):
         await fetch_file(session, TransferRequest(url=f"{garbage.url}/f", dest=tmp_path / "c"))
     error = NameResolutionError("x.invalid", 80, socket.gaierror(-2, "Name or service not known"))
-    translated = _translate_exception(error, url="http://x.invalid/f", stall=30.0)
+    translated = translate_exception(error, url="http://x.invalid/f", stall=30.0)
     assert translated is not None
     assert str(translated) == "cannot resolve x.invalid: [Errno -2] Name or service not known"
 

@@ -1,7 +1,7 @@
 """What went wrong, in our error tree: HTTP statuses and the client's and the OS's exceptions.
 
 `status_error` and `translate_exception` are the only places that look at HTTP statuses and at
-the HTTP client's (transfer/wire.py) exceptions; every failure of a transfer leaves as a
+the HTTP client's (transfer/wire/) exceptions; every failure of a transfer leaves as a
 `TransferError` subclass (core/errors.py). `redact_url` is the form of a URL those errors carry.
 """
 

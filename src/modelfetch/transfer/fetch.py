@@ -15,7 +15,7 @@ steps 4-5 happen in one worker-thread call (`_receive_small`); if it stops early
 written as the `.part` then, so it resumes exactly like a streamed body.
 A large file with a known size may instead go segmented (segment_setup.py, segments.py).
 Every failure leaves as a `TransferError` subclass (failures.py). The HTTP client is our own
-(transfer/wire.py): importing aiohttp would cost more than a whole small download.
+(transfer/wire/): importing aiohttp would cost more than a whole small download.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where a transfer's requests go: redirects by our own rules, and where the Hub token may go.
 
-The HTTP client (transfer/wire.py) never follows redirects; `_request` does, hop by hop: at most
+The HTTP client (transfer/wire/) never follows redirects; `_request` does, hop by hop: at most
 `TransferRequest.max_redirects` hops, each hop's scheme in `allowed_schemes` (and its host in
 `allowed_hosts`, when given), relative `Location`s resolved against the hop that sent them. The
 token goes only where `may_authenticate` says, asked afresh at every hop (a redirect to the CDN

@@ -1,10 +1,10 @@
 """Multi-connection (segmented) transfer of one file: running the connections.
 
-http.py decides whether a file goes segmented, makes the first ranged request (redirects, the
-plan's cross-checks, validators) and sets up the `.part`; `SegmentedFetch` then runs the
-connections over the segment map (core/segments.py): each takes a piece front to back, streams
-it into the `.part` with `pwrite` at its offset, and, when no piece is left, steals half of the
-largest remaining segment. http.py verifies and publishes when the map is complete.
+segment_setup.py decides whether a file goes segmented, makes the first ranged request
+(redirects, the plan's cross-checks, validators) and sets up the `.part`; `SegmentedFetch` then
+runs the connections over the segment map (core/segments.py): each takes a piece front to back,
+streams it into the `.part` with `pwrite` at its offset, and, when no piece is left, steals half
+of the largest remaining segment. receive.py verifies and publishes when the map is complete.
 
 Where the truth is. A segmented `.part` is allocated to its full size at once and filled out of
 order, so its length says nothing. What is on disk is the segment map: per segment its start,
@@ -29,9 +29,9 @@ the digest thread falls behind (the CPU is the limit) reading pauses until it ca
 (`hash_gate`), so little is left to hash after the last byte. On a resume the prefix already on
 disk is read back and hashed first, on the same thread.
 
-Zero copies. Every piece's request goes through http.py's `open_range` (redirects, its checks
-of the answer), and its body is written into the `.part` straight from the connection's one
-reusable receive buffer (`Response.stream`, transfer/wire.py): the kernel copies each byte
+Zero copies. Every piece's request goes through `open_range` (segment_setup.py: redirects, its
+checks of the answer), and its body is written into the `.part` straight from the connection's
+one reusable receive buffer (`Response.stream`, transfer/wire/): the kernel copies each byte
 into that buffer, `pwrite` copies it to the page cache, and nothing is allocated per chunk.
 A piece whose request gets an unusable status (a 503 from one CDN node) is asked for once more
 before the status fails the transfer.
@@ -130,7 +130,7 @@ class SegmentSettings:
 
 @dataclass(slots=True)
 class FirstPiece:
-    """The response http.py already opened (and checked) for the first claimed segment."""
+    """The response segment_setup.py already opened (and checked) for the first claimed segment."""
 
     segment: Segment
     response: Response

@@ -4,7 +4,7 @@ Why not aiohttp here: importing it costs 0.15-0.25 s of every process start (its
 builds SSL contexts at import time), longer than the whole of some downloads; and on the hot
 path it allocates and copies every received chunk several times. This client speaks GET and
 HEAD over http and https, keeps connections alive per (scheme, host, port), never follows
-redirects (transfer/http.py does that by hand, with its own rules) and never decodes content.
+redirects (transfer/redirects.py does that by hand, with its own rules) and never decodes content.
 Through an http proxy (`proxies`), http requests go in absolute form and https ones through a
 CONNECT tunnel (tunnel.py).
 
@@ -27,8 +27,8 @@ server closing it is noticed before it is reused.
 
 Hostile servers. Heads and chunked framing are parsed by llhttp (parse.py), strictly, with our
 own caps around it (64 KiB heads, 100 fields), and every failure is a typed `WireError`
-(http.py translates them into the transfer's own errors). A body that ends before its length
-or its last chunk is an `IncompleteBodyError`, never a short success.
+(transfer/failures.py translates them into the transfer's own errors). A body that ends
+before its length or its last chunk is an `IncompleteBodyError`, never a short success.
 """
 
 from modelfetch.transfer.wire.connection import Connection as _Connection

@@ -1,4 +1,4 @@
-"""The typed failures of the wire client; transfer/http.py turns them into transfer errors."""
+"""The typed failures of the wire client; transfer/failures.py turns them into transfer errors."""
 
 from __future__ import annotations
 
