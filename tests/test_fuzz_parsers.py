@@ -10,6 +10,7 @@ properties found.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import unicodedata
 from datetime import UTC, datetime, timedelta
@@ -526,3 +527,97 @@ def test_origin_of_raises_only_value_error(url: str) -> None:
     except ValueError:
         return
     assert origin == origin_of(origin)
+
+
+# -- the wire client's response parser (llhttp with our limits) ------------------------------------
+
+_HEAD_LINES = st.lists(
+    st.one_of(
+        st.binary(max_size=60),
+        st.sampled_from(
+            [
+                b"Content-Length: 5",
+                b"Content-Length: -1",
+                b"Transfer-Encoding: chunked",
+                b"Connection: close",
+                b"X-A:\x00",
+                b" folded",
+                b"Bad Name: v",
+            ]
+        ),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    status=st.one_of(
+        st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 206 Partial", b"HTTP/1.1 101 Up"]),
+        st.binary(max_size=40),
+    ),
+    lines=_HEAD_LINES,
+)
+def test_any_head_parses_or_is_a_protocol_error(status: bytes, lines: list[bytes]) -> None:
+    from modelfetch.transfer.wire import ProtocolError
+    from modelfetch.transfer.wire.parse import ResponseParser
+
+    block = b"\r\n".join([status, *lines]) + b"\r\n\r\n"
+    try:
+        code, _reason, version, headers = ResponseParser().head(block)
+    except ProtocolError:
+        return
+    assert 100 <= code <= 999 and version in ("HTTP/1.0", "HTTP/1.1")
+    assert len(headers) <= len(lines)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(pieces=st.lists(st.binary(max_size=300), max_size=6))
+def test_any_chunked_body_decodes_or_is_a_protocol_error(pieces: list[bytes]) -> None:
+    from modelfetch.transfer.wire import ProtocolError
+    from modelfetch.transfer.wire.parse import Chunked, ResponseParser
+
+    parser = ResponseParser()
+    parser.head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    got = bytearray()
+
+    def deliver(view: memoryview) -> bool:
+        got.extend(view)
+        return True
+
+    try:
+        for piece in pieces:
+            outcome = parser.chunked(memoryview(piece), deliver)
+            if outcome is not Chunked.MORE:
+                break
+    except ProtocolError:
+        return
+    assert len(got) <= sum(map(len, pieces))
+
+
+@settings(max_examples=200)
+@given(
+    chunks=st.lists(st.binary(min_size=1, max_size=200), max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6),
+)
+def test_a_chunked_body_cut_anywhere_decodes_to_its_payload(
+    chunks: list[bytes], cuts: list[int]
+) -> None:
+    from modelfetch.transfer.wire.parse import Chunked, ResponseParser
+
+    wire = b"".join(b"%x;e=1\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\nX-T: 1\r\n\r\n"
+    bounds = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    parser = ResponseParser()
+    parser.head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    got = bytearray()
+
+    def deliver(view: memoryview) -> bool:
+        got.extend(view)
+        return True
+
+    outcomes = [
+        parser.chunked(memoryview(wire[a:b]), deliver) for a, b in itertools.pairwise(bounds)
+    ]
+    assert outcomes[-1] is Chunked.DONE
+    assert all(o is Chunked.MORE for o in outcomes[:-1])
+    assert bytes(got) == b"".join(chunks)
