@@ -24,7 +24,9 @@ from modelfetch.hub import HubConfig
 from modelfetch.manager import DownloadManager, ManagerSettings
 from modelfetch.server import serve
 from modelfetch.server.api_models import FileViewModel, GroupViewModel
-from modelfetch.server.app import OPERATIONS, STATUS_BY_KIND, ServerConfig, status_for
+from modelfetch.server.responses import STATUS_BY_KIND, status_for
+from modelfetch.server.routes import OPERATIONS
+from modelfetch.server.security import ServerConfig
 from modelfetch.testing.fakehub import SAMPLE_REPO, FakeHub, Fault, add_sample_repo
 from modelfetch.views import FileView, GroupView
 

@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from modelfetch.server.app import OPERATIONS
+from modelfetch.server.routes import OPERATIONS
 
 from .test_server_api import run_daemon
 

@@ -18,7 +18,7 @@ import pytest
 from modelfetch.bus import EventBus
 from modelfetch.core import events as ev
 from modelfetch.manager import DownloadManager
-from modelfetch.server import app as server_app
+from modelfetch.server.routes import events as server_events
 from modelfetch.testing.fakehub import SAMPLE_REPO, Fault
 
 from .test_server_api import Daemon, run_daemon
@@ -192,7 +192,7 @@ async def test_keep_alive_comments_while_idle(tmp_path: Path) -> None:
 async def test_a_client_that_falls_behind_gets_missed_then_a_fresh_snapshot(
     daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_app, "_SSE_BUFFER", 4)
+    monkeypatch.setattr(server_events, "_SSE_BUFFER", 4)
     async with open_stream(daemon) as reader:
         await reader.next()
         # A burst with no chance for the stream's task to run in between.
@@ -210,8 +210,8 @@ async def test_a_client_that_falls_behind_gets_missed_then_a_fresh_snapshot(
 async def test_a_client_that_stops_reading_neither_slows_downloads_nor_stays_forever(
     daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_app, "_SSE_BUFFER", 8)
-    monkeypatch.setattr(server_app, "_SSE_WRITE_TIMEOUT", 0.5)
+    monkeypatch.setattr(server_events, "_SSE_BUFFER", 8)
+    monkeypatch.setattr(server_events, "_SSE_WRITE_TIMEOUT", 0.5)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
@@ -234,7 +234,7 @@ async def test_a_client_that_stops_reading_neither_slows_downloads_nor_stays_for
         assert (await daemon.manager.group_view(gid)).status == "completed"
         # Its socket stayed full for longer than the write timeout, so it was dropped:
         # reading now reaches the end of the connection instead of a live stream.
-        await asyncio.sleep(4 * server_app._SSE_WRITE_TIMEOUT)
+        await asyncio.sleep(4 * server_events._SSE_WRITE_TIMEOUT)
         async with asyncio.timeout(10):
             while await reader.read(1 << 20):
                 pass

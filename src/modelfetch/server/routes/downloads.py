@@ -1,0 +1,180 @@
+"""Routes of the download resource: list, add, get, forget, and pause/resume/cancel/retry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from modelfetch.core.errors import SpecError
+from modelfetch.core.models import ItemRef
+from modelfetch.core.spec import ACCEPTED_FORMS
+from modelfetch.server.api_models import (
+    ActionRequest,
+    AddRequest,
+    DownloadList,
+    GroupViewModel,
+    ListQuery,
+)
+from modelfetch.server.openapi import Operation
+from modelfetch.server.parsing import (
+    ID_ERRORS,
+    item_ref,
+    manager_of,
+    read_body,
+    read_query,
+    view_of,
+)
+from modelfetch.server.responses import Handler, HTTPError, json_response
+
+__all__ = ["OPERATIONS", "PLAIN_ROUTES"]
+
+
+async def list_downloads(request: web.Request) -> web.StreamResponse:
+    query = read_query(request, ListQuery)
+    manager = manager_of(request)
+    seq = manager.bus.last_seq
+    views = await manager.snapshot()
+    if query.status:
+        wanted = set(query.status)
+        views = [v for v in views if v.status in wanted]
+    if query.q:
+        needle = query.q.casefold()
+        views = [
+            v
+            for v in views
+            if needle in v.name.casefold()
+            or needle in v.spec.casefold()
+            or any(needle in f.name.casefold() for f in v.files)
+        ]
+    return json_response({"seq": seq, "downloads": [v.to_dict() for v in views]})
+
+
+async def get_download(request: web.Request) -> web.StreamResponse:
+    return json_response((await view_of(manager_of(request), item_ref(request))).to_dict())
+
+
+async def add_download(request: web.Request) -> web.StreamResponse:
+    body = await read_body(request, AddRequest)
+    manager = manager_of(request)
+    started = time.time()
+    try:
+        gid = await manager.add(
+            body.spec,
+            quant=body.quant,
+            revision=body.revision,
+            include=body.include,
+            layout=body.layout,
+            models_dir=_path(body.models_dir),
+            dest_dir=_path(body.dest_dir),
+            priority=body.priority,
+        )
+    except SpecError as exc:
+        raise HTTPError(400, exc.kind, exc.message, accepted_forms=ACCEPTED_FORMS) from None
+    view = await manager.group_view(gid)
+    # Asking again for something already queued returns it: 200, not 201.
+    return json_response(view.to_dict(), status=201 if view.created_at >= started else 200)
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text is not None else None
+
+
+def _action(name: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ref = item_ref(request)
+        await read_body(request, ActionRequest, required=False)
+        manager = manager_of(request)
+        method: Callable[[ItemRef], Awaitable[None]] = getattr(manager, name)
+        await method(ref)
+        return json_response((await manager.group_view(ref)).to_dict())
+
+    handler.__name__ = f"{name}_download"
+    return handler
+
+
+async def forget_download(request: web.Request) -> web.StreamResponse:
+    ref = item_ref(request)
+    if ref.index is not None:
+        raise HTTPError(
+            400, "spec", f"forget takes a download id ({ref.group_id}), not one of its files"
+        )
+    await manager_of(request).forget(ref)
+    return web.Response(status=204)
+
+
+OPERATIONS: list[tuple[Operation, Handler]] = [
+    (
+        Operation(
+            "GET",
+            "/api/downloads",
+            "listDownloads",
+            "Every download, live first",
+            DownloadList,
+            query=ListQuery,
+        ),
+        list_downloads,
+    ),
+    (
+        Operation(
+            "POST",
+            "/api/downloads",
+            "addDownload",
+            "Resolve a spec and queue it (201; 200 when it was already queued)",
+            GroupViewModel,
+            status=201,
+            body=AddRequest,
+            errors=(400, 403, 404, 429, 502, 503, 504, 507),
+            extra_statuses={200: "Already queued: the existing download"},
+        ),
+        add_download,
+    ),
+    (
+        Operation(
+            "GET",
+            "/api/downloads/{id}",
+            "getDownload",
+            "One download (a file id answers with its download)",
+            GroupViewModel,
+            errors=ID_ERRORS,
+        ),
+        get_download,
+    ),
+    (
+        Operation(
+            "DELETE",
+            "/api/downloads/{id}",
+            "forgetDownload",
+            "Forget a finished download (its files stay on disk)",
+            None,
+            status=204,
+            errors=(*ID_ERRORS, 409),
+        ),
+        forget_download,
+    ),
+    *(
+        (
+            Operation(
+                "POST",
+                f"/api/downloads/{{id}}/{name}",
+                f"{name}Download",
+                summary,
+                GroupViewModel,
+                body=ActionRequest,
+                body_required=False,
+                errors=ID_ERRORS,
+            ),
+            _action(name),
+        )
+        for name, summary in (
+            ("pause", "Pause a download or one file (keeps the partial file)"),
+            ("resume", "Resume a paused (or retry-waiting) download or file"),
+            ("cancel", "Cancel a download or one file (deletes the partial file)"),
+            ("retry", "Queue failed and cancelled files again"),
+        )
+    ),
+]
+
+PLAIN_ROUTES: list[web.RouteDef] = []
