@@ -1,103 +1,33 @@
-"""The SQLite store, against real database files under tmp_path."""
+"""The store's contract, engine-neutral: every test runs against each engine (`store_impls`)."""
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import subprocess
-import sys
-import textwrap
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from modelfetch.core.errors import StateError, StateLockedError
 from modelfetch.core.models import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
-    FileRecord,
     FileStatus,
-    GroupRecord,
     PauseReason,
 )
-from modelfetch.store import DB_NAME, LOCK_NAME, MIGRATIONS, SqliteStore, apply_migrations
+from modelfetch.core.segments import SegmentRecord
+from modelfetch.store import Store
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with SqliteStore(tmp_path / "home") as opened:
-        yield opened
-
-
-def plain_group(key: str = "k", files: int = 2) -> GroupRecord:
-    return GroupRecord(
-        key=key,
-        spec="owner/model:Q4_K_M",
-        name="owner/model:Q4_K_M",
-        dest_dir="/models",
-        files=[
-            FileRecord(
-                group_id=0, index=i, url=f"https://h/{i}", dest=f"/models/{i}.gguf", name=f"{i}"
-            )
-            for i in range(1, files + 1)
-        ],
-    )
-
-
-def full_group() -> GroupRecord:
-    """Every field set to a value that differs from its default."""
-
-    def file(index: int) -> FileRecord:
-        return FileRecord(
-            group_id=0,
-            index=index,
-            url=f"https://hub.test/o/m/resolve/abc123/m-0000{index}-of-00002.gguf",
-            dest=f"/models/o_m/m-0000{index}-of-00002.gguf",
-            name=f"m-0000{index}-of-00002.gguf",
-            status=FileStatus.PAUSED if index == 1 else FileStatus.WAITING_RETRY,
-            priority=3,
-            order_key=1024 * index,
-            bytes_done=100 * index,
-            bytes_total=1000 * index,
-            expected_size=1000 * index,
-            expected_sha256=f"{index:064x}",
-            expected_git_oid=f"{index:040x}",
-            etag=f'"etag-{index}"',
-            last_modified="Wed, 21 Oct 2026 07:28:00 GMT",
-            commit="abc123",
-            sha256=f"{index + 7:064x}",
-            attempts=index,
-            error_kind="rate_limited",
-            error_message="429 Too Many Requests",
-            retry_at=1_800_000_000.25 + index,
-            pause_reason=PauseReason.USER.value,
-            created_at=1_700_000_000.5,
-            started_at=1_700_000_001.0,
-            finished_at=1_700_000_002.75,
-        )
-
-    return GroupRecord(
-        key="o/m:Q4_K_M -> /models",
-        spec="o/m:Q4_K_M",
-        name="o/m:Q4_K_M",
-        dest_dir="/models/o_m",
-        priority=3,
-        repo_id="o/m",
-        revision="main",
-        commit="abc123",
-        quant="Q4_K_M",
-        created_at=1_700_000_000.5,
-        finished_at=1_700_000_003.0,
-        files=[file(1), file(2)],
-    )
-
+from .store_impls import (
+    StoreEngine,
+    committed_statuses,
+    engine_fixture,  # noqa: F401 -- the `engine` fixture
+    full_group,
+    plain_group,
+    store_fixture,  # noqa: F401 -- the `store` fixture
+)
 
 # -- records -------------------------------------------------------------------------------------
 
 
-def test_a_group_with_every_field_round_trips(store: SqliteStore) -> None:
+def test_a_group_with_every_field_round_trips(store: Store) -> None:
     group = full_group()
     stored = store.add_group(group)
     assert stored is group
@@ -109,17 +39,17 @@ def test_a_group_with_every_field_round_trips(store: SqliteStore) -> None:
     assert store.groups() == [group]
 
 
-def test_round_trip_survives_reopening(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path) as first:
+def test_round_trip_survives_reopening(engine: StoreEngine) -> None:
+    with engine.open() as first:
         group = first.add_group(full_group())
-    with SqliteStore(tmp_path) as second:
+    with engine.open() as second:
         again = second.get_group(group.id)
     assert again == group
     assert again is not None
     assert all(isinstance(f.retry_at, float) for f in again.files)
 
 
-def test_add_group_fills_created_at_and_ids(store: SqliteStore) -> None:
+def test_add_group_fills_created_at_and_ids(store: Store) -> None:
     before = time.time()
     group = store.add_group(plain_group())
     after = time.time()
@@ -129,7 +59,7 @@ def test_add_group_fills_created_at_and_ids(store: SqliteStore) -> None:
     assert store.get_group(group.id) == group
 
 
-def test_add_group_refuses_bad_indexes_and_writes_nothing(store: SqliteStore) -> None:
+def test_add_group_refuses_bad_indexes_and_writes_nothing(store: Store) -> None:
     group = plain_group(files=2)
     group.files[1].index = 3
     with pytest.raises(ValueError, match=r"1\.\.2"):
@@ -141,7 +71,7 @@ def test_add_group_refuses_bad_indexes_and_writes_nothing(store: SqliteStore) ->
     assert store.groups() == []
 
 
-def test_add_group_is_one_transaction(store: SqliteStore) -> None:
+def test_add_group_is_one_transaction(store: Store) -> None:
     group = plain_group(files=2)
     group.files[1].bytes_done = -1  # the second insert violates a CHECK
     with pytest.raises(ValueError, match="rejected"):
@@ -152,7 +82,7 @@ def test_add_group_is_one_transaction(store: SqliteStore) -> None:
     assert [(f.id, f.group_id, f.created_at) for f in group.files] == [(0, 0, 0.0)] * 2
 
 
-def test_group_ids_are_never_reused(store: SqliteStore) -> None:
+def test_group_ids_are_never_reused(store: Store) -> None:
     first = store.add_group(plain_group("a"))
     second = store.add_group(plain_group("b"))
     assert store.forget_group(second.id)
@@ -160,13 +90,13 @@ def test_group_ids_are_never_reused(store: SqliteStore) -> None:
     assert third.id > second.id > first.id
 
 
-def test_missing_rows_read_as_none(store: SqliteStore) -> None:
+def test_missing_rows_read_as_none(store: Store) -> None:
     assert store.get_group(42) is None
     assert store.get_file(42, 1) is None
     assert store.find_group("nothing") is None
 
 
-def test_find_group_returns_the_newest_with_that_key(store: SqliteStore) -> None:
+def test_find_group_returns_the_newest_with_that_key(store: Store) -> None:
     old = store.add_group(plain_group("same"))
     store.add_group(plain_group("other"))
     new = store.add_group(plain_group("same"))
@@ -176,7 +106,7 @@ def test_find_group_returns_the_newest_with_that_key(store: SqliteStore) -> None
     assert [f.index for f in found.files] == [1, 2]
 
 
-def test_groups_lists_by_id_and_live_only_filters(store: SqliteStore) -> None:
+def test_groups_lists_by_id_and_live_only_filters(store: Store) -> None:
     live = store.add_group(plain_group("live"))
     done = store.add_group(plain_group("done", files=1))
     mixed = store.add_group(plain_group("mixed"))
@@ -188,7 +118,7 @@ def test_groups_lists_by_id_and_live_only_filters(store: SqliteStore) -> None:
     assert [f.status for f in listed[1].files] == [FileStatus.COMPLETED, FileStatus.QUEUED]
 
 
-def test_files_filters_by_status(store: SqliteStore) -> None:
+def test_files_filters_by_status(store: Store) -> None:
     group = store.add_group(plain_group(files=3))
     store.transition(group.id, 2, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED})
     assert [f.index for f in store.files()] == [1, 2, 3]
@@ -201,7 +131,7 @@ def test_files_filters_by_status(store: SqliteStore) -> None:
 # -- guarded transitions -------------------------------------------------------------------------
 
 
-def test_a_transition_from_an_allowed_status_succeeds_with_its_fields(store: SqliteStore) -> None:
+def test_a_transition_from_an_allowed_status_succeeds_with_its_fields(store: Store) -> None:
     group = store.add_group(plain_group())
     changed = store.transition(
         group.id, 1, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED}, started_at=5.5, attempts=1
@@ -215,7 +145,7 @@ def test_a_transition_from_an_allowed_status_succeeds_with_its_fields(store: Sql
 
 
 def test_a_transition_from_another_status_is_refused_and_changes_nothing(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     group = store.add_group(plain_group())
     store.transition(group.id, 1, FileStatus.COMPLETED, allowed_from={FileStatus.QUEUED})
@@ -234,7 +164,7 @@ def test_a_transition_from_another_status_is_refused_and_changes_nothing(
     assert missing is False
 
 
-def test_transition_validates_its_arguments(store: SqliteStore) -> None:
+def test_transition_validates_its_arguments(store: Store) -> None:
     group = store.add_group(plain_group())
     with pytest.raises(ValueError, match="no_such_field"):
         store.transition(
@@ -254,7 +184,7 @@ def test_transition_validates_its_arguments(store: SqliteStore) -> None:
     assert record is not None and record.status is FileStatus.QUEUED
 
 
-def test_every_status_is_storable_and_nothing_else(store: SqliteStore) -> None:
+def test_every_status_is_storable(store: Store) -> None:
     group = store.add_group(plain_group(files=1))
     current = FileStatus.QUEUED
     for status in FileStatus:
@@ -262,23 +192,9 @@ def test_every_status_is_storable_and_nothing_else(store: SqliteStore) -> None:
         current = status
         record = store.get_file(group.id, 1)
         assert record is not None and record.status is status
-    raw = sqlite3.connect(store.path)
-    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
-        raw.execute("UPDATE files SET status = 'running'")
-    raw.close()
 
 
-def test_an_unknown_stored_status_is_a_state_error(store: SqliteStore) -> None:
-    group = store.add_group(plain_group(files=1))
-    raw = sqlite3.connect(store.path, isolation_level=None)
-    raw.execute("PRAGMA ignore_check_constraints = ON")
-    raw.execute("UPDATE files SET status = 'from_the_future'")
-    raw.close()
-    with pytest.raises(StateError, match="from_the_future"):
-        store.get_group(group.id)
-
-
-def test_update_file_sets_fields_without_a_guard_but_never_the_status(store: SqliteStore) -> None:
+def test_update_file_sets_fields_without_a_guard_but_never_the_status(store: Store) -> None:
     group = store.add_group(plain_group())
     store.update_file(group.id, 2, expected_size=10, etag='"e"', pause_reason=PauseReason.DISK_FULL)
     record = store.get_file(group.id, 2)
@@ -293,7 +209,7 @@ def test_update_file_sets_fields_without_a_guard_but_never_the_status(store: Sql
     assert again is not None and again.status is FileStatus.QUEUED
 
 
-def test_update_group_and_finish_group(store: SqliteStore) -> None:
+def test_update_group_and_finish_group(store: Store) -> None:
     group = store.add_group(plain_group())
     store.update_group(group.id, priority=4, commit="c0ffee")
     store.finish_group(group.id, 123.5)
@@ -304,10 +220,10 @@ def test_update_group_and_finish_group(store: SqliteStore) -> None:
         store.update_group(group.id, files=[])
 
 
-# -- batches -------------------------------------------------------------------------------------
+# -- progress and order -------------------------------------------------------------------------
 
 
-def test_save_progress_writes_a_batch(store: SqliteStore) -> None:
+def test_save_progress_writes_a_batch(store: Store) -> None:
     a = store.add_group(plain_group("a"))
     b = store.add_group(plain_group("b", files=1))
     store.save_progress([(a.id, 1, 10, 100), (a.id, 2, 20, None), (b.id, 1, 30, 300)])
@@ -322,14 +238,14 @@ def test_save_progress_writes_a_batch(store: SqliteStore) -> None:
     store.save_progress([])
 
 
-def test_save_progress_is_all_or_nothing(store: SqliteStore) -> None:
+def test_save_progress_is_all_or_nothing(store: Store) -> None:
     group = store.add_group(plain_group())
     with pytest.raises(ValueError):
         store.save_progress([(group.id, 1, 10, 100), (group.id, 2, -5, 100)])
     assert [f.bytes_done for f in store.files()] == [0, 0]
 
 
-def test_set_order_writes_keys_and_optionally_priority(store: SqliteStore) -> None:
+def test_set_order_writes_keys_and_optionally_priority(store: Store) -> None:
     group = store.add_group(plain_group(files=3))
     store.set_order({(group.id, 1): 3072, (group.id, 3): 512})
     store.set_order({(group.id, 2): -1024}, priority=7)
@@ -337,22 +253,10 @@ def test_set_order_writes_keys_and_optionally_priority(store: SqliteStore) -> No
     assert rows == [(1, 0, 3072), (2, 7, -1024), (3, 0, 512)]
 
 
-def test_the_order_index_serves_a_scheduling_scan(store: SqliteStore) -> None:
-    plan = store._conn.execute(
-        "EXPLAIN QUERY PLAN SELECT group_id, idx FROM files ORDER BY priority DESC, order_key"
-    ).fetchall()
-    text = " ".join(str(row[-1]) for row in plan)
-    assert "files_by_order" in text and "TEMP B-TREE" not in text
-    plan = store._conn.execute(
-        "EXPLAIN QUERY PLAN SELECT * FROM files WHERE status = 'active'"
-    ).fetchall()
-    assert "files_by_status" in " ".join(str(row[-1]) for row in plan)
-
-
 # -- recovery and forgetting ---------------------------------------------------------------------
 
 
-def test_recover_flips_only_active_files_back_to_queued(store: SqliteStore) -> None:
+def test_recover_flips_only_active_files_back_to_queued(store: Store) -> None:
     group = store.add_group(plain_group(files=4))
     for index, status in [
         (1, FileStatus.ACTIVE),
@@ -377,7 +281,7 @@ def test_recover_flips_only_active_files_back_to_queued(store: SqliteStore) -> N
     assert store.recover() == []
 
 
-def test_forget_group_deletes_its_files(store: SqliteStore) -> None:
+def test_forget_group_deletes_its_files(store: Store) -> None:
     keep = store.add_group(plain_group("keep", files=1))
     drop = store.add_group(plain_group("drop"))
     assert store.forget_group(drop.id) is True
@@ -386,7 +290,7 @@ def test_forget_group_deletes_its_files(store: SqliteStore) -> None:
     assert [(f.group_id, f.index) for f in store.files()] == [(keep.id, 1)]
 
 
-def test_forget_finished_deletes_only_groups_with_no_live_file(store: SqliteStore) -> None:
+def test_forget_finished_deletes_only_groups_with_no_live_file(store: Store) -> None:
     done = store.add_group(plain_group("done"))
     partial = store.add_group(plain_group("partial"))
     live = store.add_group(plain_group("live"))
@@ -399,185 +303,93 @@ def test_forget_finished_deletes_only_groups_with_no_live_file(store: SqliteStor
     assert store.forget_finished() == []
 
 
-# -- the state directory lock --------------------------------------------------------------------
+# -- lifetime ------------------------------------------------------------------------------------
 
 
-def test_a_second_store_in_the_same_process_is_locked_out(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path) as first:
-        with pytest.raises(StateLockedError) as caught:
-            SqliteStore(tmp_path)
-        assert f"pid {os.getpid()}" in str(caught.value)
-        assert str(tmp_path) in str(caught.value)
-        first.add_group(plain_group())  # the failed attempt did not disturb the owner
-    with SqliteStore(tmp_path) as again:  # released on close
-        assert len(again.groups()) == 1
-
-
-def test_close_is_idempotent_and_a_closed_store_refuses_work(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path)
+def test_close_is_idempotent_and_a_closed_store_refuses_work(engine: StoreEngine) -> None:
+    store = engine.open()
+    assert not store.closed
     store.close()
     store.close()
     assert store.closed
     with pytest.raises(RuntimeError, match="closed"):
         store.groups()
-    SqliteStore(tmp_path).close()
+    engine.open().close()
 
 
-def test_a_store_held_by_another_process_is_locked_out(tmp_path: Path) -> None:
-    holder = textwrap.dedent(
-        f"""
-        import sys, time
-        from pathlib import Path
-        from modelfetch.store import SqliteStore
-        store = SqliteStore(Path({str(tmp_path)!r}))
-        print("ready", flush=True)
-        time.sleep(60)
-        """
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True, env=os.environ.copy()
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        with pytest.raises(StateLockedError, match=f"pid {proc.pid}"):
-            SqliteStore(tmp_path)
-        assert (tmp_path / LOCK_NAME).read_text().strip() == str(proc.pid)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-    with SqliteStore(tmp_path) as store:  # a killed owner leaves no lock behind
-        assert store.integrity_check() == "ok"
-        assert (tmp_path / LOCK_NAME).read_text().strip() == str(os.getpid())
+def test_a_reader_sees_what_the_owner_committed(engine: StoreEngine, store: Store) -> None:
+    group = store.add_group(full_group())
+    store.set_group_limits(group.id, rate_limit=1000)
+    store.remember_verified("/m/a.gguf", 10, 111, "ab" * 32)
+    # Opened while the owner holds the state: a reader needs no ownership.
+    reader = engine.open_reader()
+    with reader:
+        assert not reader.closed
+        assert reader.groups() == [group]
+        assert reader.get_file(group.id, 1) == group.files[0]
+        assert reader.group_limits(group.id) == (1000, None)
+        assert reader.verified_digest("/m/a.gguf", 10, 111) == "ab" * 32
+    assert reader.closed
 
 
-# -- the database file ---------------------------------------------------------------------------
+# -- segment maps and per-download limits --------------------------------------------------------
 
 
-def test_the_database_is_configured_as_promised(store: SqliteStore) -> None:
-    assert store.path == store.path.parent / DB_NAME
-    db = store._conn
-    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    tables = {row[1]: row[5] for row in db.execute("PRAGMA table_list")}
-    assert tables["groups"] == 1 and tables["files"] == 1  # STRICT
+def test_segment_maps_are_replaced_forgotten_and_dropped_at_the_end(store: Store) -> None:
+    group = store.add_group(plain_group(files=3))
+    assert store.segments(group.id, 1) is None
+    first = (SegmentRecord(0, 100, 100), SegmentRecord(100, 200, 30))
+    store.save_segments(group.id, 1, list(reversed(first)))
+    store.save_segments(group.id, 2, [SegmentRecord(0, 50, 0)])
+    store.save_segments(group.id, 3, [SegmentRecord(0, 10, 1)])
+    store.save_segments(99, 1, [SegmentRecord(0, 10, 0)])  # a missing file is ignored
+    assert store.segments(group.id, 1) == first  # by start
+    assert store.segmented_files() == {(group.id, 1), (group.id, 2), (group.id, 3)}
+    store.save_segments(group.id, 1, [SegmentRecord(0, 200, 150)])  # replaced
+    assert store.segments(group.id, 1) == (SegmentRecord(0, 200, 150),)
+    store.save_segments(group.id, 2, None)  # forgotten
+    assert store.segments(group.id, 2) is None
+    # Completing (or cancelling) a file drops its map in the same step; pausing keeps it.
+    store.transition(group.id, 1, FileStatus.PAUSED, allowed_from={FileStatus.QUEUED})
+    store.transition(group.id, 3, FileStatus.COMPLETED, allowed_from={FileStatus.QUEUED})
+    assert store.segmented_files() == {(group.id, 1)}
+    with pytest.raises(ValueError, match="rejected"):  # done beyond the segment's end
+        store.save_segments(group.id, 1, [SegmentRecord(0, 10, 11)])
+    assert store.segments(group.id, 1) == (SegmentRecord(0, 200, 150),)  # all or nothing
 
 
-def test_wal_mode_and_user_version_are_in_the_file(store: SqliteStore) -> None:
-    raw = sqlite3.connect(store.path)
-    try:
-        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SqliteStore.SCHEMA_VERSION
-    finally:
-        raw.close()
-    assert SqliteStore.SCHEMA_VERSION == len(MIGRATIONS) >= 1
-
-
-def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
-    SqliteStore(tmp_path).close()
-    raw = sqlite3.connect(tmp_path / DB_NAME)
-    raw.execute(f"PRAGMA user_version = {SqliteStore.SCHEMA_VERSION + 1}")
-    raw.close()
-    with pytest.raises(StateError, match="newer") as caught:
-        SqliteStore(tmp_path)
-    assert not isinstance(caught.value, StateLockedError)
-    with pytest.raises(StateError, match="newer") as again:  # the failed open released the lock
-        SqliteStore(tmp_path)
-    assert not isinstance(again.value, StateLockedError)
-
-
-def test_a_file_that_is_not_a_database_is_a_state_error(tmp_path: Path) -> None:
-    (tmp_path / DB_NAME).write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StateError):
-        SqliteStore(tmp_path)
-
-
-def test_a_failed_migration_leaves_the_database_as_it_was(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
-    good = "CREATE TABLE a (x INTEGER) STRICT;"
-    bad = "CREATE TABLE b (x INTEGER) STRICT; INSERT INTO nowhere VALUES (1);"
-    apply_migrations(db, [good], tmp_path / "m.db")
-    with pytest.raises(StateError, match="version 2"):
-        apply_migrations(db, [good, bad], tmp_path / "m.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
-    names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert names == {"a"}
-    assert not db.in_transaction
-    db.close()
-
-
-def test_integrity_check_is_ok(store: SqliteStore) -> None:
-    store.add_group(full_group())
-    assert store.integrity_check() == "ok"
-
-
-def test_a_committed_transition_is_visible_from_a_fresh_connection(store: SqliteStore) -> None:
+def test_group_limits_are_set_cleared_and_kept(store: Store) -> None:
     group = store.add_group(plain_group())
-    assert store.transition(
-        group.id, 1, FileStatus.COMPLETED, allowed_from={FileStatus.QUEUED}, sha256="ab" * 32
-    )
-    store.save_progress([(group.id, 2, 4096, 8192)])
-    raw = sqlite3.connect(store.path)
-    try:
-        rows = raw.execute(
-            "SELECT idx, status, sha256, bytes_done FROM files WHERE group_id = ? ORDER BY idx",
-            [group.id],
-        ).fetchall()
-    finally:
-        raw.close()
-    assert rows == [(1, "completed", "ab" * 32, 0), (2, "queued", None, 4096)]
+    assert store.group_limits(group.id) == (None, None)
+    assert store.group_limits(99) == (None, None)
+    store.set_group_limits(group.id, rate_limit=5000)
+    store.set_group_limits(group.id, connections=4)  # the rate limit is kept
+    assert store.group_limits(group.id) == (5000, 4)
+    store.set_group_limits(group.id, rate_limit=None)  # cleared
+    assert store.group_limits(group.id) == (None, 4)
+    with pytest.raises(ValueError, match="rejected"):
+        store.set_group_limits(group.id, connections=0)
+    assert store.group_limits(group.id) == (None, 4)
 
 
-def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
-    from modelfetch.store import MIGRATIONS, apply_migrations
-
-    home = tmp_path / "home"
-    home.mkdir()
-    db = sqlite3.connect(home / "state.db", isolation_level=None)
-    apply_migrations(db, MIGRATIONS[:1], home / "state.db")
-    db.execute(
-        "INSERT INTO groups (key, spec, name, dest_dir, created_at) VALUES ('k', 's', 'n', '/d', 1)"
-    )
-    db.execute(
-        "INSERT INTO files (group_id, idx, url, dest, name, created_at)"
-        " VALUES (1, 1, 'http://x/f', '/d/f', 'f', 1)"
-    )
-    db.close()
-    with SqliteStore(home) as store:
-        group = store.get_group(1)
-        assert group is not None and group.files[0].url == "http://x/f"
-        assert group.files[0].link is None
-        check = sqlite3.connect(store.path)
-        assert check.execute("PRAGMA user_version").fetchone()[0] == SqliteStore.SCHEMA_VERSION
-        check.close()
+# -- digests of verified files --------------------------------------------------------------------
 
 
-def test_verified_digests_are_remembered_by_path_size_and_mtime(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path) as store:
-        store.remember_verified("/m/a.gguf", 10, 111, "ab" * 32)
-        assert store.verified_digest("/m/a.gguf", 10, 111) == "ab" * 32
-        assert store.verified_digest("/m/a.gguf", 10, 112) is None  # touched since
-        assert store.verified_digest("/m/a.gguf", 11, 111) is None  # size changed
-        store.remember_verified("/m/a.gguf", 12, 113, "cd" * 32)
-        assert store.verified_digest("/m/a.gguf", 12, 113) == "cd" * 32
+def test_verified_digests_are_remembered_by_path_size_and_mtime(store: Store) -> None:
+    store.remember_verified("/m/a.gguf", 10, 111, "ab" * 32)
+    assert store.verified_digest("/m/a.gguf", 10, 111) == "ab" * 32
+    assert store.verified_digest("/m/a.gguf", 10, 112) is None  # touched since
+    assert store.verified_digest("/m/a.gguf", 11, 111) is None  # size changed
+    store.remember_verified("/m/a.gguf", 12, 113, "cd" * 32)
+    assert store.verified_digest("/m/a.gguf", 12, 113) == "cd" * 32
 
 
-def _fresh_statuses(store: SqliteStore, group_id: int) -> list[str]:
-    """Statuses as another connection sees them: what has been committed."""
-    db = sqlite3.connect(store.path)
-    try:
-        rows = db.execute(
-            "SELECT status FROM files WHERE group_id = ? ORDER BY idx", [group_id]
-        ).fetchall()
-    finally:
-        db.close()
-    return [str(r[0]) for r in rows]
+# -- batches -------------------------------------------------------------------------------------
 
 
-def test_a_batch_commits_its_writes_together_when_it_ends(store: SqliteStore) -> None:
+def test_a_batch_commits_its_writes_together_when_it_ends(
+    engine: StoreEngine, store: Store
+) -> None:
     group = store.add_group(plain_group(files=3))
     with store.batch():
         assert store.batching
@@ -587,23 +399,14 @@ def test_a_batch_commits_its_writes_together_when_it_ends(store: SqliteStore) ->
             )
         with store.batch():  # nested: joins
             store.remember_verified("/models/1.gguf", 1, 2, "ab" * 32)
-        assert _fresh_statuses(store, group.id) == ["queued"] * 3  # nothing committed yet
+        assert committed_statuses(engine, group.id) == ["queued"] * 3  # nothing committed yet
         assert store.verified_digest("/models/1.gguf", 1, 2) == "ab" * 32  # own writes seen
     assert not store.batching
-    assert _fresh_statuses(store, group.id) == ["active", "active", "queued"]
-
-
-def _fresh_digests(store: SqliteStore) -> dict[str, tuple[int, int, str]]:
-    db = sqlite3.connect(store.path)
-    try:
-        rows = db.execute("SELECT path, size, mtime_ns, sha256 FROM verified_files").fetchall()
-    finally:
-        db.close()
-    return {str(p): (int(s), int(m), str(d)) for p, s, m, d in rows}
+    assert committed_statuses(engine, group.id) == ["active", "active", "queued"]
 
 
 def test_digests_remembered_in_a_batch_commit_with_it_and_the_last_one_wins(
-    store: SqliteStore,
+    engine: StoreEngine, store: Store
 ) -> None:
     group = store.add_group(plain_group(files=2))
     with store.batch():
@@ -611,31 +414,37 @@ def test_digests_remembered_in_a_batch_commit_with_it_and_the_last_one_wins(
         store.remember_verified("/m/b.gguf", 3, 4, "cd" * 32)
         store.remember_verified("/m/a.gguf", 5, 6, "ef" * 32)  # the file changed again
         assert store.transition(group.id, 1, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED})
-        assert _fresh_digests(store) == {}  # nothing committed yet
+        with engine.open_reader() as reader:  # nothing committed yet
+            assert reader.verified_digest("/m/a.gguf", 5, 6) is None
+            assert reader.verified_digest("/m/b.gguf", 3, 4) is None
         assert store.verified_digest("/m/a.gguf", 5, 6) == "ef" * 32
         assert store.verified_digest("/m/a.gguf", 1, 2) is None  # superseded
-    assert _fresh_digests(store) == {"/m/a.gguf": (5, 6, "ef" * 32), "/m/b.gguf": (3, 4, "cd" * 32)}
-    assert _fresh_statuses(store, group.id) == ["active", "queued"]
+    with engine.open_reader() as reader:
+        assert reader.verified_digest("/m/a.gguf", 5, 6) == "ef" * 32
+        assert reader.verified_digest("/m/a.gguf", 1, 2) is None
+        assert reader.verified_digest("/m/b.gguf", 3, 4) == "cd" * 32
+    assert committed_statuses(engine, group.id) == ["active", "queued"]
     with store.batch():  # a batch that only remembers a digest commits it too
         store.remember_verified("/m/c.gguf", 7, 8, "01" * 32)
-    assert _fresh_digests(store)["/m/c.gguf"] == (7, 8, "01" * 32)
-    assert store._db is not None and not store._db.in_transaction
+    with engine.open_reader() as reader:
+        assert reader.verified_digest("/m/c.gguf", 7, 8) == "01" * 32
 
 
-def test_a_batch_that_writes_nothing_opens_no_transaction(store: SqliteStore) -> None:
+def test_a_batch_cannot_be_begun_twice_and_ending_twice_is_harmless(store: Store) -> None:
     group = store.add_group(plain_group())
     with store.batch():
         assert store.get_group(group.id) is not None
-        assert store._db is not None and not store._db.in_transaction
     store.begin_batch()
     with pytest.raises(RuntimeError):
         store.begin_batch()
+    assert store.batching
     store.end_batch()
     store.end_batch()  # ending twice is harmless
+    assert not store.batching
 
 
 def test_a_failing_write_in_a_batch_leaves_no_trace_and_the_others_commit(
-    store: SqliteStore,
+    engine: StoreEngine, store: Store
 ) -> None:
     group = store.add_group(plain_group(files=2))
     with pytest.raises(ValueError), store.batch():
@@ -643,6 +452,6 @@ def test_a_failing_write_in_a_batch_leaves_no_trace_and_the_others_commit(
         # A multi-row write that fails half way (a negative byte count breaks a CHECK on the
         # second row): its savepoint is rolled back, the batch's other writes stand.
         store.save_progress([(group.id, 1, 5, None), (group.id, 2, -1, None)])
-    assert _fresh_statuses(store, group.id) == ["paused", "queued"]
+    assert committed_statuses(engine, group.id) == ["paused", "queued"]
     stored = store.get_group(group.id)
     assert stored is not None and [f.bytes_done for f in stored.files] == [0, 0]

@@ -2,10 +2,11 @@
 
 When a manager in another process (not a daemon: that one answers requests) owns the state
 directory, `modelfetch ls` and `status` still show the queue, from what that process last
-committed (`StoreReader`): statuses, bytes as of its last checkpoint (about once a second),
-totals, and positions derived from the stored order keys the way the manager derives them. Speed,
-ETA and idle time live only in the owner's memory, so they are unknown (None). Nothing that
-changes state is offered: commands that would are refused with the lock's own message.
+committed (a `StoreReader` from `recovery.open_reader`): statuses, bytes as of its last
+checkpoint (about once a second), totals, and positions derived from the stored order keys the
+way the manager derives them. Speed, ETA and idle time live only in the owner's memory, so they
+are unknown (None). Nothing that changes state is offered: commands that would are refused with
+the lock's own message.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Final
 from modelfetch.core.errors import UnknownItemError
 from modelfetch.core.models import GroupRecord, ItemRef
 from modelfetch.core.queue import FileKey, SchedulingQueue, entries_of
-from modelfetch.store import LOCK_NAME, SqliteStoreReader
+from modelfetch.recovery import open_reader
+from modelfetch.store import LOCK_NAME, StoreReader
 from modelfetch.views import GroupView, file_view, group_view
 
 __all__ = ["NOTICE", "ReadOnlyBackend", "queue_positions", "stored_view"]
@@ -34,7 +36,7 @@ class ReadOnlyBackend:
 
     def __init__(self, home: Path) -> None:
         home = Path(home)
-        self._reader = SqliteStoreReader(home)
+        self._reader: StoreReader = open_reader(home)
         self._holder = _holder_pid(home)
 
     @property

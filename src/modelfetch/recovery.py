@@ -1,16 +1,22 @@
-"""Opening the state directory when its database may be damaged, foreign or old: `open_store`.
+"""Opening the state: `open_store` (the owner, repaired if need be) and `open_reader` (a look).
 
-`Store(home)` trusts `home/state.db`. `open_store` looks first, under the state directory's lock:
+They are the one place an engine is chosen (`url`: today only SQLite, `sqlite:`; a PostgreSQL
+engine plugs in here) and return the `Store` / `StoreReader` protocols, never an engine's class.
+
+`SqliteStore(home)` trusts `home/state.db`. `open_store` looks first, under the state directory's
+lock:
 
 - another process holds the lock: `StateLockedError` naming its pid (nothing is touched);
 - no database, or a modelfetch database at the current schema: opened as is;
-- a modelfetch database at an older schema: opened, and so migrated by `Store`; a message says so;
-- a database from a newer modelfetch: left alone, `Store` refuses it with a clear `StateError`;
+- a modelfetch database at an older schema: opened, and so migrated by `SqliteStore`; a message
+  says so;
+- a database from a newer modelfetch: left alone, `SqliteStore` refuses it with a clear
+  `StateError`;
 - garbage bytes, a truncated or otherwise damaged file (`PRAGMA quick_check`), or the SQLite
   database of some other program (tables that are not exactly modelfetch's at its version): moved
   aside as `state.db.corrupt-<UTC timestamp>` (with its `-wal`/`-shm`), never deleted, and a fresh
   database is created. The queue is then rebuilt from what is on disk: every `<file>.part.json`
-  sidecar (see `transfer/sink.py` `PartState`: url, total, sha256) under the models directory,
+  sidecar (see `transfer/partstate.py` `PartState`: url, total, sha256) under the models dir,
   under the destination directories the damaged database still names, and under `extra_dirs`,
   becomes a queued download again, one group per directory, so those transfers resume from their
   `.part` bytes (a multi-connection `.part` cannot: its segment map was in the database). What
@@ -23,36 +29,43 @@ The messages are for a person (the CLI prints them, the daemon logs them).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from modelfetch.core.errors import StateError, StateLockedError
+from modelfetch.core.errors import StateError
 from modelfetch.core.models import FileRecord, GroupRecord
 from modelfetch.core.paths import PART_SUFFIX, SIDECAR_SUFFIX
 from modelfetch.core.queue import SPACING
 from modelfetch.requests import FileRequest, GroupRequest
 from modelfetch.store import (
     DB_NAME,
-    LOCK_NAME,
     MIGRATIONS,
     SCHEMA_VERSION,
     SqliteStore,
+    SqliteStoreReader,
     Store,
+    StoreReader,
     apply_migrations,
 )
-from modelfetch.transfer.sink import PartState
+from modelfetch.store.lock import open_lock_file, take_lock, unlock
 
-__all__ = ["Diagnosis", "diagnose", "open_store", "partials_on_disk"]
+if TYPE_CHECKING:
+    # At run time only a rebuild loads it: `open_reader` (for `ls`) stays clear of the
+    # transfer package.
+    from modelfetch.transfer.partstate import PartState
+
+__all__ = ["Diagnosis", "diagnose", "open_reader", "open_store", "partials_on_disk"]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _COMPANIONS = ("-wal", "-shm", "-journal")
 _HEX64 = frozenset("0123456789abcdef")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,31}")  # RFC 3986
 
 Verdict = Literal["missing", "ok", "old", "newer", "damaged", "foreign"]
 
@@ -77,10 +90,13 @@ def open_store(
     models_dir: Path,
     extra_dirs: Iterable[Path] = (),
     clock: Callable[[], float] = time.time,
+    url: str | None = None,
 ) -> tuple[Store, list[str]]:
     """Open the state directory `home` (see the module docstring); returns the store and what a
     person should be told. Raises `StateLockedError` if another process owns `home`, and
-    `StateError` if the database cannot be used and cannot be moved aside."""
+    `StateError` if the database cannot be used and cannot be moved aside, or if `url` names an
+    engine this modelfetch does not have (None or `sqlite:`: the SQLite file in `home`)."""
+    _engine(url)
     home = Path(home)
     try:
         home.mkdir(parents=True, exist_ok=True)
@@ -96,8 +112,8 @@ def open_store(
             messages.append(
                 f"{db} {what} ({found.detail}); moved it to {aside.name} and started a new one"
             )
-    # The lock is dropped for the moment Store takes it again: a process starting in between
-    # makes Store raise StateLockedError, which is the right answer for us too.
+    # The lock is dropped for the moment SqliteStore takes it again: a process starting in
+    # between makes it raise StateLockedError, which is the right answer for us too.
     store = SqliteStore(home)
     try:
         if found.verdict == "old":
@@ -111,6 +127,15 @@ def open_store(
         store.close()
         raise
     return store, messages
+
+
+def open_reader(home: Path, *, url: str | None = None) -> StoreReader:
+    """The stored queue of `home` as its owner last committed it, without taking the lock and
+    without writing (for `ls` and `status` while another process works the queue). Raises
+    `StateError` when there is no database, or one this modelfetch cannot read as it is (it is
+    never repaired or migrated from here), and for an engine `url` it does not have."""
+    _engine(url)
+    return SqliteStoreReader(Path(home))
 
 
 def diagnose(path: Path) -> Diagnosis:
@@ -142,6 +167,8 @@ def partials_on_disk(roots: Iterable[Path]) -> list[tuple[Path, PartState]]:
     """Every `(destination, sidecar state)` of an unfinished download under `roots`, sorted by
     path: sidecars that load, whose destination does not exist yet (a sidecar left beside a
     published file by a crash right after the rename is stale, not a download)."""
+    from modelfetch.transfer.partstate import PartState
+
     found: dict[Path, PartState] = {}
     for root in roots:
         if not root.is_dir():
@@ -154,6 +181,33 @@ def partials_on_disk(roots: Iterable[Path]) -> list[tuple[Path, PartState]]:
             if state is not None:
                 found[dest] = state
     return sorted(found.items())
+
+
+# -- choosing the engine ----------------------------------------------------------------------
+
+
+def _engine(url: str | None) -> Literal["sqlite"]:
+    """The engine `url` names. Only SQLite today, and only its default place (`home/state.db`):
+    `sqlite:` or `sqlite://` with nothing after it. The message never repeats the URL, which
+    for a database server may carry a password."""
+    if url is None:
+        return "sqlite"
+    scheme, colon, rest = url.strip().partition(":")
+    if not colon or not scheme:
+        raise StateError("the state database URL has no scheme: use sqlite:")
+    name = scheme.lower()
+    if name != "sqlite":
+        shown = repr(name) if _SCHEME.fullmatch(name) else "of that URL"
+        raise StateError(
+            f"state database engine {shown} is not supported by this modelfetch:"
+            " use sqlite: (the default, a file in the state directory)"
+        )
+    if rest not in ("", "//"):
+        raise StateError(
+            "the sqlite engine keeps its database in the state directory: give sqlite: without"
+            " a path (choose the directory with --home)"
+        )
+    return "sqlite"
 
 
 # -- inspection ------------------------------------------------------------------------------
@@ -356,25 +410,15 @@ def _resumable_bytes(dest: Path, state: PartState) -> int:
 
 @contextlib.contextmanager
 def _locked(home: Path) -> Iterator[None]:
-    """The state directory's lock (the same flock `Store` takes), held while we inspect and move
-    files, so a running manager's database is never touched."""
-    path = home / LOCK_NAME
+    """The state directory's lock (the same flock `SqliteStore` takes), held while we inspect and
+    move files, so a running manager's database is never touched."""
+    fd = open_lock_file(home)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise StateError(f"cannot open the lock file {path}: {exc}") from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            pid = holder if holder.isdigit() else "unknown"
-            raise StateLockedError(
-                f"another modelfetch process (pid {pid}) is using {home}"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
+        take_lock(fd, home)
+    except BaseException:
         os.close(fd)
+        raise
+    try:
+        yield
+    finally:
+        unlock(fd)

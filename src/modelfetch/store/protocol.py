@@ -1,0 +1,237 @@
+"""What an engine of the durable state must do: the `StoreReader` and `Store` protocols.
+
+The manager, recovery and the read-only view use only these; `SqliteStore` and
+`SqliteStoreReader` are today's engine, and another (PostgreSQL, issue 14) implements the same
+methods with the same contract. They are structural (`typing.Protocol`): an engine does not
+subclass them, it has the members.
+
+The contract every engine meets, beyond each method's own:
+- records are `core.models` dataclasses: a file is keyed by (group id, index), indexes 1..n;
+  group ids are assigned by the engine, ascending and never reused;
+- every write has committed when its method returns, except inside a batch (see `Store.batch`);
+- a value the database rejects (a CHECK, a type) raises `ValueError("rejected by the state
+  database: ...")` and writes nothing; a database that cannot be used raises `StateError`;
+- once closed, every read and write raises `RuntimeError` (`close` again does nothing);
+- no credential is ever stored: records carry URLs pinned to a commit, tokens stripped.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Final, Protocol, Self
+
+from modelfetch.core.models import FileRecord, FileStatus, GroupRecord
+from modelfetch.core.segments import SegmentRecord
+
+__all__ = ["KEEP", "Keep", "Store", "StoreReader"]
+
+
+class Keep(enum.Enum):
+    """The "leave it as it is" default of optional setters (None means "clear")."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
+
+
+class StoreReader(Protocol):
+    """The stored queue, read: what another process last committed, or the owner's own view.
+
+    Reads never change anything and see every committed write (an owner's reads also see the
+    writes of its own open batch)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` has been called."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection (and a writer's lock). Safe to call twice."""
+        ...
+
+    def __enter__(self) -> Self:
+        """The store itself, closed when the block ends."""
+        ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """`close()`."""
+        ...
+
+    def get_group(self, group_id: int) -> GroupRecord | None:
+        """The group with its files (by index), or None."""
+        ...
+
+    def groups(self, *, live_only: bool = False) -> list[GroupRecord]:
+        """Every group with its files, by id; `live_only`: only groups with a non-terminal file
+        (`core.models.LIVE_STATUSES`). A group added while this runs may be left out."""
+        ...
+
+    def find_group(self, key: str) -> GroupRecord | None:
+        """The newest (highest id) group with this dedupe key, or None."""
+        ...
+
+    def get_file(self, group_id: int, index: int) -> FileRecord | None:
+        """One file, or None."""
+        ...
+
+    def files(self, statuses: Collection[FileStatus] | None = None) -> list[FileRecord]:
+        """Files by (group id, index), all of them or those in one of `statuses` (empty: none)."""
+        ...
+
+    def verified_digest(self, path: str, size: int, mtime_ns: int) -> str | None:
+        """The sha256 remembered for `path` if it still has this size and mtime, else None."""
+        ...
+
+    def segments(self, group_id: int, index: int) -> tuple[SegmentRecord, ...] | None:
+        """The segment map last saved for a file, by start; None when there is none."""
+        ...
+
+    def group_limits(self, group_id: int) -> tuple[int | None, int | None]:
+        """(rate_limit bytes/s, connections per file) of a group; None where not set or when
+        the group does not exist."""
+        ...
+
+    def segmented_files(self) -> set[tuple[int, int]]:
+        """(group id, index) of every file that has a segment map."""
+        ...
+
+
+class Store(StoreReader, Protocol):
+    """The stored queue, owned: one writer per state, held exclusively while it is open.
+
+    Opening one takes the state's exclusive ownership (`StateLockedError` naming the holder's
+    pid if another process has it) and brings the schema up to `SCHEMA_VERSION` (a newer one is
+    refused with `StateError`). Writes are atomic each: a method that fails leaves no trace."""
+
+    # -- groups ---------------------------------------------------------------------------------
+
+    def add_group(self, group: GroupRecord) -> GroupRecord:
+        """Insert a group and its files in one transaction and return the same record, updated
+        in place only once committed: `id`, each file's `id` and `group_id`, and `created_at`
+        (now, when 0; a file's 0 takes the group's). Refused with ValueError: a group that has
+        an id already, file indexes that are not exactly 1..n."""
+        ...
+
+    def update_group(self, group_id: int, **fields: object) -> None:
+        """Set GroupRecord fields (priority, commit, finished_at, ...); `id` and `files` are
+        refused with ValueError. A missing group is ignored."""
+        ...
+
+    def finish_group(self, group_id: int, finished_at: float) -> None:
+        """Record when a group finished. A missing group is ignored."""
+        ...
+
+    def forget_group(self, group_id: int) -> bool:
+        """Delete a group, its files and their segment maps, whatever their status; False when
+        there was no such group."""
+        ...
+
+    def forget_finished(self) -> list[int]:
+        """Delete, in one transaction, every group whose files are all terminal; return their
+        ids, ascending."""
+        ...
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def transition(
+        self,
+        group_id: int,
+        index: int,
+        to: FileStatus,
+        *,
+        allowed_from: Collection[FileStatus],
+        **fields: object,
+    ) -> bool:
+        """Set a file's status to `to` (and FileRecord `fields`) only if its status is now in
+        `allowed_from`: check and write are one atomic step (compare-and-set), so a stale caller
+        can never overwrite a newer state. True when the row changed; False, with nothing
+        written, when the file is missing or in another status. ValueError: an empty
+        `allowed_from`, a status that is not a FileStatus, a field that is not updatable (`id`,
+        `group_id`, `index`, `status`). Reaching `completed` or `cancelled` also forgets the
+        file's segment map, in the same step."""
+        ...
+
+    def update_file(self, group_id: int, index: int, **fields: object) -> None:
+        """Set FileRecord fields without a status guard (validators, expected size, ...).
+        `status` is refused with ValueError (use `transition`). A missing file is ignored."""
+        ...
+
+    def save_progress(self, rows: Iterable[tuple[int, int, int, int | None]]) -> None:
+        """Checkpoint (group_id, index, bytes_done, bytes_total) rows, all or none. A total of
+        None keeps the total already known. No rows: nothing happens."""
+        ...
+
+    def set_order(
+        self, changes: Mapping[tuple[int, int], int], *, priority: int | None = None
+    ) -> None:
+        """Persist the order keys the scheduling queue returned, {(group id, index): key}, all
+        or none; with `priority`, set that priority on the same files too (None: priorities
+        unchanged). Files not named keep theirs; a missing file is ignored."""
+        ...
+
+    def recover(self) -> list[FileRecord]:
+        """At start: every file left `active` (by a crash) goes back to `queued`, keeping its
+        byte count, in one transaction. Returns exactly those files, as they are now (queued),
+        by (group id, index); an empty list when none was active."""
+        ...
+
+    def remember_verified(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+        """Remember that the file at `path`, with this size and mtime, has this digest (the last
+        call for a path wins). Inside a batch it may be written at the batch's commit, but
+        `verified_digest` sees it at once."""
+        ...
+
+    # -- segment maps and per-download limits ---------------------------------------------------
+
+    def save_segments(
+        self, group_id: int, index: int, segments: Sequence[SegmentRecord] | None
+    ) -> None:
+        """Replace a file's segment map (None or empty: forget it), all or nothing. A missing
+        file is ignored."""
+        ...
+
+    def set_group_limits(
+        self,
+        group_id: int,
+        *,
+        rate_limit: int | Keep | None = KEEP,
+        connections: int | Keep | None = KEEP,
+    ) -> None:
+        """Set (a value) or clear (None) a group's own bandwidth limit in bytes/s (> 0) and its
+        connections per file (>= 1); a limit left at KEEP is unchanged."""
+        ...
+
+    # -- batches --------------------------------------------------------------------------------
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Writes inside the block join one transaction: one commit when the block ends (and a
+        nested `batch` joins the outer one). Another connection sees none of them before.
+
+        Each write stays atomic on its own: one that fails leaves no trace and its exception
+        propagates out of the block, and what succeeded before it in the block still commits
+        (so a caller that mirrors each successful write in memory stays in step). A failed
+        commit raises `StateError` and nothing of the batch is kept."""
+        ...
+
+    def begin_batch(self) -> None:
+        """`batch()` in two calls, for a batch that outlives one block: writes from here on
+        join one transaction until `end_batch`. A batch already open: RuntimeError."""
+        ...
+
+    def end_batch(self) -> None:
+        """Commit the open batch; no open batch: nothing happens."""
+        ...
+
+    @property
+    def batching(self) -> bool:
+        """True while a batch is open: its writes are not committed yet."""
+        ...
