@@ -96,7 +96,7 @@ class DownloadManager:
         self._waiters = book.waiters
         self._segmented: set[FileKey] = set()  # files that may have a segment map in the store
         self._tx = Transitions(
-            bus=self.bus,
+            bus_of=lambda: self.bus,
             book=book,
             queue=self._queue,
             segmented=self._segmented,

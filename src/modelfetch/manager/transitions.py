@@ -41,14 +41,15 @@ class Transitions:
     def __init__(
         self,
         *,
-        bus: EventBus,
+        bus_of: Callable[[], EventBus],
         book: GroupBook,
         queue: SchedulingQueue,
         segmented: set[FileKey],
         store_of: Callable[[], Store],
         task_group_of: Callable[[], asyncio.TaskGroup | None],
     ) -> None:
-        self._bus = bus
+        # Read at each publish: the owner's bus may be replaced before it starts (tests do).
+        self._bus_of = bus_of
         self._book = book
         self._queue = queue
         self._segmented = segmented  # files that may have a segment map in the store
@@ -113,7 +114,7 @@ class Transitions:
             return
         self._store_of().end_batch()  # on failure nothing is announced
         for event in pending:
-            self._bus.publish(event)
+            self._bus_of().publish(event)
 
     def _flush_soon(self) -> None:
         self._flush_handle = None
@@ -131,7 +132,7 @@ class Transitions:
         if self._pending is not None:
             self._pending.append(event)  # published when the batch has committed
         else:
-            self._bus.publish(event)
+            self._bus_of().publish(event)
 
     def transition(
         self,
