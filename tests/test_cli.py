@@ -608,23 +608,22 @@ def test_ints_and_paths_are_read_without_typer_exactly_as_typer_reads_them(
     what it answers, value or error, must be what typer answers."""
     import typer.main
     from typer._click import Context
-    from typer._coercion import build_runtime_param
+    from typer.core import TyperOption
 
     from modelfetch.cli import app
+    from modelfetch.cli.plain_values import PlainOption
 
     command = typer.main.get_command(app).commands["get"]  # type: ignore[attr-defined]
     (param,) = [p for p in command.params if p.name == option]
-    ours = param._runtime_param
-    assert type(ours).__name__ == "_PlainValues" and ours.kind in ("int", "path")
-    typers = build_runtime_param(param.type_descriptor)
+    assert isinstance(param, PlainOption) and param.plain_kind in ("int", "path")
     ctx = Context(command)
 
-    def answer(runtime: Any, value: str) -> object:
+    def answer(process: Any, value: str) -> object:
         try:
-            return runtime.coerce(value, param=param, ctx=ctx)
+            return process(param, ctx, value)
         except Exception as exc:
             return (type(exc).__name__, str(exc))
 
     for value in values:
-        assert answer(ours, value) == answer(typers, value), value
-        param._runtime_param = ours  # a fallback hands the parameter to typer: undo that
+        ours = answer(PlainOption.process_value, value)
+        assert ours == answer(TyperOption.process_value, value), value

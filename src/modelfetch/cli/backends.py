@@ -1,0 +1,47 @@
+"""The backend a command talks to: the daemon that owns the home, else a manager in this process."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from modelfetch.backend import Backend
+    from modelfetch.config import Config
+    from modelfetch.readonly import ReadOnlyBackend
+
+
+def is_local(backend: object) -> bool:
+    """True for a DownloadManager in this process, False for the daemon's client."""
+    from modelfetch.manager import DownloadManager
+
+    return isinstance(backend, DownloadManager)
+
+
+@contextlib.asynccontextmanager
+async def command_backend(cfg: Config, *, workers: bool = True) -> AsyncIterator[Backend]:
+    from modelfetch.backend import open_backend
+
+    # The manager's arguments are built only when no daemon serves this home.
+    async with open_backend(
+        home=cfg.home, lazy_kwargs=lambda: cfg.manager_kwargs(workers=workers)
+    ) as backend:
+        yield backend
+
+
+@contextlib.asynccontextmanager
+async def command_viewer(cfg: Config) -> AsyncIterator[Backend | ReadOnlyBackend]:
+    """`command_backend` (without workers) for `ls` and `status`: when another process works
+    the queue (and no daemon answers), its last saved state, read-only, after one line on stderr
+    saying so. That line goes to stderr for `--json` too, so stdout stays one JSON document."""
+    from modelfetch.backend import open_viewer
+
+    async with open_viewer(
+        home=cfg.home, lazy_kwargs=lambda: cfg.manager_kwargs(workers=False)
+    ) as viewer:
+        notice = getattr(viewer, "read_only_notice", None)
+        if isinstance(notice, str):
+            print(f"note: {notice}", file=sys.stderr, flush=True)
+        yield viewer

@@ -1,0 +1,90 @@
+"""Exit statuses, and what a command prints when it fails: one line, a traceback only on --debug.
+
+0    everything asked for completed
+1    something failed (the summary says what and why), or the Hub refused a request
+2    the request itself is wrong: a malformed spec, an unknown quant, a bad flag or setting
+130  interrupted (Ctrl-C): the downloads were paused and can be resumed
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import typer
+
+from modelfetch.cli.consoles import stderr_console
+from modelfetch.core.errors import (
+    ModelfetchError,
+    SpecError,
+    StateLockedError,
+    UnknownItemError,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def explain(error: BaseException) -> str:
+    """The line a person reads for `error`."""
+    from modelfetch.config import ConfigError
+    from modelfetch.core.policy import describe
+
+    if isinstance(error, StateLockedError):
+        return (
+            f"{error.message}. Wait for it to finish or stop it (Ctrl-C), then try again; "
+            "downloads it started continue from their bytes on disk "
+            "(`modelfetch ls` shows its queue meanwhile)."
+        )
+    if isinstance(error, UnknownItemError):
+        return f"{error.message} (see `modelfetch ls`)"
+    if isinstance(error, SpecError | ConfigError):
+        return error.message
+    return describe(error)
+
+
+def exit_code_for(error: BaseException) -> int:
+    from modelfetch.config import ConfigError
+
+    return EXIT_USAGE if isinstance(error, SpecError | ConfigError) else EXIT_FAILED
+
+
+def report(error: BaseException, debug: bool, *, what: str | None = None) -> None:
+    """Print `error` as one line on stderr (`what: ` first if given); the traceback on --debug."""
+    from rich.text import Text
+
+    if debug:
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
+    text = Text("error: ", style="bold red")
+    if what:
+        text.append(f"{what}: ")
+    text.append(explain(error))
+    stderr_console().print(text)
+    if not isinstance(error, ModelfetchError) and not debug:
+        stderr_console().print("(run with --debug for the traceback)", style="dim")
+
+
+def execute(debug: bool, make: Callable[[], Coroutine[Any, Any, int]]) -> None:
+    """Run one command's coroutine; map what it raises to a line and an exit status."""
+    import asyncio
+
+    try:
+        code = asyncio.run(make())
+    except ModelfetchError as exc:
+        report(exc, debug)
+        raise typer.Exit(exit_code_for(exc)) from None
+    except KeyboardInterrupt:
+        stderr_console().print("interrupted", style="yellow")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        report(exc, debug)
+        raise typer.Exit(EXIT_FAILED) from None
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,314 @@
+"""`get` (download now, in the foreground, until settled) and `add` (queue without starting)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from modelfetch.cli.adding import add_each
+from modelfetch.cli.backends import command_backend, is_local
+from modelfetch.cli.consoles import stdout_console
+from modelfetch.cli.errors import EXIT_FAILED, EXIT_OK, execute, exit_code_for, report
+from modelfetch.cli.follow import FINISHED, EventFeed, follow, group_views, make_display
+from modelfetch.cli.interrupts import Interrupts, leave_now, race
+from modelfetch.cli.options import (
+    DirOpt,
+    IncludeOpt,
+    InputOpt,
+    JsonOpt,
+    LayoutOpt,
+    QuantOpt,
+    RevisionOpt,
+    SpecsArg,
+    app_state,
+)
+from modelfetch.cli.specs import STDIN, check_specs, gather_specs
+from modelfetch.core.errors import ModelfetchError
+
+if TYPE_CHECKING:
+    from modelfetch.backend import Backend
+    from modelfetch.config import Config
+    from modelfetch.core import events as ev
+    from modelfetch.render import Display
+    from modelfetch.views import GroupView
+
+
+@dataclass
+class GetOptions:
+    specs: list[str]
+    quant: str | None = None
+    revision: str | None = None
+    include: list[str] = field(default_factory=list)
+    layout: str | None = None
+    json: bool = False
+    jobs: int | None = None
+    limit_rate: str | None = None
+
+
+async def _limit_rate(backend: Backend, rate: int, display: Display) -> None:
+    """Pass a bandwidth cap (bytes/s) to `set_limits` if the backend takes one (its keyword
+    argument `rate_limit`); else say that it is not supported yet."""
+    import inspect
+
+    from modelfetch.core.format import format_rate
+
+    set_limits: Callable[..., Awaitable[None]] = backend.set_limits
+    names = [n for n in inspect.signature(set_limits).parameters if "rate" in n]
+    if len(names) == 1:
+        await set_limits(**{names[0]: rate})
+        return
+    display.message(
+        f"--limit-rate {format_rate(rate)}: not supported yet (no rate limiter in this "
+        "version); downloading at full speed",
+        style="yellow",
+    )
+
+
+async def run_get(
+    cfg: Config, options: GetOptions, *, resume_hint: str, debug: bool = False
+) -> int:
+    """`modelfetch get`: enqueue, run in the foreground until settled, summarize."""
+    import asyncio
+
+    from modelfetch.config import ConfigError
+    from modelfetch.core.format import parse_size
+    from modelfetch.render import JsonDisplay, print_summary
+
+    check_specs(options.specs, cfg)
+    rate: int | None = None
+    if options.limit_rate is not None:
+        try:
+            rate = parse_size(options.limit_rate)
+        except ValueError as exc:
+            raise ConfigError(f"--limit-rate: {exc}") from None
+    layout = options.layout or cfg.layout
+    display, console = make_display(
+        options.json, hint="Ctrl-C pauses; run the same command again to resume"
+    )
+    gids: list[int] = []
+    errors: list[int] = []
+
+    async def enqueue_and_wait(backend: Backend, feed: EventFeed) -> int:
+        added = add_each(
+            backend,
+            options.specs,
+            quant=options.quant,
+            revision=options.revision,
+            include=options.include,
+            layout=layout,
+        )
+        async with contextlib.aclosing(added):
+            async for spec, outcome in added:
+                if isinstance(outcome, ModelfetchError):
+                    report(outcome, debug, what=spec)
+                    errors.append(exit_code_for(outcome))
+                elif outcome not in gids:
+                    gids.append(outcome)
+        if not gids:
+            return max(errors) if errors else EXIT_FAILED
+        await _put_first(backend, gids)
+        wanted = set(gids)
+        before = {v.id: v.status for v in await group_views(backend, wanted)}
+        display.track(wanted)
+        feed.release()
+        await follow(backend, display, wanted)
+        final = await group_views(backend, wanted)
+        ended = {v.id for v in final if v.status in FINISHED and before.get(v.id) not in FINISHED}
+        await feed.drain(ended)
+        display.on_views(final)
+        display.tick(time.time())
+        display.end()
+        if isinstance(display, JsonDisplay):
+            # A group that was already complete has no group_finished in this run: say so,
+            # so every requested group ends its stream with one.
+            for v in final:
+                if v.status in FINISHED and v.id not in display.finished:
+                    display.write(_finished_event(v))
+        ok = print_summary(sorted(final, key=lambda v: gids.index(v.id)), console, time.time())
+        if ok and not errors:
+            return EXIT_OK
+        console.print(
+            "Run the same command again to retry; it continues from the bytes on disk.",
+            style="dim",
+        )
+        return max(errors) if errors else EXIT_FAILED
+
+    err_stream = sys.stderr
+    interrupts = Interrupts(
+        on_first=lambda: display.message(
+            "Pausing… (press Ctrl-C again to quit at once)", style="yellow"
+        ),
+        on_second=lambda: leave_now(display, err_stream),
+    )
+    async with interrupts, command_backend(cfg) as backend:
+        if options.jobs is not None and not is_local(backend):
+            await backend.set_limits(max_active=options.jobs)
+        if rate is not None:
+            await _limit_rate(backend, rate, display)
+        feed = EventFeed(backend, display)
+        await feed.start()
+        display.begin()
+        try:
+            job = asyncio.create_task(enqueue_and_wait(backend, feed))
+            if not await race(job, interrupts.event):
+                return job.result()
+            for gid in gids:
+                with contextlib.suppress(ModelfetchError):
+                    await backend.pause(gid)
+        finally:
+            display.end()
+            await feed.close()
+    if not gids:
+        console.print("Stopped before anything was queued.")
+        return interrupts.exit_code
+    count = "1 download" if len(gids) == 1 else f"{len(gids)} downloads"
+    console.print(f"Paused {count}; the bytes on disk are kept. To resume, run:")
+    console.print(f"  {resume_hint}", style="bold", soft_wrap=True, highlight=False)
+    return interrupts.exit_code
+
+
+async def _put_first(backend: Backend, gids: Sequence[int]) -> None:
+    """What an earlier Ctrl-C paused runs again, and what the user waits for goes first, in the
+    order asked (best effort: only what waits can move). Each call is skipped where it would
+    change nothing: with 200 URLs that is 400 round trips saved."""
+    views = {v.id: v for v in await backend.snapshot()}
+    for gid in gids:
+        view = views.get(gid)
+        if view is not None and any(f.status == "paused" for f in view.files):
+            await backend.resume(gid)
+    queue = sorted((v for v in await backend.snapshot() if v.position), key=_position)
+    waiting = [v.id for v in queue]
+    in_queue = set(waiting)
+    ours = [gid for gid in gids if gid in in_queue]
+    if waiting[: len(ours)] == ours:
+        return
+    for gid in reversed(ours):
+        with contextlib.suppress(ModelfetchError):
+            await backend.move(gid, 1)
+
+
+def _position(view: GroupView) -> int:
+    return view.position or 0
+
+
+def _finished_event(view: GroupView) -> ev.GroupFinished:
+    from modelfetch.core import events as ev
+
+    counts = {s: sum(1 for f in view.files if f.status == s) for s in FINISHED}
+    return ev.GroupFinished(
+        group_id=view.id,
+        name=view.name,
+        status=view.status,
+        completed=counts["completed"],
+        failed=counts["failed"],
+        cancelled=counts["cancelled"],
+        dest_dir=view.dest_dir,
+        ts=time.time(),
+    )
+
+
+def _resume_command(argv: Sequence[str]) -> str:
+    import shlex
+
+    return shlex.join(["modelfetch", *argv])
+
+
+def get(
+    ctx: typer.Context,
+    specs: SpecsArg = None,
+    input_file: InputOpt = None,
+    quant: QuantOpt = None,
+    dir: DirOpt = None,
+    layout: LayoutOpt = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", min=1, help="Files downloaded at once.", show_default=False),
+    ] = None,
+    revision: RevisionOpt = None,
+    include: IncludeOpt = None,
+    json_out: JsonOpt = False,
+    limit_rate: Annotated[
+        str | None,
+        typer.Option(
+            "--limit-rate",
+            help="Bandwidth cap in bytes/s, e.g. 20M (with a daemon: its overall cap).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Download now, in the foreground, until done. Ctrl-C pauses; running it again resumes."""
+    state = app_state(ctx)
+
+    async def go() -> int:
+        cfg = state.config(models_dir=dir, max_active=jobs, layout=layout)
+        options = GetOptions(
+            specs=gather_specs(specs or [], input_file, cfg),
+            quant=quant,
+            revision=revision,
+            include=include or [],
+            layout=layout,
+            json=json_out,
+            jobs=jobs,
+            limit_rate=limit_rate,
+        )
+        hint = _resume_command(sys.argv[1:])
+        if input_file == STDIN:
+            hint += "   (with the same list on standard input)"
+        return await run_get(cfg, options, resume_hint=hint, debug=state.debug)
+
+    execute(state.debug, go)
+
+
+def add(
+    ctx: typer.Context,
+    specs: SpecsArg = None,
+    input_file: InputOpt = None,
+    quant: QuantOpt = None,
+    dir: DirOpt = None,
+    layout: LayoutOpt = None,
+    revision: RevisionOpt = None,
+    include: IncludeOpt = None,
+) -> None:
+    """Add downloads to the queue without starting them (see `run`)."""
+    state = app_state(ctx)
+
+    async def go() -> int:
+        from modelfetch.core.format import format_bytes
+
+        cfg = state.config(models_dir=dir, layout=layout)
+        wanted = gather_specs(specs or [], input_file, cfg)
+        out, code, added = stdout_console(), EXIT_OK, 0
+        async with command_backend(cfg, workers=False) as backend:
+            outcomes = add_each(
+                backend,
+                wanted,
+                quant=quant,
+                revision=revision,
+                include=include or [],
+                layout=layout or cfg.layout,
+            )
+            async with contextlib.aclosing(outcomes):
+                async for _, gid in outcomes:
+                    if isinstance(gid, ModelfetchError):
+                        report(gid, state.debug)
+                        code = max(code, exit_code_for(gid))
+                        continue
+                    added += 1
+                    v = await backend.group_view(gid)
+                    files = "1 file" if len(v.files) == 1 else f"{len(v.files)} files"
+                    where = f" #{v.position}" if v.position else ""
+                    out.print(
+                        f"{v.id}  {v.name}  ({files}, {format_bytes(v.total)})  {v.status}{where}",
+                        highlight=False,
+                    )
+            if is_local(backend) and added:
+                out.print("Queued. Run `modelfetch run` to download.", style="dim")
+        return code
+
+    execute(state.debug, go)

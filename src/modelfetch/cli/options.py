@@ -1,0 +1,132 @@
+"""Every option in one place: the global options, the option types commands share, and the
+configuration (`Overrides` → `Config`) built from them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from modelfetch import __version__
+from modelfetch.cli.errors import EXIT_OK
+
+if TYPE_CHECKING:
+    from modelfetch.config import Config
+
+
+# ------------------------------------------------------------------------------ global options
+
+
+@dataclass
+class AppState:
+    """The global options, as the root callback read them."""
+
+    home: Path | None = None
+    debug: bool = False
+
+    def config(
+        self,
+        *,
+        models_dir: Path | None = None,
+        max_active: int | None = None,
+        layout: str | None = None,
+    ) -> Config:
+        from modelfetch.config import Overrides, load_config
+
+        return load_config(
+            Overrides(home=self.home, models_dir=models_dir, max_active=max_active, layout=layout)
+        )
+
+
+def app_state(ctx: typer.Context) -> AppState:
+    """The global options of this invocation (defaults when called without the root)."""
+    obj = ctx.find_object(AppState)
+    return obj if obj is not None else AppState()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"modelfetch {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="State directory (env MODELFETCH_HOME).", show_default=False),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+VersionOpt = Annotated[
+    bool,
+    typer.Option("--version", help="Print the version.", is_eager=True, callback=_version),
+]
+
+
+def global_options(
+    ctx: typer.Context,
+    home: HomeOpt = None,
+    debug: DebugOpt = False,
+    version: VersionOpt = False,
+) -> None:
+    """The root callback: keeps the global options for the command that runs."""
+    ctx.obj = AppState(home=home, debug=debug)
+
+
+# ------------------------------------------------------------------------------ shared options
+
+SpecsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="What to download: owner/name, owner/name:Q4_K_M, owner/name/file.gguf, a URL.",
+        show_default=False,
+        metavar="SPEC",
+    ),
+]
+InputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-file",
+        "-I",
+        help="Also download what FILE lists: one spec or URL per line, # comments; - is stdin.",
+        show_default=False,
+        metavar="FILE",
+    ),
+]
+QuantOpt = Annotated[
+    str | None, typer.Option("--quant", "-q", help="Quantization, e.g. Q4_K_M.", show_default=False)
+]
+DirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir", "-d", help="Models directory (default: <home>/models).", show_default=False
+    ),
+]
+LayoutOpt = Annotated[
+    str | None,
+    typer.Option("--layout", help="plain (owner/name/file) or hf-cache.", show_default=False),
+]
+RevisionOpt = Annotated[
+    str | None,
+    typer.Option("--revision", "-r", help="Branch, tag or commit.", show_default=False),
+]
+IncludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--include", "-i", help="Extra repo files by glob (repeatable).", show_default=False
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (NDJSON/JSON).")]
+IdsArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Download ids (12) or file ids (12.3).", show_default=False),
+]
+AllOpt = Annotated[bool, typer.Option("--all", "-a", help="Every applicable download.")]
+
+
+def parse_refs(ids: Sequence[str]) -> list[str]:
+    """Download and file ids as typed (`12`, `12.3`), checked and normalized."""
+    from modelfetch.core.models import ItemRef
+
+    return [str(ItemRef.parse(i)) for i in ids]

@@ -1,0 +1,70 @@
+"""The summary `get` and `run` print at the end: a line per download, and why it did not finish."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from modelfetch.core.format import format_bytes
+from modelfetch.render.collapse import MANY_GROUPS
+from modelfetch.render.words import file_state, group_state
+from modelfetch.views import GroupView
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+
+def print_summary(views: Sequence[GroupView], console: Console, now: float) -> bool:
+    """Print what happened to each group; True if all completed. Above MANY_GROUPS, the
+    completed ones share one line and only the others get one each."""
+    from rich.text import Text
+
+    ok = True
+    if len(views) > MANY_GROUPS:
+        completed = [v for v in views if v.status == "completed"]
+        views = [v for v in views if v.status != "completed"]
+        if completed:
+            console.print(completed_line(completed))
+    for v in views:
+        files = "1 file" if len(v.files) == 1 else f"{len(v.files)} files"
+        if v.status == "completed":
+            line = Text("✓ ", style="green")
+            line.append(f"{v.name}", style="bold")
+            # Hub files are checked against the digests the Hub lists; a plain URL has none.
+            checked = "verified" if v.spec.startswith("hf://") else "(no digest to check against)"
+            line.append(f": {files}, {format_bytes(v.total)}, {checked} → {v.dest_dir}")
+            console.print(line)
+            continue
+        ok = False
+        state = group_state(v, now) or v.status
+        line = Text("✗ ", style="red")
+        line.append(f"{v.name}", style="bold")
+        line.append(f": {state}")
+        console.print(line)
+        for f in v.files:
+            if f.status == "completed":
+                continue
+            why = f.error_message or file_state(f, now) or f.status
+            if f.status == "paused" and f.pause_reason != "disk_full":
+                why = "paused"
+            elif f.status == "waiting_retry":
+                why = file_state(f, now) or why
+            console.print(f"    {f.ref} {f.name}: {why}", soft_wrap=True, highlight=False)
+    return ok
+
+
+def completed_line(views: Sequence[GroupView]) -> Text:
+    """`✓ 200 downloads: 200 files, 12.5 MiB, 3 verified → /models/example.org`."""
+    from rich.text import Text
+
+    files = sum(len(v.files) for v in views)
+    size = sum(v.total or 0 for v in views)
+    verified = sum(1 for v in views if v.spec.startswith("hf://"))
+    dirs = sorted({v.dest_dir for v in views})
+    where = dirs[0] if len(dirs) == 1 else f"{len(dirs)} directories"
+    checked = f"{verified} verified" if verified else "no digests to check against"
+    line = Text("✓ ", style="green")
+    line.append(f"{len(views)} downloads", style="bold")
+    line.append(f": {files} files, {format_bytes(size)}, {checked} → {where}")
+    return line
