@@ -489,6 +489,28 @@ async def test_config_shows_sources_and_masks_the_token(cli: Cli) -> None:
     assert rows["models_dir"][1:] == [str(cli.models), "default"]
 
 
+async def test_get_through_a_proxy_given_by_flag_and_a_bad_proxy_is_one_line(
+    cli: Cli, hub: FakeHub, tmp_path: Path
+) -> None:
+    from tests.proxies import run_tinyproxy
+
+    proxy = run_tinyproxy(tmp_path)
+    try:
+        # NO_PROXY="" so that loopback (the fake hub) goes through it too.
+        result = await cli("--proxy", proxy.url, "get", f"{TEST_REPO}:Q8_0", env={"NO_PROXY": ""})
+    finally:
+        proxy.stop()
+    assert result.code == 0, result.err
+    log = proxy.log_text()
+    assert f"/api/models/{TEST_REPO}" in log and "/cdn/" in log
+    shown = await cli("--proxy", "http://me:hunter2@proxy.lan:3128", "config")
+    assert "http://proxy.lan:3128 (with credentials)" in shown.out and "hunter2" not in shown.out
+    bad = await cli("--proxy", "socks5://me:hunter2@proxy.lan:1080", "ls")
+    assert bad.code == 2 and len(bad.err.strip().splitlines()) == 1
+    assert "socks5 proxies are not supported" in bad.err and "hunter2" not in bad.err
+    assert_no_traceback(bad)
+
+
 async def test_clean_shows_then_removes_orphan_partials(cli: Cli) -> None:
     got = await cli("get", f"{TEST_REPO}:Q8_0")
     assert got.code == 0, got.err

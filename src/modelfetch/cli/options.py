@@ -26,6 +26,8 @@ class AppState:
 
     home: Path | None = None
     debug: bool = False
+    proxy: str | None = None
+    ca_bundle: Path | None = None
 
     def config(
         self,
@@ -37,7 +39,14 @@ class AppState:
         from modelfetch.config import Overrides, load_config
 
         return load_config(
-            Overrides(home=self.home, models_dir=models_dir, max_active=max_active, layout=layout)
+            Overrides(
+                home=self.home,
+                models_dir=models_dir,
+                max_active=max_active,
+                layout=layout,
+                proxy=self.proxy,
+                ca_bundle=self.ca_bundle,
+            )
         )
 
 
@@ -58,6 +67,25 @@ HomeOpt = Annotated[
     typer.Option("--home", help="State directory (env MODELFETCH_HOME).", show_default=False),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+ProxyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy",
+        help="http proxy for every request to the outside, e.g. http://user:pw@proxy:3128 "
+        '(env HTTPS_PROXY/HTTP_PROXY/ALL_PROXY; NO_PROXY still applies; "" turns it off).',
+        show_default=False,
+        metavar="URL",
+    ),
+]
+CaBundleOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-bundle",
+        help="PEM file of CAs to trust for https (env REQUESTS_CA_BUNDLE, SSL_CERT_FILE).",
+        show_default=False,
+        metavar="FILE",
+    ),
+]
 VersionOpt = Annotated[
     bool,
     typer.Option("--version", help="Print the version.", is_eager=True, callback=_version),
@@ -68,10 +96,12 @@ def global_options(
     ctx: typer.Context,
     home: HomeOpt = None,
     debug: DebugOpt = False,
+    proxy: ProxyOpt = None,
+    ca_bundle: CaBundleOpt = None,
     version: VersionOpt = False,
 ) -> None:
     """The root callback: keeps the global options for the command that runs."""
-    ctx.obj = AppState(home=home, debug=debug)
+    ctx.obj = AppState(home=home, debug=debug, proxy=proxy, ca_bundle=ca_bundle)
 
 
 # ------------------------------------------------------------------------------ shared options
