@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import re
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from modelfetch._version import __version__
 from modelfetch.core.errors import (
     AuthRequiredError,
     GatedError,
@@ -47,10 +45,10 @@ from modelfetch.core.errors import (
     TooManyRedirectsError,
 )
 from modelfetch.core.headers import origin_of, retry_after_seconds
-from modelfetch.core.network import NetworkSettings
 from modelfetch.core.proxy import Proxy, ProxyRules
 from modelfetch.core.quant import QuantGroup, group_gguf_files
 from modelfetch.core.spec import validate_repo_id
+from modelfetch.hub_session import USER_AGENT, make_api_session
 from modelfetch.hubconfig import HubConfig, hub_config_from_env
 
 __all__ = [
@@ -62,7 +60,6 @@ __all__ = [
     "make_api_session",
 ]
 
-USER_AGENT = f"modelfetch/{__version__}"
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]*)*)")
@@ -72,27 +69,7 @@ _MAX_SIZE = 1 << 50  # 1 PiB: no model file is larger; beyond it a listed size i
 _MAX_BODY = 64 << 20  # a tree page is kilobytes; refuse to buffer a runaway body
 
 
-# --- the session ---------------------------------------------------------------------------------
-
-
-def make_api_session(
-    *, connect_timeout: float = 30.0, network: NetworkSettings | None = None
-) -> aiohttp.ClientSession:
-    """The aiohttp session for Hub API calls (transfers use their own, `transfer.make_session`).
-    Bytes as served (`Accept-Encoding: identity`, no decompression) and no cookies, like the
-    transfer session. `network` (default: from the environment) gives the CA bundle; the
-    proxy is chosen per request by `HubClient`, which knows NO_PROXY."""
-    network = network or NetworkSettings.from_env(os.environ)
-    connector = None
-    if network.ca_bundle is not None:
-        connector = aiohttp.TCPConnector(ssl=_trusting(network.ca_bundle))
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-    )
+# --- errors through a proxy ------------------------------------------------------------------
 
 
 def _proxy_refused(proxy: Proxy, url: URL, status: int, reason: str) -> ProxyError:
@@ -103,13 +80,6 @@ def _proxy_refused(proxy: Proxy, url: URL, status: int, reason: str) -> ProxyErr
         status=status,
         url=str(url),
     )
-
-
-def _trusting(ca_bundle: str) -> ssl.SSLContext:
-    try:
-        return ssl.create_default_context(cafile=ca_bundle)
-    except (OSError, ssl.SSLError) as exc:
-        raise SpecError(f"cannot use the CA bundle {ca_bundle}: {exc}") from None
 
 
 # --- results -------------------------------------------------------------------------------------
