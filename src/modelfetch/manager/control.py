@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +16,7 @@ from modelfetch.core.models import (
     FileRecord,
     FileStatus,
     GroupRecord,
+    GroupStatus,
     ItemRef,
     PauseReason,
     StopReason,
@@ -28,22 +29,27 @@ from modelfetch.manager.transitions import finish_if_done, maybe_finish_group
 
 RETRYABLE = frozenset({FileStatus.FAILED, FileStatus.CANCELLED})
 """What `retry` queues again."""
+INTERRUPTIBLE = frozenset({FileStatus.QUEUED, FileStatus.ACTIVE, FileStatus.WAITING_RETRY})
+"""What a Ctrl-C pauses: what the command was working on, not what was paused already."""
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
     from typing import Any
 
     from modelfetch.manager.coordinator import DownloadManager
+    from modelfetch.requests import GroupRequest
 
 
 async def pause_files(m: DownloadManager, targets: list[FileRecord], reason: PauseReason) -> None:
     stops: list[Coroutine[Any, Any, None]] = []
+    stopped: list[FileRecord] = []
     with m._batch():
         for f in targets:
             key = (f.group_id, f.index)
             if f.status is FileStatus.ACTIVE and key in m._running:
                 why = StopReason.DISK_FULL if reason is PauseReason.DISK_FULL else StopReason.PAUSE
                 stops.append(files.stop(m, m._running[key], why))
+                stopped.append(f)
             elif f.status in (FileStatus.QUEUED, FileStatus.WAITING_RETRY):
                 m._transition(
                     f,
@@ -54,6 +60,44 @@ async def pause_files(m: DownloadManager, targets: list[FileRecord], reason: Pau
                     retry_at=None,
                 )
     await asyncio.gather(*stops)
+    if reason is PauseReason.INTERRUPTED:
+        _mark_interrupted(m, stopped)
+
+
+def _mark_interrupted(m: DownloadManager, stopped: list[FileRecord]) -> None:
+    """A running file's stop writes a user's pause (finalize knows no other); an interrupt's
+    stop is rewritten here, so that the next run resumes it while a user's pause stays."""
+    with m._batch():
+        for f in stopped:
+            if f.status is FileStatus.PAUSED and f.pause_reason == PauseReason.USER.value:
+                m.store.update_file(f.group_id, f.index, pause_reason=PauseReason.INTERRUPTED.value)
+                m._book.set(f, {"pause_reason": PauseReason.INTERRUPTED.value})
+
+
+async def interrupt(m: DownloadManager, group_ids: Iterable[int] | None) -> list[int]:
+    """Ctrl-C in the foreground: pause what is queued, running or waiting to retry in these
+    groups (every group for None) as interrupted; what the user paused stays as it is. Returns
+    the groups that had something paused, in id order."""
+    if group_ids is None:
+        targets = m._book.all_live_files()
+    else:
+        wanted = set(group_ids)
+        targets = [f for f in m._book.all_live_files() if f.group_id in wanted]
+    targets = [f for f in targets if f.status in INTERRUPTIBLE]
+    await pause_files(m, targets, PauseReason.INTERRUPTED)
+    return sorted({f.group_id for f in targets if f.status is FileStatus.PAUSED})
+
+
+def resume_interrupted(m: DownloadManager) -> list[int]:
+    """Queue again what an earlier Ctrl-C paused (not what the user paused); returns the
+    groups resumed, in id order."""
+    targets = [
+        f
+        for f in m._book.all_live_files()
+        if f.status is FileStatus.PAUSED and f.pause_reason == PauseReason.INTERRUPTED.value
+    ]
+    resume_files(m, targets)
+    return sorted({f.group_id for f in targets})
 
 
 def resume_files(m: DownloadManager, targets: list[FileRecord]) -> None:
@@ -143,6 +187,52 @@ def requeue(m: DownloadManager, group: GroupRecord, targets: list[FileRecord]) -
             m.store.update_group(group.id, finished_at=None)  # it will finish again
             group.finished_at = None
     m._wake.set()
+
+
+def retry(m: DownloadManager, ref: ItemRef) -> None:
+    """`retry`: queue failed or cancelled members again (and completed ones whose file is
+    gone); a target with nothing to retry is refused with why, instead of a silent no-op."""
+    group = m._group(ref.group_id)
+    members = m._files_of(ref)
+    targets = [
+        f
+        for f in members
+        if f.status in RETRYABLE or (f.status is FileStatus.COMPLETED and not Path(f.dest).exists())
+    ]
+    if not targets:
+        status = members[0].status.value if ref.index is not None else group.status.value
+        if status == FileStatus.COMPLETED.value:
+            raise ConflictError(f"{ref} is finished (completed): nothing to retry")
+        hint = f" (`modelfetch resume {ref}` queues it)" if status == "paused" else ""
+        raise ConflictError(f"{ref} is {status}, nothing failed: nothing to retry{hint}")
+    requeue(m, group, targets)
+
+
+def move(m: DownloadManager, ref: ItemRef, position: int) -> None:
+    """`move`: only what waits has a place in line to change (a running, paused or finished
+    download would silently keep its state, and `ls` would show no new position)."""
+    members = m._files_of(ref)
+    if not any(f.status is FileStatus.QUEUED for f in members):
+        status = (
+            members[0].status.value
+            if ref.index is not None
+            else m._group(ref.group_id).status.value
+        )
+        raise ConflictError(f"{ref} is not waiting ({status}): only waiting downloads move")
+    _, changes = reorder(
+        m, ref, lambda target: m._queue.move(target, position), "only waiting downloads move"
+    )
+    apply_order(m, changes)
+
+
+def queued_as(m: DownloadManager, request: GroupRequest) -> int | None:
+    """The live download with the same request (spec and destination), if there is one."""
+    existing = m.store.find_group(request.dedupe_key())
+    if existing is None:
+        return None
+    group = m._groups.get(existing.id) or existing
+    live = (GroupStatus.QUEUED, GroupStatus.ACTIVE, GroupStatus.PAUSED)
+    return group.id if group.status in live else None
 
 
 def reorder(

@@ -44,7 +44,7 @@ from modelfetch.manager.settings import ManagerSettings, default_home
 from modelfetch.manager.transitions import Transitions
 from modelfetch.requests import GroupRequest
 from modelfetch.store import Store
-from modelfetch.transfer import ConnectionSlots, TokenBucket, TransferSession
+from modelfetch.transfer.limiter import ConnectionSlots, TokenBucket
 from modelfetch.views import GroupView
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
     from modelfetch.manager.files import RunningFile
     from modelfetch.planner import Planner
+    from modelfetch.transfer.session import TransferSession
 
 
 class DownloadManager:
@@ -135,6 +136,8 @@ class DownloadManager:
             raise RuntimeError("a DownloadManager can be entered once")
         self._entered = True
         await lifecycle.start(self)
+        if self._workers:  # a process that works the queue continues what Ctrl-C paused
+            control.resume_interrupted(self)
         return self
 
     async def __aexit__(
@@ -225,23 +228,29 @@ class DownloadManager:
         await control.cancel(self, self._ref(ref))
 
     async def retry(self, ref: str | int | ItemRef) -> None:
-        """Queue the failed (and cancelled) members again, from the bytes on disk."""
-        ref = self._ref(ref)
-        group = self._group(ref.group_id)
-        control.requeue(
-            self,
-            group,
-            [f for f in self._files_of(ref) if f.status in control.RETRYABLE],
-        )
+        """Queue the failed (and cancelled) members again, from the bytes on disk; nothing of
+        them to retry (all completed, or still live) is a ConflictError saying why."""
+        control.retry(self, self._ref(ref))
 
     async def move(self, ref: str | int | ItemRef, position: int) -> None:
-        _, changes = control.reorder(
-            self,
-            ref,
-            lambda target: self._queue.move(target, position),
-            "only waiting downloads move",
-        )
-        control.apply_order(self, changes)
+        """Move a waiting download or file; one with nothing waiting is a ConflictError."""
+        control.move(self, self._ref(ref), position)
+
+    async def interrupt(self, group_ids: Iterable[int] | None = None) -> list[int]:
+        """Ctrl-C: pause what runs, waits or retries in these groups (None: all) as
+        interrupted, which the next manager with workers resumes; a user's pause stays.
+        Returns the groups that had something paused."""
+        return await control.interrupt(self, group_ids)
+
+    async def resume_interrupted(self) -> list[int]:
+        """Queue again what a Ctrl-C paused (done at start with workers); returns the groups."""
+        return control.resume_interrupted(self)
+
+    def queued_as(self, request: GroupRequest) -> int | None:
+        """The id of the live (queued, active or paused) download `enqueue(request)` would
+        return unchanged, else None: how `add` says "already queued as N"."""
+        self._require_running()
+        return control.queued_as(self, request)
 
     async def move_to_front(self, ref: str | int | ItemRef) -> None:
         await self.move(ref, 1)
@@ -379,8 +388,14 @@ class DownloadManager:
         return group_done(self._tallies, self._running, group)
 
     def _session_or_fail(self) -> TransferSession:
+        """The transfer session, made on first use: a manager that only edits or lists the
+        queue (`ls`, `add` of Hub specs) never loads the HTTP client."""
         if self._session is None:
-            raise RuntimeError("no HTTP session")
+            if self._network is None:
+                raise RuntimeError("the manager is not started")
+            from modelfetch.transfer.session import make_session
+
+            self._session = make_session(network=self._network)
         return self._session
 
     # ------------------------------------------------------------------ the service tasks

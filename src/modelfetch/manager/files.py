@@ -18,11 +18,11 @@ from modelfetch.core.headers import origin_of
 from modelfetch.core.models import FileRecord, FileStatus, StopReason
 from modelfetch.core.queue import FileKey
 from modelfetch.core.rate import RateEstimator
+from modelfetch.core.segments import SegmentRecord
 from modelfetch.manager.finalize import finalize_completed, finalize_failed, finalize_stopped
 from modelfetch.manager.groups import file_ref, group_done
 from modelfetch.manager.limits import group_bucket, group_limits
 from modelfetch.manager.partials import partial_paths, segments_of
-from modelfetch.transfer import SegmentRecord, fetch_file
 from modelfetch.transfer.api import StopSignal, TransferRequest
 
 if TYPE_CHECKING:
@@ -111,6 +111,8 @@ async def run_file(m: DownloadManager, run: RunningFile) -> None:
                 m._segmented.add(key)
             else:
                 m._segmented.discard(key)
+
+        from modelfetch.transfer.fetch import fetch_file  # only a working manager needs it
 
         result = await fetch_file(
             m._session_or_fail(),

@@ -22,7 +22,6 @@ from modelfetch.manager.intake import adopt_existing
 from modelfetch.manager.partials import on_disk
 from modelfetch.manager.progress import checkpoint
 from modelfetch.recovery import open_store
-from modelfetch.transfer import make_session
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
@@ -39,7 +38,6 @@ async def start(m: DownloadManager) -> None:
     try:
         _recover(m)
         m._network = m.settings.network or NetworkSettings.from_env(os.environ)
-        m._session = make_session(network=m._network)
         m._tg = asyncio.TaskGroup()
         await m._tg.__aenter__()
     except BaseException:
@@ -98,8 +96,10 @@ async def shutdown(m: DownloadManager) -> None:
         m._flush()  # the last changes, committed and announced before the bus closes
     m.bus.close()
     m._book.wake_waiters(list(m._waiters))  # wait() returns once the bus is closed
+    m._network = None  # no new session after this point
     if m._session is not None:
         await m._session.close()
+        m._session = None
     if m._api_session is not None and m._external_api_session is None:
         await m._api_session.close()
     if m._store is not None:

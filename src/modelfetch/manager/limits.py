@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from modelfetch.transfer import TokenBucket
+from modelfetch.transfer.limiter import TokenBucket
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from modelfetch.core.models import LIVE_STATUSES, FileRecord
 from modelfetch.core.paths import PART_SUFFIX, part_path, sidecar_path
-from modelfetch.transfer import SegmentRecord, partial_bytes
+from modelfetch.core.segments import SegmentRecord
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
@@ -27,6 +27,8 @@ def on_disk(m: DownloadManager, f: FileRecord) -> int:
         os.stat(f.dest + PART_SUFFIX)
     except FileNotFoundError:
         return 0
+    from modelfetch.transfer.segments import partial_bytes  # (it loads the HTTP client)
+
     return partial_bytes(Path(f.dest), segments_of(m, f))
 
 
