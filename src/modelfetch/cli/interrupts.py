@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from modelfetch.cli.errors import EXIT_INTERRUPTED
@@ -13,6 +13,7 @@ from modelfetch.cli.errors import EXIT_INTERRUPTED
 if TYPE_CHECKING:
     import asyncio
 
+    from modelfetch.backend import Backend
     from modelfetch.render import Display
 
 
@@ -93,3 +94,27 @@ async def race(work: asyncio.Task[Any], event: asyncio.Event) -> bool:
     with contextlib.suppress(asyncio.CancelledError):
         await work
     return True
+
+
+async def pause_interrupted(backend: Backend, group_ids: Iterable[int] | None) -> list[int]:
+    """The one thing Ctrl-C does in `get` and `run`: pause what the command was working on
+    (`group_ids`; None: the whole queue) and return the downloads that had something paused.
+
+    With the manager in this process the pause reason is "interrupted": the next `run` or
+    `get` resumes it by itself, `ls` shows "paused (interrupted)", and what the user paused
+    stays paused. The daemon keeps working when a client leaves, so there only the groups
+    named (a `get`'s own) are paused, as a user's pause: its API takes no reason."""
+    from modelfetch.cli.backends import is_local
+    from modelfetch.core.errors import ModelfetchError
+
+    if is_local(backend):
+        from modelfetch.manager import DownloadManager
+
+        assert isinstance(backend, DownloadManager)
+        return await backend.interrupt(group_ids)
+    paused: list[int] = []
+    for gid in group_ids or ():
+        with contextlib.suppress(ModelfetchError):
+            await backend.pause(gid)
+            paused.append(gid)
+    return paused

@@ -62,6 +62,9 @@ class PauseReason(enum.StrEnum):
     USER = "user"
     DISK_FULL = "disk_full"
     SHUTDOWN = "shutdown"
+    # Ctrl-C in a foreground `get` or `run`: paused like USER, but the next process that works
+    # the queue resumes it by itself (a download the user paused stays paused).
+    INTERRUPTED = "interrupted"
 
 
 def derive_group_status(statuses: list[FileStatus]) -> GroupStatus:

@@ -237,18 +237,12 @@ class DownloadManager:
         control.move(self, self._ref(ref), position)
 
     async def interrupt(self, group_ids: Iterable[int] | None = None) -> list[int]:
-        """Ctrl-C: pause what runs, waits or retries in these groups (None: all) as
-        interrupted, which the next manager with workers resumes; a user's pause stays.
-        Returns the groups that had something paused."""
+        """Ctrl-C: pause these groups' unpaused files (None: all) as interrupted, for the next
+        manager with workers to resume; returns the groups that had something paused."""
         return await control.interrupt(self, group_ids)
 
-    async def resume_interrupted(self) -> list[int]:
-        """Queue again what a Ctrl-C paused (done at start with workers); returns the groups."""
-        return control.resume_interrupted(self)
-
     def queued_as(self, request: GroupRequest) -> int | None:
-        """The id of the live (queued, active or paused) download `enqueue(request)` would
-        return unchanged, else None: how `add` says "already queued as N"."""
+        """The live download `enqueue(request)` would return unchanged (for "already queued")."""
         self._require_running()
         return control.queued_as(self, request)
 

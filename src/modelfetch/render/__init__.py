@@ -16,7 +16,7 @@ from modelfetch.render.listing import files_table, group_progress, queue_table
 from modelfetch.render.live import MAX_FILE_ROWS, LiveDisplay, render_groups
 from modelfetch.render.ndjson import JsonDisplay
 from modelfetch.render.plain import PlainDisplay
-from modelfetch.render.summary import completed_line, print_summary
+from modelfetch.render.summary import completed_line, paused_hint, print_summary
 from modelfetch.render.words import (
     STALL_AFTER,
     event_line,
@@ -43,6 +43,7 @@ __all__ = [
     "group_progress",
     "group_state",
     "many_line",
+    "paused_hint",
     "print_summary",
     "queue_table",
     "render_groups",

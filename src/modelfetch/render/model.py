@@ -57,6 +57,9 @@ class ShownGroups:
         return [self.groups[g] for g in self.order if g in self.groups]
 
     def apply(self, event: ev.Event) -> None:
+        if isinstance(event, ev.QueueChanged):
+            self._reposition(event.positions)
+            return
         gid = group_of(event)
         if not self.wants(gid) or gid is None:
             return
@@ -95,6 +98,15 @@ class ShownGroups:
             )
         elif isinstance(event, ev.FileProgress | ev.StatusChanged | ev.FileCompleted):
             self._patch_file(group, event)
+
+    def _reposition(self, positions: dict[str, int]) -> None:
+        """The positions of a `queue_changed`: every group with a waiting file, from the same
+        `SchedulingQueue.group_positions` the views (and so `ls`) read; a group left out of
+        it waits no more. Without this, a move showed the old place until the next reload."""
+        for gid, view in self.groups.items():
+            position = positions.get(str(gid))
+            if view.position != position:
+                self.groups[gid] = dataclasses.replace(view, position=position)
 
     def _patch_file(
         self, group: GroupView, event: ev.FileProgress | ev.StatusChanged | ev.FileCompleted
@@ -139,5 +151,11 @@ class ShownGroups:
                     eta=None,
                 )
             status = derive_group_status([FileStatus(x.status) for x in files]).value
-            self.groups[group.id] = dataclasses.replace(group, files=files, status=status)
+            # A group none of whose files waits has no place in line (as in the views); one
+            # that waits again gets its place from the next `queue_changed` or reload.
+            waits = any(x.status == FileStatus.QUEUED for x in files)
+            position = group.position if waits else None
+            self.groups[group.id] = dataclasses.replace(
+                group, files=files, status=status, position=position
+            )
             return

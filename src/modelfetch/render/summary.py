@@ -68,3 +68,17 @@ def completed_line(views: Sequence[GroupView]) -> Text:
     line.append(f"{len(views)} downloads", style="bold")
     line.append(f": {files} files, {format_bytes(size)}, {checked} → {where}")
     return line
+
+
+def paused_hint(views: Sequence[GroupView]) -> str | None:
+    """What `run` says when paused downloads are left: how many, and the command that queues
+    them again (by id, or `--all` past a handful). None when nothing is paused."""
+    paused = [v.id for v in views if v.status == "paused"]
+    if not paused:
+        return None
+    count = "1 download is" if len(paused) == 1 else f"{len(paused)} downloads are"
+    ids = " ".join(str(gid) for gid in paused)
+    command = (
+        f"modelfetch resume {ids}" if len(paused) <= MANY_GROUPS else "modelfetch resume --all"
+    )
+    return f"{count} paused ({ids}); to download {'it' if len(paused) == 1 else 'them'}: {command}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from modelfetch.core import events as ev
@@ -60,7 +61,7 @@ def file_state(f: FileView, now: float) -> str | None:
             return f"retrying now: {reason}"
         return f"retrying in {seconds(f.retry_at - now)}: {reason}"
     if status == FileStatus.PAUSED:
-        return "paused: disk full" if f.pause_reason == "disk_full" else "paused"
+        return paused_words([f])
     if status == FileStatus.QUEUED:
         return f"queued #{f.position}" if f.position else "queued"
     if status == FileStatus.FAILED:
@@ -89,15 +90,24 @@ def group_state(g: GroupView, now: float) -> str | None:
             return file_state(min(retrying, key=lambda f: f.retry_at or 0.0), now)
         return "queued"
     if status == "paused":
-        if any(f.pause_reason == "disk_full" for f in g.files):
-            return "paused: disk full"
-        return "paused"
+        return paused_words(g.files)
     if status == "completed":
         return "done"
     if status in ("failed", "partial"):
         failed = sum(1 for f in g.files if f.status == FileStatus.FAILED)
         return f"failed: {failed} of {len(g.files)} files" if failed else status
     return status
+
+
+def paused_words(files: Sequence[FileView]) -> str:
+    """Why paused files wait: a full disk (red in the live display), a Ctrl-C (the next `run`
+    or `get` continues them), else the user's own pause."""
+    reasons = {f.pause_reason for f in files if f.status == FileStatus.PAUSED}
+    if "disk_full" in reasons:
+        return "paused: disk full"
+    if "interrupted" in reasons:
+        return "paused (interrupted)"
+    return "paused"
 
 
 def percent(done: int, total: int | None) -> str:
@@ -151,7 +161,9 @@ def event_line(event: ev.Event, now: float) -> str | None:
             wait = seconds(event.retry_at - now) if event.retry_at is not None else "a moment"
             return f"retrying {event.ref} {event.name} in {wait}: {reason}"
         if event.status == FileStatus.PAUSED:
-            why = ": disk full" if event.reason == "disk_full" else ""
+            why = {"disk_full": ": disk full", "interrupted": " (interrupted)"}.get(
+                event.reason or "", ""
+            )
             return f"paused {event.ref} {event.name}{why}"
         return None
     if isinstance(event, ev.FileCompleted):
