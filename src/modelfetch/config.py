@@ -13,6 +13,14 @@
                     ALL_PROXY (and lower case)
     --ca-bundle     REQUESTS_CA_BUNDLE,      ca_bundle       the system's CA store
                     SSL_CERT_FILE
+    --cache-dir     HF_HUB_CACHE, HF_HOME,                   ~/.cache/huggingface/hub
+                    XDG_CACHE_HOME (as huggingface_hub reads them): the hf-cache layout's root
+    --offline       HF_HUB_OFFLINE,                          off (no network request at all)
+                    TRANSFORMERS_OFFLINE
+    --token         (as HF_TOKEN above)                      the token for this command only
+
+With `--layout hf-cache`, files go to `--cache-dir`, else `--dir`, else huggingface_hub's own
+cache, so `hf_hub_download(..., local_files_only=True)` finds them (`Config.download_root`).
 
 The file is `<home>/config.toml` when the home directory was given by `--home` or
 `MODELFETCH_HOME`, else `$XDG_CONFIG_HOME/modelfetch/config.toml` (`~/.config/...`); only that
@@ -29,7 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from modelfetch.core.errors import ModelfetchError, ProxyConfigError, SpecError
+from modelfetch.core.errors import ModelfetchError, SpecError
 from modelfetch.core.network import NetworkSettings
 
 if TYPE_CHECKING:
@@ -163,6 +171,9 @@ class Overrides:
     layout: str | None = None
     proxy: str | None = None  # "" turns proxies off
     ca_bundle: Path | None = None
+    cache_dir: Path | None = None  # the hf-cache root (--cache-dir)
+    token: str | None = None  # --token: this command only, never written anywhere
+    offline: bool | None = None  # --offline (None: HF_HUB_OFFLINE decides)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +188,11 @@ class Config:
     hf_token: SecretStr | None = None
     stall_timeout: float
     network: NetworkSettings = field(default_factory=NetworkSettings)
+    hf_cache_dir: Path = field(
+        default_factory=lambda: Path("~/.cache/huggingface/hub").expanduser()
+    )
+    hf_cache_from: str = "default"  # what set hf_cache_dir: --cache-dir or a variable
+    offline: bool = False
     config_file: Path
     config_file_found: bool = False
     sources: dict[str, str] = field(default_factory=dict)
@@ -194,6 +210,17 @@ class Config:
 
         token = self.hf_token.get_secret_value() if self.hf_token is not None else None
         return HubConfig(self.hf_endpoint, token)
+
+    def download_root(self, layout: str) -> Path:
+        """Where a Hub model's files go for `layout`: the models directory for `plain`; for
+        `hf-cache`, `--cache-dir`, else `--dir`, else huggingface_hub's cache (HF_HUB_CACHE ...).
+        MODELFETCH_MODELS_DIR and the config file's models_dir name the plain layout's home,
+        so they do not move an hf-cache download out of the cache huggingface_hub reads."""
+        if layout != "hf-cache":
+            return self.models_dir
+        if self.hf_cache_from != "--cache-dir" and (self.sources.get("models_dir") == "--dir"):
+            return self.models_dir
+        return self.hf_cache_dir
 
     def manager_kwargs(self, **extra: Any) -> dict[str, Any]:
         """`home`, `settings`, `hub` and `models_dir` for DownloadManager / open_backend."""
@@ -225,7 +252,14 @@ class Config:
         network = dict(self.network.describe())
         rows.append(("proxy", f"https: {network['https proxy']}, http: {network['http proxy']}"))
         rows.append(("ca_bundle", network["ca bundle"]))
-        return [(name, value, self.sources.get(name, "default")) for name, value in rows]
+        rows.append(("offline", "yes" if self.offline else "no"))
+        shown = [(name, value, self.sources.get(name, "default")) for name, value in rows]
+        # Where `--layout hf-cache` writes, and so where huggingface_hub will look for it.
+        cache_root = self.download_root("hf-cache")
+        from_dir = cache_root != self.hf_cache_dir
+        cache_source = "--dir" if from_dir else self.hf_cache_from
+        shown.append(("hf_cache_dir", str(cache_root), cache_source))
+        return shown
 
 
 def mask_token(token: str | None) -> str:
@@ -369,10 +403,14 @@ def load_config(
         endpoint, sources["hf_endpoint"] = file.hf_endpoint.strip().rstrip("/"), from_file
     else:
         endpoint = DEFAULT_ENDPOINT
-    _check_endpoint(endpoint, sources.get("hf_endpoint", "default"))
+    from modelfetch.config_network import check_endpoint, network_settings
+
+    check_endpoint(endpoint, sources.get("hf_endpoint", "default"))
 
     token: SecretStr | None = None
-    if hub.token is not None:
+    if flags.token is not None and flags.token.strip():
+        token, sources["hf_token"] = SecretStr(flags.token.strip()), "--token"
+    elif hub.token is not None:
         token, sources["hf_token"] = SecretStr(hub.token), _token_source(env)
     elif file.hf_token is not None and file.hf_token.get_secret_value().strip():
         token = SecretStr(file.hf_token.get_secret_value().strip())
@@ -382,7 +420,24 @@ def load_config(
     if file.stall_timeout is not None:
         stall_timeout, sources["stall_timeout"] = file.stall_timeout, from_file
 
-    network = _network(flags, file, env, from_file, sources)
+    network = network_settings(flags, file, env, from_file, sources)
+
+    # Kept out of `sources`: even XDG_CACHE_HOME, a variable every session may have, decides it.
+    if flags.cache_dir is not None:
+        hf_cache_dir, hf_cache_from = flags.cache_dir.expanduser().absolute(), "--cache-dir"
+    else:
+        from modelfetch.hubconfig import hf_hub_cache
+
+        hf_cache_dir, hf_cache_from = hf_hub_cache(env)
+    offline = False
+    if flags.offline:
+        offline, sources["offline"] = True, "--offline"
+    else:
+        from modelfetch.hubconfig import hf_hub_offline
+
+        offline_source = hf_hub_offline(env)
+        if offline_source is not None:
+            offline, sources["offline"] = True, offline_source
 
     return Config(
         home=home,
@@ -393,58 +448,10 @@ def load_config(
         hf_token=token,
         stall_timeout=stall_timeout,
         network=network,
+        hf_cache_dir=hf_cache_dir,
+        hf_cache_from=hf_cache_from,
+        offline=offline,
         config_file=config_file,
         config_file_found=found,
         sources=sources,
     )
-
-
-_PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy")
-
-
-def _network(
-    flags: Overrides,
-    file: FileSettings,
-    env: Mapping[str, str],
-    from_file: str,
-    sources: dict[str, str],
-) -> NetworkSettings:
-    """Proxy and CA bundle: a flag, else the config file, else the environment."""
-    proxy: str | None = None
-    if flags.proxy is not None:
-        proxy, sources["proxy"] = flags.proxy, "--proxy"
-    elif file.proxy is not None:
-        proxy, sources["proxy"] = file.proxy, from_file
-    else:
-        named = [n for n in (*_PROXY_VARIABLES, "ALL_PROXY") if env.get(n, "").strip()]
-        if named:
-            sources["proxy"] = ", ".join(named)
-    bundle: Path | None = None
-    if flags.ca_bundle is not None:
-        bundle, sources["ca_bundle"] = flags.ca_bundle, "--ca-bundle"
-    elif file.ca_bundle is not None:
-        bundle, sources["ca_bundle"] = file.ca_bundle, from_file
-    else:
-        for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
-            if env.get(name, "").strip():
-                bundle, sources["ca_bundle"] = Path(env[name].strip()), name
-                break
-    if bundle is not None:
-        bundle = bundle.expanduser().absolute()
-        if not bundle.is_file():
-            where = sources["ca_bundle"]
-            raise ConfigError(f"{where}: the CA bundle {bundle} is not a readable file")
-    try:
-        return NetworkSettings.from_env(
-            env, proxy=proxy, ca_bundle=str(bundle) if bundle is not None else None
-        )
-    except ProxyConfigError as exc:
-        raise ConfigError(exc.message) from None
-
-
-def _check_endpoint(endpoint: str, where: str) -> None:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(endpoint)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: the Hub endpoint must be an http(s) URL, not {endpoint!r}")

@@ -1,4 +1,5 @@
-"""Where the Hugging Face Hub is and the token to show it: `HubConfig`, `hub_config_from_env`.
+"""Where the Hugging Face Hub is and the token to show it: `HubConfig`, `hub_config_from_env`;
+where huggingface_hub keeps its cache (`hf_hub_cache`) and whether it is offline (`hf_hub_offline`).
 
 Kept apart from `hub.py` (the API client, which needs aiohttp) so that constructing a
 `DownloadManager`, which always needs a config, does not import the HTTP client; the manager
@@ -18,7 +19,7 @@ from modelfetch.core.headers import origin_of
 from modelfetch.core.spec import DEFAULT_ENDPOINT
 from modelfetch.transfer.api import Credentials
 
-__all__ = ["HubConfig", "hub_config_from_env"]
+__all__ = ["HubConfig", "hf_hub_cache", "hf_hub_offline", "hub_config_from_env"]
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -101,3 +102,55 @@ def hub_config_from_env(
         return HubConfig(endpoint, token)
     except ValueError:
         raise SpecError(f"HF_ENDPOINT is not an http(s) URL: {endpoint!r}") from None
+
+
+# --- huggingface_hub's cache and offline mode ----------------------------------------------------
+
+
+def _expandvars(text: str, environ: Mapping[str, str]) -> str:
+    """`os.path.expandvars` over `environ` (it reads only os.environ): `$NAME` and `${NAME}`
+    replaced when set, left as written when not."""
+    import re
+
+    def one(match: re.Match[str]) -> str:
+        name = match[1] or match[2]
+        return environ.get(name, match[0])
+
+    return re.sub(r"\$(?:(\w+)|\{([^}]*)\})", one, text)
+
+
+def _hf_path(text: str, environ: Mapping[str, str]) -> Path:
+    # huggingface_hub: os.path.expandvars(os.path.expanduser(value)), relative to the cwd.
+    return Path(_expandvars(os.path.expanduser(text), environ)).absolute()
+
+
+def hf_hub_cache(environ: Mapping[str, str] = os.environ) -> tuple[Path, str]:
+    """huggingface_hub's cache directory and the variable that set it ("default" if none),
+    read exactly as `huggingface_hub.constants` does: `HF_HUB_CACHE`, else the legacy
+    `HUGGINGFACE_HUB_CACHE`, else `HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
+    `~/.cache/huggingface/hub`. Like it, a variable set to "" counts as set."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if name in environ:
+            return _hf_path(environ[name], environ), name
+    if "HF_HOME" in environ:
+        return _hf_path(environ["HF_HOME"], environ) / "hub", "HF_HOME"
+    home = os.path.join(os.path.expanduser("~"), ".cache")
+    if "XDG_CACHE_HOME" in environ:
+        base, source = environ["XDG_CACHE_HOME"], "XDG_CACHE_HOME"
+    else:
+        base, source = home, "default"
+    return _hf_path(os.path.join(base, "huggingface"), environ) / "hub", source
+
+
+_TRUE = frozenset({"1", "ON", "YES", "TRUE"})
+
+
+def hf_hub_offline(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The variable that turns huggingface_hub's offline mode on, or None: `HF_HUB_OFFLINE`,
+    else `TRANSFORMERS_OFFLINE` (the first one set and non-empty is the one read), true when
+    1, ON, YES or TRUE in any case."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = environ.get(name)
+        if value:
+            return name if value.upper() in _TRUE else None
+    return None

@@ -61,7 +61,11 @@ class PlanOptions:
     layout: Layout = Layout.PLAIN
     quant: str | None = None
     revision: str | None = None
-    include: tuple[str, ...] = ()  # extra repo files by glob, e.g. "mmproj-*", "config.json"
+    # Extra repo files by glob, e.g. "mmproj-*", "config.json"; with no quantization named
+    # (neither in the spec nor as `quant`), they are the whole selection, as `hf download
+    # --include` is: no default quant is added.
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()  # repo files left out by glob (not a file the spec names)
     dest_dir: Path | None = None  # plain URLs: the directory (default: models_dir)
     priority: int = 0
 
@@ -177,12 +181,21 @@ class Planner:
                 )
             chosen = [entry]
             name = f"{spec.repo_id}/{spec.path}"
+        elif options.include and not (spec.quant or options.quant):
+            chosen = _excluded(
+                _included(resolved, options.include, set()), options.exclude, resolved.repo_id
+            )
+            name = spec.repo_id
         else:
             chosen, quant_name = _choose_model_files(resolved, spec.quant or options.quant)
+            chosen = _excluded(chosen, options.exclude, resolved.repo_id)
             name = f"{spec.repo_id}:{quant_name}" if quant_name else spec.repo_id
         if resolved.gated:
             await self._check_gate(resolved, chosen[0])
-        extras = _included(resolved, options.include, {e.path for e in chosen})
+        extras: list[RepoFileEntry] = []
+        if spec.path is not None or quant_name is not None:
+            extras = _included(resolved, options.include, {e.path for e in chosen})
+            extras = [e for e in extras if not _matches(e.path, options.exclude)]
         files = tuple(self._file_request(resolved, entry, options) for entry in (*chosen, *extras))
         _refuse_shared_destinations(files)
         return GroupRequest(
@@ -385,6 +398,22 @@ def _included(
     if unmatched:
         raise SpecError(f"--include {' '.join(unmatched)} matched no file in {resolved.repo_id}")
     return picked
+
+
+def _matches(path: str, patterns: tuple[str, ...]) -> bool:
+    """A glob matches the path in the repo or its last part (`*.json` finds `sub/a.json`)."""
+    base = PurePosixPath(path).name
+    return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(base, p) for p in patterns)
+
+
+def _excluded(
+    entries: list[RepoFileEntry], patterns: tuple[str, ...], repo_id: str
+) -> list[RepoFileEntry]:
+    """`entries` without those `--exclude` matches; refused if nothing is left to download."""
+    kept = [e for e in entries if not _matches(e.path, patterns)]
+    if not kept:
+        raise SpecError(f"--exclude {' '.join(patterns)} leaves no file of {repo_id} to download")
+    return kept
 
 
 def _repo_dir(options: PlanOptions, repo_id: str) -> Path:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from modelfetch.cli.backends import is_local
 from modelfetch.core.errors import ModelfetchError
@@ -13,14 +15,34 @@ if TYPE_CHECKING:
     from modelfetch.backend import Backend
 
 
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What to download of each spec and where: the per-download options of `get` and `add`."""
+
+    quant: str | None = None
+    revision: str | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    layout: str = "plain"
+    root: Path | None = None  # a Hub model's root for `layout` (None: the backend's models dir)
+    urls_dir: Path | None = None  # where plain URLs go (None: the backend's models dir)
+    # --token, for a daemon whose API takes one for a single download (never stored there);
+    # a manager in this process already has it in its HubConfig.
+    token: str | None = field(default=None, repr=False)
+
+
+def daemon_lacks(backend: Backend, name: str) -> bool:
+    """True if `backend` is a daemon's client whose `add` takes no `name` argument (an older
+    daemon API): the CLI must then say it cannot pass that option on."""
+    import inspect
+
+    if is_local(backend):
+        return False
+    return name not in inspect.signature(backend.add).parameters
+
+
 async def add_each(
-    backend: Backend,
-    specs: Sequence[str],
-    *,
-    quant: str | None,
-    revision: str | None,
-    include: Sequence[str],
-    layout: str,
+    backend: Backend, specs: Sequence[str], selection: Selection
 ) -> AsyncGenerator[tuple[str, int | ModelfetchError], None]:
     """Add every spec, in order: (spec, its group id or why it was not added). With the manager
     in this process, the specs are planned PLAN_CONCURRENCY at a time (a HEAD per plain URL,
@@ -28,29 +50,52 @@ async def add_each(
     planned, so the first downloads start while the rest are probed; 200 URLs one `add` at a
     time spent most of a second in round trips. The daemon is asked one `add` at a time."""
     if not is_local(backend):
+        extra: dict[str, Any] = {}
+        if selection.exclude:
+            extra["exclude"] = list(selection.exclude)
+        if selection.token and not daemon_lacks(backend, "token"):
+            extra["token"] = selection.token
         for spec in specs:
             try:
                 gid = await backend.add(
-                    spec, quant=quant, revision=revision, include=include, layout=layout
+                    spec,
+                    quant=selection.quant,
+                    revision=selection.revision,
+                    include=selection.include,
+                    layout=selection.layout,
+                    models_dir=selection.root,
+                    dest_dir=selection.urls_dir,
+                    **extra,
                 )
             except ModelfetchError as exc:
                 yield spec, exc
                 continue
             yield spec, gid
         return
+    planned = _planned(backend, specs, selection)
+    async with contextlib.aclosing(planned):
+        async for spec, outcome in planned:
+            yield spec, outcome
+
+
+async def _planned(
+    backend: Backend, specs: Sequence[str], selection: Selection
+) -> AsyncGenerator[tuple[str, int | ModelfetchError], None]:
     from modelfetch.layout import Layout
     from modelfetch.manager import DownloadManager
     from modelfetch.planner import PlanOptions
 
     assert isinstance(backend, DownloadManager)
     manager = backend
-    # What DownloadManager.add builds for these arguments.
+    # What DownloadManager.add builds for these arguments, and --exclude besides.
     plan_options = PlanOptions(
-        models_dir=manager.models_dir,
-        layout=Layout(layout),
-        quant=quant,
-        revision=revision,
-        include=tuple(include),
+        models_dir=(selection.root or manager.models_dir).expanduser().absolute(),
+        layout=Layout(selection.layout),
+        quant=selection.quant,
+        revision=selection.revision,
+        include=selection.include,
+        exclude=selection.exclude,
+        dest_dir=selection.urls_dir.expanduser().absolute() if selection.urls_dir else None,
     )
     planned = manager.planner.plan_each(specs, plan_options)
     async with contextlib.aclosing(planned):
@@ -66,3 +111,22 @@ async def add_each(
                 yield spec, exc
                 continue
             yield spec, gid
+
+
+def refuse_unsupported(backend: Backend, exclude: Sequence[str], *, token_given: bool) -> None:
+    """A daemon whose API cannot take an option: refuse --exclude (it changes what is
+    downloaded), say plainly that --token stays here (the daemon downloads with its own)."""
+    from modelfetch.config import ConfigError
+
+    if exclude and daemon_lacks(backend, "exclude"):
+        raise ConfigError(
+            "--exclude: the running daemon cannot take it; stop it (or use --include) and retry"
+        )
+    if token_given and daemon_lacks(backend, "token"):
+        from modelfetch.cli.consoles import stderr_console
+
+        stderr_console().print(
+            "note: a modelfetch daemon serves this home and downloads with its own token; "
+            "--token is not sent to it",
+            style="yellow",
+        )

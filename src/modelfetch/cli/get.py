@@ -7,25 +7,37 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modelfetch.cli.adding import add_each
+from modelfetch.cli.adding import Selection, add_each, refuse_unsupported
 from modelfetch.cli.backends import command_backend, is_local
 from modelfetch.cli.consoles import stdout_console
+from modelfetch.cli.download_flags import DownloadFlags, settle_flags, token_of
 from modelfetch.cli.errors import EXIT_FAILED, EXIT_OK, execute, exit_code_for, report
 from modelfetch.cli.follow import FINISHED, EventFeed, follow, group_views, make_display
 from modelfetch.cli.interrupts import Interrupts, leave_now, race
+from modelfetch.cli.offline import serve_offline
 from modelfetch.cli.options import (
+    CacheDirOpt,
     DirOpt,
+    DownloadRateOpt,
+    DryRunOpt,
+    ExcludeOpt,
     IncludeOpt,
     InputOpt,
     JsonOpt,
     LayoutOpt,
+    LocalDirOpt,
+    MaxWorkersOpt,
+    OfflineOpt,
     QuantOpt,
+    QuietOpt,
     RevisionOpt,
     SpecsArg,
+    TokenOpt,
     app_state,
 )
 from modelfetch.cli.specs import STDIN, check_specs, gather_specs
@@ -49,6 +61,23 @@ class GetOptions:
     json: bool = False
     jobs: int | None = None
     limit_rate: str | None = None
+    exclude: list[str] = field(default_factory=list)
+    quiet: bool = False
+    root: Path | None = None  # where a Hub model goes (None: the backend's models dir)
+    urls_dir: Path | None = None  # where plain URLs go (None: the backend's models dir)
+    token: str | None = field(default=None, repr=False)  # --token (this command only)
+
+    def selection(self, layout: str) -> Selection:
+        return Selection(
+            quant=self.quant,
+            revision=self.revision,
+            include=tuple(self.include),
+            exclude=tuple(self.exclude),
+            layout=layout,
+            root=self.root,
+            urls_dir=self.urls_dir,
+            token=self.token,
+        )
 
 
 async def _limit_rate(backend: Backend, rate: int, display: Display) -> None:
@@ -88,21 +117,22 @@ async def run_get(
         except ValueError as exc:
             raise ConfigError(f"--limit-rate: {exc}") from None
     layout = options.layout or cfg.layout
-    display, console = make_display(
-        options.json, hint="Ctrl-C pauses; run the same command again to resume"
-    )
+    display: Display
+    if options.quiet:
+        from modelfetch.cli.consoles import stderr_console
+        from modelfetch.cli.quiet import QuietDisplay
+
+        display, console = QuietDisplay(), stderr_console()
+    else:
+        display, console = make_display(
+            options.json, hint="Ctrl-C pauses; run the same command again to resume"
+        )
     gids: list[int] = []
     errors: list[int] = []
 
     async def enqueue_and_wait(backend: Backend, feed: EventFeed) -> int:
-        added = add_each(
-            backend,
-            options.specs,
-            quant=options.quant,
-            revision=options.revision,
-            include=options.include,
-            layout=layout,
-        )
+        refuse_unsupported(backend, options.exclude, token_given=options.token is not None)
+        added = add_each(backend, options.specs, options.selection(layout))
         async with contextlib.aclosing(added):
             async for spec, outcome in added:
                 if isinstance(outcome, ModelfetchError):
@@ -124,6 +154,10 @@ async def run_get(
         display.on_views(final)
         display.tick(time.time())
         display.end()
+        if options.quiet:
+            from modelfetch.cli.quiet import quiet_end
+
+            return quiet_end(sorted(final, key=lambda v: gids.index(v.id)), errors)
         if isinstance(display, JsonDisplay):
             # A group that was already complete has no group_finished in this run: say so,
             # so every requested group ends its stream with one.
@@ -225,14 +259,22 @@ def get(
     input_file: InputOpt = None,
     quant: QuantOpt = None,
     dir: DirOpt = None,
+    local_dir: LocalDirOpt = None,
+    cache_dir: CacheDirOpt = None,
     layout: LayoutOpt = None,
     jobs: Annotated[
         int | None,
         typer.Option("--jobs", "-j", min=1, help="Files downloaded at once.", show_default=False),
     ] = None,
+    max_workers: MaxWorkersOpt = None,
     revision: RevisionOpt = None,
     include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    token: TokenOpt = None,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    dry_run: DryRunOpt = False,
+    offline: OfflineOpt = False,
     limit_rate: Annotated[
         str | None,
         typer.Option(
@@ -244,19 +286,42 @@ def get(
 ) -> None:
     """Download now, in the foreground, until done. Ctrl-C pauses; running it again resumes."""
     state = app_state(ctx)
+    flags = DownloadFlags(
+        dir=dir,
+        local_dir=local_dir,
+        cache_dir=cache_dir,
+        layout=layout,
+        jobs=jobs,
+        max_workers=max_workers,
+        token=token,
+        offline=offline,
+    )
 
     async def go() -> int:
-        cfg = state.config(models_dir=dir, max_active=jobs, layout=layout)
+        cfg, chosen, root, urls_dir = settle_flags(state, flags)
         options = GetOptions(
             specs=gather_specs(specs or [], input_file, cfg),
             quant=quant,
             revision=revision,
             include=include or [],
-            layout=layout,
+            layout=chosen,
             json=json_out,
-            jobs=jobs,
+            jobs=cfg.max_active if cfg.sources.get("max_active") == "--jobs" else None,
             limit_rate=limit_rate,
+            exclude=exclude or [],
+            quiet=quiet,
+            root=root,
+            urls_dir=urls_dir,
+            token=token_of(cfg),
         )
+        if cfg.offline:
+            return serve_offline(cfg, options, chosen, debug=state.debug)
+        if dry_run:
+            from modelfetch.cli.dryrun import print_plans
+
+            return await print_plans(
+                cfg, options.specs, options.selection(chosen), json_out=json_out, debug=state.debug
+            )
         hint = _resume_command(sys.argv[1:])
         if input_file == STDIN:
             hint += "   (with the same list on standard input)"
@@ -271,28 +336,66 @@ def add(
     input_file: InputOpt = None,
     quant: QuantOpt = None,
     dir: DirOpt = None,
+    local_dir: LocalDirOpt = None,
+    cache_dir: CacheDirOpt = None,
     layout: LayoutOpt = None,
     revision: RevisionOpt = None,
     include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    token: TokenOpt = None,
+    limit_rate: DownloadRateOpt = None,
+    quiet: QuietOpt = False,
+    dry_run: DryRunOpt = False,
+    offline: OfflineOpt = False,
 ) -> None:
     """Add downloads to the queue without starting them (see `run`)."""
     state = app_state(ctx)
+    flags = DownloadFlags(
+        dir=dir,
+        local_dir=local_dir,
+        cache_dir=cache_dir,
+        layout=layout,
+        token=token,
+        offline=offline,
+    )
 
     async def go() -> int:
-        from modelfetch.core.format import format_bytes
+        from modelfetch.config import ConfigError
+        from modelfetch.core.format import format_bytes, parse_size
 
-        cfg = state.config(models_dir=dir, layout=layout)
+        cfg, chosen, root, urls_dir = settle_flags(state, flags)
         wanted = gather_specs(specs or [], input_file, cfg)
+        rate: int | None = None
+        if limit_rate is not None:
+            try:
+                rate = parse_size(limit_rate)
+            except ValueError as exc:
+                raise ConfigError(f"--limit-rate: {exc}") from None
+        options = GetOptions(
+            specs=wanted,
+            quant=quant,
+            revision=revision,
+            include=include or [],
+            exclude=exclude or [],
+            layout=chosen,
+            quiet=quiet,
+            root=root,
+            urls_dir=urls_dir,
+            token=token_of(cfg),
+        )
+        if cfg.offline:
+            # Nothing can be queued without the Hub: say what is already on disk instead.
+            return serve_offline(cfg, options, chosen, debug=state.debug)
+        if dry_run:
+            from modelfetch.cli.dryrun import print_plans
+
+            return await print_plans(
+                cfg, wanted, options.selection(chosen), json_out=False, debug=state.debug
+            )
         out, code, added = stdout_console(), EXIT_OK, 0
         async with command_backend(cfg, workers=False) as backend:
-            outcomes = add_each(
-                backend,
-                wanted,
-                quant=quant,
-                revision=revision,
-                include=include or [],
-                layout=layout or cfg.layout,
-            )
+            refuse_unsupported(backend, options.exclude, token_given=options.token is not None)
+            outcomes = add_each(backend, wanted, options.selection(chosen))
             async with contextlib.aclosing(outcomes):
                 async for _, gid in outcomes:
                     if isinstance(gid, ModelfetchError):
@@ -300,6 +403,10 @@ def add(
                         code = max(code, exit_code_for(gid))
                         continue
                     added += 1
+                    if rate is not None:
+                        await backend.set_rate_limit(gid, rate)
+                    if quiet:
+                        continue
                     v = await backend.group_view(gid)
                     files = "1 file" if len(v.files) == 1 else f"{len(v.files)} files"
                     where = f" #{v.position}" if v.position else ""
@@ -307,7 +414,7 @@ def add(
                         f"{v.id}  {v.name}  ({files}, {format_bytes(v.total)})  {v.status}{where}",
                         highlight=False,
                     )
-            if is_local(backend) and added:
+            if is_local(backend) and added and not quiet:
                 out.print("Queued. Run `modelfetch run` to download.", style="dim")
         return code
 

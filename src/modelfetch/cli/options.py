@@ -154,6 +154,68 @@ IdsArg = Annotated[
 ]
 AllOpt = Annotated[bool, typer.Option("--all", "-a", help="Every applicable download.")]
 
+# The flags `hf download` users type (issue 16), for `get` and `add`.
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        help="Leave out repo files matching GLOB (repeatable).",
+        show_default=False,
+        metavar="GLOB",
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="Hub token for this command only (sent only to the Hub, never stored).",
+        show_default=False,
+        metavar="TOKEN",
+    ),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", help="Print only errors, and the downloaded paths at the end.")
+]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="Show what would be downloaded (files, sizes, commit, destination)."
+    ),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="huggingface_hub cache to download into (implies --layout hf-cache; "
+        "default: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub).",
+        show_default=False,
+        metavar="DIR",
+    ),
+]
+LocalDirOpt = Annotated[
+    Path | None,
+    typer.Option("--local-dir", help="The same as --dir.", show_default=False, metavar="DIR"),
+]
+MaxWorkersOpt = Annotated[
+    int | None,
+    typer.Option("--max-workers", min=1, help="The same as --jobs.", show_default=False),
+]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        help="No network at all: use what is on disk, fail for what is not (env HF_HUB_OFFLINE).",
+    ),
+]
+DownloadRateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--limit-rate",
+        help="Bandwidth cap of each download added, in bytes/s, e.g. 20M.",
+        show_default=False,
+    ),
+]
+
 
 def parse_refs(ids: Sequence[str]) -> list[str]:
     """Download and file ids as typed (`12`, `12.3`), checked and normalized."""
