@@ -253,3 +253,23 @@ async def test_the_position_a_new_download_is_announced_at_is_the_one_ls_shows(
                 shown = {v.id: v.position for v in await m.snapshot()}
                 assert queued.position == shown[gid], (spec, queued.position, shown)
         assert {v.id: v.position for v in await m.snapshot()} == {1: 3, 2: 1, 3: 4, 4: 2, 5: 5}
+
+
+async def test_add_of_a_spec_already_queued_says_so_and_queues_it_once(cli: Cli) -> None:
+    first = await cli("add", f"{TEST_REPO}:Q8_0")
+    assert first.code == 0, first.err
+    again = await cli("add", f"{TEST_REPO}:Q8_0", f"{TEST_REPO}:Q8_0")
+    assert again.code == 0, again.err
+    assert again.out.count(f"{TEST_REPO}:Q8_0: already queued as 1") == 2
+    assert "Queued." not in again.out  # nothing new was queued
+    assert list(await cli.ls()) == [1]
+
+
+async def test_a_quant_shaped_typo_lists_the_quants_the_repo_has(cli: Cli) -> None:
+    result = await cli("get", f"{TEST_REPO}:Q4_K_N")
+    assert result.code == 2, result.err
+    assert "Q4_K_N" in result.err and "available" in result.err
+    assert "Q4_K_M" in result.err and "Q8_0" in result.err  # what the repo has
+    assert_no_traceback(result)
+    garbage = await cli("get", f"{TEST_REPO}:banana")
+    assert garbage.code == 2 and "not a known quantization" in garbage.err

@@ -18,7 +18,7 @@ from modelfetch.cli.consoles import stdout_console
 from modelfetch.cli.download_flags import DownloadFlags, settle_flags, token_of
 from modelfetch.cli.errors import EXIT_FAILED, EXIT_OK, execute, exit_code_for, report
 from modelfetch.cli.follow import FINISHED, EventFeed, follow, group_views, make_display
-from modelfetch.cli.interrupts import Interrupts, leave_now, race
+from modelfetch.cli.interrupts import Interrupts, leave_now, pause_interrupted, race
 from modelfetch.cli.offline import serve_offline
 from modelfetch.cli.options import (
     CacheDirOpt,
@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     from modelfetch.core import events as ev
     from modelfetch.render import Display
     from modelfetch.views import GroupView
+
+_LIVE = frozenset({"queued", "active", "paused"})
+"""Group statuses of a download that is still live (an `add` of its spec merges into it)."""
 
 
 @dataclass
@@ -192,9 +195,7 @@ async def run_get(
             job = asyncio.create_task(enqueue_and_wait(backend, feed))
             if not await race(job, interrupts.event):
                 return job.result()
-            for gid in gids:
-                with contextlib.suppress(ModelfetchError):
-                    await backend.pause(gid)
+            await pause_interrupted(backend, gids)
         finally:
             display.end()
             await feed.close()
@@ -395,13 +396,20 @@ def add(
         out, code, added = stdout_console(), EXIT_OK, 0
         async with command_backend(cfg, workers=False) as backend:
             refuse_unsupported(backend, options.exclude, token_given=options.token is not None)
+            # What is live already: an add that lands on one of these merged into it.
+            live = {v.id for v in await backend.snapshot() if v.status in _LIVE}
             outcomes = add_each(backend, wanted, options.selection(chosen))
             async with contextlib.aclosing(outcomes):
-                async for _, gid in outcomes:
+                async for spec, gid in outcomes:
                     if isinstance(gid, ModelfetchError):
                         report(gid, state.debug)
                         code = max(code, exit_code_for(gid))
                         continue
+                    if gid in live:
+                        if not quiet:
+                            out.print(f"{spec}: already queued as {gid}", highlight=False)
+                        continue
+                    live.add(gid)
                     added += 1
                     if rate is not None:
                         await backend.set_rate_limit(gid, rate)

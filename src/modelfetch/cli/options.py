@@ -144,7 +144,10 @@ RevisionOpt = Annotated[
 IncludeOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--include", "-i", help="Extra repo files by glob (repeatable).", show_default=False
+        "--include",
+        "-i",
+        help="Repo files by glob (repeatable): alone, only these; with a quant, these too.",
+        show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (NDJSON/JSON).")]

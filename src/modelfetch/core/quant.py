@@ -426,9 +426,10 @@ def _incomplete_error(group: QuantGroup) -> SpecError:
 
 
 def _match_requested(groups: list[QuantGroup], requested: str) -> QuantGroup | None:
-    wanted = parse_quant(f"model-{requested}.gguf")
+    # Strictly as typed: read as a file name, `Q4_K_N` would be `Q4` and pick the wrong files.
+    wanted = parse_quant_token(requested)
     for group in groups:
-        if group.quant == wanted:
+        if wanted is not None and group.quant == wanted:
             return group
     # gglib's fallback: the display string, case-insensitively (also `UD_` for `UD-`).
     text = requested.strip().upper().replace("UD_", "UD-", 1)

@@ -188,6 +188,9 @@ def _check_path(path: str, text: str) -> str:
     return path
 
 
+_QUANT_SHAPED = re.compile(r"(?:UD[-_])?(?:I?Q\d|F\d|BF\d)[A-Z0-9_]*", re.IGNORECASE)
+
+
 def _check_quant(token: str, text: str) -> str:
     if not token:
         raise _fail("the quantization after ':' is empty", text)
@@ -196,9 +199,13 @@ def _check_quant(token: str, text: str) -> str:
             "a quantization cannot contain '/' (to name a file, write owner/name/path)", text
         )
     quant = parse_quant_token(token)
-    if quant is None:
-        raise _fail(f"{token!r} is not a known quantization (e.g. Q4_K_M, UD-Q4_K_M, F16)", text)
-    return quant.name
+    if quant is not None:
+        return quant.name
+    if _QUANT_SHAPED.fullmatch(token):
+        # Shaped like a quant but no form we know (a typo: Q4_K_N): let the repo answer, so the
+        # error lists the quants it has, as for a valid quant it lacks.
+        return token.upper().replace("UD_", "UD-", 1)
+    raise _fail(f"{token!r} is not a known quantization (e.g. Q4_K_M, UD-Q4_K_M, F16)", text)
 
 
 def _parse_hub_ref(ref: str, text: str) -> HubSpec:
