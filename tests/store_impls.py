@@ -6,10 +6,10 @@ only what the owner has committed. `store` is `engine.open()`, open for the test
 uses them by importing the fixture functions (`from .store_impls import engine_fixture,
 store_fixture`).
 
-Another engine is one more entry in `ENGINES`: a generator that yields a `StoreEngine` for one
-test and cleans up after it, calling `pytest.skip` when it cannot run here, e.g.
-`"postgres": _postgres`, which skips unless MODELFETCH_TEST_POSTGRES_URL names a server and
-drops the test's schema afterwards.
+Each engine is one entry in `ENGINES`: a generator that yields a `StoreEngine` for one test and
+cleans up after it, calling `pytest.skip` when it cannot run here. `postgres` runs on the
+session's throwaway cluster (`tests/pg.py`), a fresh schema per test, and is skipped when
+PostgreSQL is not installed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import pytest
 from modelfetch.core.models import FileRecord, FileStatus, GroupRecord, PauseReason
 from modelfetch.store import SqliteStore, SqliteStoreReader, Store, StoreReader
 
+from .pg import shared_cluster
+
 
 @dataclass(frozen=True, slots=True)
 class StoreEngine:
@@ -34,17 +36,28 @@ class StoreEngine:
     open_reader: Callable[[], StoreReader]
 
 
-def _sqlite(tmp_path: Path) -> Iterator[StoreEngine]:
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreEngine]:
     home = tmp_path / "home"
     yield StoreEngine("sqlite", lambda: SqliteStore(home), lambda: SqliteStoreReader(home))
 
 
-ENGINES: Final[dict[str, Callable[[Path], Iterator[StoreEngine]]]] = {"sqlite": _sqlite}
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreEngine]:
+    cluster = shared_cluster(request)  # skips when PostgreSQL is not installed
+    from modelfetch.store import PostgresStore, PostgresStoreReader
+
+    with cluster.schema() as url:
+        yield StoreEngine("postgres", lambda: PostgresStore(url), lambda: PostgresStoreReader(url))
+
+
+ENGINES: Final[dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[StoreEngine]]]] = {
+    "sqlite": _sqlite,
+    "postgres": _postgres,
+}
 
 
 @pytest.fixture(name="engine", params=list(ENGINES))
 def engine_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreEngine]:
-    yield from ENGINES[request.param](tmp_path)
+    yield from ENGINES[request.param](request, tmp_path)
 
 
 @pytest.fixture(name="store")

@@ -103,7 +103,7 @@ def test_open_store_and_open_reader_take_only_the_sqlite_engine(tmp_path: Path) 
                 assert isinstance(reader, SqliteStoreReader)
     elsewhere = tmp_path / "elsewhere"
     for url, expected in [
-        ("postgresql://modelfetch:secret@db.test/state", "'postgresql' is not supported"),
+        ("mysql://modelfetch:secret@db.test/state", "'mysql' is not supported"),
         ("sqlite:///var/lib/state.db", "without a path"),
         ("state.db", "no scheme"),
         (":secret@db.test", "no scheme"),

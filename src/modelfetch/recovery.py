@@ -1,7 +1,10 @@
 """Opening the state: `open_store` (the owner, repaired if need be) and `open_reader` (a look).
 
-They are the one place an engine is chosen (`url`: today only SQLite, `sqlite:`; a PostgreSQL
-engine plugs in here) and return the `Store` / `StoreReader` protocols, never an engine's class.
+They are the one place an engine is chosen (`url`: None or `sqlite:`, the SQLite file in the
+state directory; `postgresql://...` or `postgres://...`, a queue in PostgreSQL that several
+processes share, `store/postgres.py`) and return the `Store` / `StoreReader` protocols, never an
+engine's class. Everything below about files on disk is SQLite's: a PostgreSQL database is
+migrated by its store and never moved aside or rebuilt from here.
 
 `SqliteStore(home)` trusts `home/state.db`. `open_store` looks first, under the state directory's
 lock:
@@ -95,8 +98,11 @@ def open_store(
     """Open the state directory `home` (see the module docstring); returns the store and what a
     person should be told. Raises `StateLockedError` if another process owns `home`, and
     `StateError` if the database cannot be used and cannot be moved aside, or if `url` names an
-    engine this modelfetch does not have (None or `sqlite:`: the SQLite file in `home`)."""
-    _engine(url)
+    engine this modelfetch does not have (None or `sqlite:`: the SQLite file in `home`;
+    `postgresql://`: the PostgreSQL store, which takes no lock on `home`)."""
+    if _engine(url) == "postgres":
+        assert url is not None
+        return _open_postgres(url, Path(models_dir))
     home = Path(home)
     try:
         home.mkdir(parents=True, exist_ok=True)
@@ -134,7 +140,11 @@ def open_reader(home: Path, *, url: str | None = None) -> StoreReader:
     without writing (for `ls` and `status` while another process works the queue). Raises
     `StateError` when there is no database, or one this modelfetch cannot read as it is (it is
     never repaired or migrated from here), and for an engine `url` it does not have."""
-    _engine(url)
+    if _engine(url) == "postgres":
+        assert url is not None
+        from modelfetch.store.postgres_reader import PostgresStoreReader  # psycopg when asked
+
+        return PostgresStoreReader(url)
     return SqliteStoreReader(Path(home))
 
 
@@ -186,21 +196,24 @@ def partials_on_disk(roots: Iterable[Path]) -> list[tuple[Path, PartState]]:
 # -- choosing the engine ----------------------------------------------------------------------
 
 
-def _engine(url: str | None) -> Literal["sqlite"]:
-    """The engine `url` names. Only SQLite today, and only its default place (`home/state.db`):
-    `sqlite:` or `sqlite://` with nothing after it. The message never repeats the URL, which
-    for a database server may carry a password."""
+def _engine(url: str | None) -> Literal["sqlite", "postgres"]:
+    """The engine `url` names: SQLite in its default place (`home/state.db`: `sqlite:` or
+    `sqlite://` with nothing after it), or PostgreSQL (`postgresql://` or `postgres://`, any
+    libpq URL). The message never repeats the URL, which for a database server may carry a
+    password."""
     if url is None:
         return "sqlite"
     scheme, colon, rest = url.strip().partition(":")
     if not colon or not scheme:
-        raise StateError("the state database URL has no scheme: use sqlite:")
+        raise StateError("the state database URL has no scheme: use sqlite: or postgresql://")
     name = scheme.lower()
+    if name in ("postgresql", "postgres"):
+        return "postgres"
     if name != "sqlite":
         shown = repr(name) if _SCHEME.fullmatch(name) else "of that URL"
         raise StateError(
             f"state database engine {shown} is not supported by this modelfetch:"
-            " use sqlite: (the default, a file in the state directory)"
+            " use sqlite: (the default, a file in the state directory) or postgresql://"
         )
     if rest not in ("", "//"):
         raise StateError(
@@ -208,6 +221,24 @@ def _engine(url: str | None) -> Literal["sqlite"]:
             " a path (choose the directory with --home)"
         )
     return "sqlite"
+
+
+def _open_postgres(url: str, models_dir: Path) -> tuple[Store, list[str]]:
+    """The shared queue, migrated, with `models_dir` checked to be the one its workers share."""
+    from modelfetch.store.postgres import PostgresStore  # psycopg only when asked
+
+    store = PostgresStore(url)
+    try:
+        store.check_models_dir(models_dir)
+    except BaseException:
+        store.close()
+        raise
+    messages: list[str] = []
+    if 0 < store.migrated_from < SCHEMA_VERSION:
+        messages.append(
+            f"upgraded {store.where} from schema version {store.migrated_from} to {SCHEMA_VERSION}"
+        )
+    return store, messages
 
 
 # -- inspection ------------------------------------------------------------------------------

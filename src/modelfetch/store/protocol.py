@@ -13,6 +13,10 @@ The contract every engine meets, beyond each method's own:
   database: ...")` and writes nothing; a database that cannot be used raises `StateError`;
 - once closed, every read and write raises `RuntimeError` (`close` again does nothing);
 - no credential is ever stored: records carry URLs pinned to a commit, tokens stripped.
+
+`LeasingStore` is optional, apart from `Store`: the methods an engine shared by several workers
+adds (PostgreSQL's), so that each file is worked by one worker at a time under a lease. SQLite
+does not need it: its owner holds the whole state directory's lock.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Protocol, Self
+from typing import Final, Protocol, Self, runtime_checkable
 
+from modelfetch.core.errors import StateError
 from modelfetch.core.models import FileRecord, FileStatus, GroupRecord
 from modelfetch.core.segments import SegmentRecord
 
-__all__ = ["KEEP", "Keep", "Store", "StoreReader"]
+__all__ = ["KEEP", "Claim", "Keep", "LeaseLostError", "LeasingStore", "Store", "StoreReader"]
 
 
 class Keep(enum.Enum):
@@ -110,7 +116,10 @@ class Store(StoreReader, Protocol):
 
     Opening one takes the state's exclusive ownership (`StateLockedError` naming the holder's
     pid if another process has it) and brings the schema up to `SCHEMA_VERSION` (a newer one is
-    refused with `StateError`). Writes are atomic each: a method that fails leaves no trace."""
+    refused with `StateError`). An engine shared by several workers (PostgreSQL) takes no
+    exclusive ownership: its owners coordinate per file with leases (`LeasingStore`), and its
+    `recover` requeues only active files that no live lease holds. Writes are atomic each: a
+    method that fails leaves no trace."""
 
     # -- groups ---------------------------------------------------------------------------------
 
@@ -234,4 +243,103 @@ class Store(StoreReader, Protocol):
     @property
     def batching(self) -> bool:
         """True while a batch is open: its writes are not committed yet."""
+        ...
+
+
+# -- leases (an engine shared by several workers) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One worker's lease on one active file: proof of the right to write it until it lapses.
+
+    `fence` is the claim's fencing token, larger than every token handed out before (for any
+    file): a write under a claim names it, and is refused once another claim has replaced it.
+    `expires_at` is in epoch seconds of the store's clock (the database server's, one clock for
+    the whole fleet); `lease_seconds` is how long a renewal extends it by. `file` is the file
+    as it was when claimed (its byte count and, through `segments`, its segment map, are where
+    the transfer resumes from)."""
+
+    group_id: int
+    index: int
+    worker: str
+    fence: int
+    expires_at: float
+    lease_seconds: float
+    file: FileRecord
+
+
+class LeaseLostError(StateError):
+    """A write under a claim was refused: the lease lapsed and was taken over (or the file was
+    requeued, or forgotten). The worker must stop writing that file at once. `claims` names
+    the leases that were lost."""
+
+    kind = "lease_lost"
+
+    def __init__(self, message: str, claims: Sequence[Claim] = ()) -> None:
+        super().__init__(message)
+        self.claims = tuple(claims)
+
+
+@runtime_checkable
+class LeasingStore(Protocol):
+    """Claims on files of a queue several workers share (`SELECT ... FOR UPDATE SKIP LOCKED`).
+
+    A file is claimed with a lease: a holder (the worker's id), a fencing token and an expiry.
+    The worker renews it while the file transfers. A lease that lapses (its worker died or lost
+    the database) goes back to the queue: the next `claim` (or `expire`) makes another worker
+    its holder, with a larger token, and every later write under the old claim raises
+    `LeaseLostError`. Leaving `active` by any route ends the lease."""
+
+    def claim(
+        self, worker: str, *, lease_seconds: float, limit: int, now: float | None = None
+    ) -> list[Claim]:
+        """Take up to `limit` files (queued ones, and active ones whose lease lapsed before
+        `now`) in queue order (priority, highest first, then order key), each marked active,
+        held by `worker` until `now + lease_seconds`, in one statement. Files another worker is
+        claiming at the same moment are skipped, never waited for nor claimed twice. `now`
+        None: the store's clock. Returns the claims in queue order; none left: []."""
+        ...
+
+    def renew(self, claims: Iterable[Claim], *, now: float | None = None) -> list[Claim]:
+        """Extend each lease still held to `now + claim.lease_seconds`, in one statement;
+        returns those claims, renewed, and leaves out the lost ones (never raises for them)."""
+        ...
+
+    def release(self, claim: Claim, status: FileStatus, **fields: object) -> None:
+        """End the lease: the file leaves `active` for `status` (not active) with FileRecord
+        `fields`, in one guarded statement. `LeaseLostError` when the lease is no longer held."""
+        ...
+
+    def transition_claimed(
+        self,
+        claim: Claim,
+        to: FileStatus,
+        *,
+        allowed_from: Collection[FileStatus],
+        **fields: object,
+    ) -> bool:
+        """`Store.transition` under the claim: written only while the lease is held
+        (`LeaseLostError` otherwise); False when the lease is held but the status is not in
+        `allowed_from`. Reaching a status other than active ends the lease."""
+        ...
+
+    def save_claimed_progress(self, rows: Iterable[tuple[Claim, int, int | None]]) -> None:
+        """`Store.save_progress` under claims, (claim, bytes_done, bytes_total) rows, one
+        statement: the rows of leases still held are written; if any lease was lost,
+        `LeaseLostError` names those claims (their rows are not written)."""
+        ...
+
+    def save_claimed_segments(self, claim: Claim, segments: Sequence[SegmentRecord] | None) -> None:
+        """`Store.save_segments` under the claim, all or nothing; `LeaseLostError` when the
+        lease is no longer held."""
+        ...
+
+    def expire(self, now: float | None = None) -> list[FileRecord]:
+        """Return every active file whose lease lapsed before `now` to `queued` (bytes and
+        segment map kept); those files as they are now, by (group id, index)."""
+        ...
+
+    def holders(self) -> dict[tuple[int, int], tuple[str, float]]:
+        """(group id, index) of every leased file -> (its holder, when its lease expires)."""
         ...
