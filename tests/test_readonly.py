@@ -94,7 +94,9 @@ async def busy_home(hub: FakeHub, tmp_path: Path) -> AsyncIterator[Path]:
         async with asyncio.timeout(30):
             seen: dict[str, tuple[str, int]] = {}
             while True:  # until both active files have stalled and the rows stopped changing
-                await asyncio.sleep(0.6)
+                # Longer than the child's checkpoint interval (1 s): two equal reads closer
+                # together can both fall before the checkpoint that saves the last bytes.
+                await asyncio.sleep(1.2)
                 parts = [p.stat().st_size for p in (tmp_path / "out").glob("*.part")]
                 if parts != [STALL_AT, STALL_AT] or not (home / DB_NAME).exists():
                     continue
