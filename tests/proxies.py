@@ -128,9 +128,7 @@ class Wiretap:
             writer.close()
             return
 
-        async def pipe(
-            src: asyncio.StreamReader, dst: asyncio.StreamWriter, record: bool
-        ) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, record: bool) -> None:
             try:
                 while data := await src.read(1 << 16):
                     if record:
