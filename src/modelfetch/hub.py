@@ -32,22 +32,19 @@ import aiohttp
 from yarl import URL
 
 from modelfetch.core.errors import (
-    AuthRequiredError,
-    GatedError,
+    ConnectFailedError,
     HTTPStatusError,
     HubProtocolError,
     NetworkError,
-    NotFoundError,
     ProxyError,
-    RateLimitedError,
-    ServerBusyError,
     SpecError,
     TooManyRedirectsError,
 )
-from modelfetch.core.headers import origin_of, retry_after_seconds
+from modelfetch.core.headers import origin_of
 from modelfetch.core.proxy import Proxy, ProxyRules
 from modelfetch.core.quant import QuantGroup, group_gguf_files
 from modelfetch.core.spec import validate_repo_id
+from modelfetch.hub_errors import hub_status_error
 from modelfetch.hub_session import USER_AGENT, make_api_session
 from modelfetch.hubconfig import HubConfig, hub_config_from_env
 
@@ -335,6 +332,18 @@ class HubClient:
             raise NetworkError(
                 f"cannot connect to proxy {proxy.url()}: {reason}", url=str(url)
             ) from None
+        except aiohttp.ClientConnectorError as exc:
+            if not isinstance(exc.os_error, ConnectionRefusedError):
+                reason = str(exc) or type(exc).__name__
+                raise NetworkError(f"cannot reach {_origin(url)}: {reason}", url=str(url)) from None
+            # Nothing listens there: most often a wrong HF_ENDPOINT (or a mirror that is down).
+            raise ConnectFailedError(
+                f"cannot reach {_origin(url)}: connection refused; is HF_ENDPOINT "
+                f"({self._config.endpoint}) right, and is that server running?",
+                host=f"{exc.host}:{exc.port}",
+                refused=True,
+                url=str(url),
+            ) from None
         except TimeoutError:
             raise NetworkError(
                 f"no answer from {_origin(url)} within {self._timeout.total:g} s", url=str(url)
@@ -352,60 +361,16 @@ class HubClient:
         )
 
     def _status_error(self, reply: _Reply, what: _What) -> HTTPStatusError:
-        status, url = reply.status, str(reply.url)
-        code = reply.headers.get("X-Error-Code")
-        endpoint, repo = self._config.endpoint, what.repo_id
-        has_token = self._config.token is not None
-        retry_after = (
-            retry_after_seconds(reply.headers, self._clock()) if status in (429, 503) else None
-        )
-        kwargs: dict[str, Any] = {
-            "status": status,
-            "url": url,
-            "error_code": code,
-            "retry_after": retry_after,
-        }
-        if status in (404, 410):
-            if code == "RevisionNotFound":
-                message = f"revision {what.revision} not found in {repo}"
-            elif code == "EntryNotFound":
-                message = f"{what.description} not found in {repo}"
-            elif code == "RepoNotFound" or code is None:
-                hint = (
-                    "or your token cannot see it" if has_token else "or it is private: set HF_TOKEN"
-                )
-                message = f"repository {repo} not found on {endpoint} ({hint})"
-            else:
-                message = f"{what.description} not found on {endpoint} ({code})"
-            return NotFoundError(message, **kwargs)
-        if status == 401:
-            if has_token:
-                message = (
-                    f"{endpoint} refused the token for {repo} (HTTP 401): it may be invalid or "
-                    "expired, or the repository may not exist; set HF_TOKEN to a valid token"
-                )
-            else:
-                message = (
-                    f"{repo} needs a token: set HF_TOKEN or run huggingface-cli login "
-                    "(or check that the repository exists)"
-                )
-            return AuthRequiredError(message, **kwargs)
-        if status == 403:
-            if code == "GatedRepo":
-                message = f"{repo} is gated: accept its terms at {endpoint}/{repo}"
-                if not has_token:
-                    message += ", then set HF_TOKEN"
-                return GatedError(message, **kwargs)
-            return AuthRequiredError(
-                f"access to {repo} was refused (HTTP 403): use a token that can read it (HF_TOKEN)",
-                **kwargs,
-            )
-        if status == 429:
-            return RateLimitedError(f"{endpoint} is rate-limiting requests (HTTP 429)", **kwargs)
-        if status == 503:
-            return ServerBusyError(f"{endpoint} is busy (HTTP 503)", **kwargs)
-        return HTTPStatusError(
-            f"{endpoint} answered HTTP {status} for {what.description}", **kwargs
+        return hub_status_error(
+            reply.status,
+            reply.headers,
+            str(reply.url),
+            repo_id=what.repo_id,
+            revision=what.revision,
+            description=what.description,
+            endpoint=self._config.endpoint,
+            has_token=self._config.token is not None,
+            now=self._clock(),
         )
 
     # -- parsing ---------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator, Iterable
@@ -23,14 +22,18 @@ from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 from modelfetch.core import events as ev
-from modelfetch.core.errors import (
-    ERROR_KINDS,
-    ModelfetchError,
-    StateError,
-)
+from modelfetch.core.errors import StateError
 from modelfetch.core.models import ItemRef
-from modelfetch.core.quant import Quant, QuantGroup
-from modelfetch.views import FileView, GroupView
+from modelfetch.core.quant import QuantGroup
+from modelfetch.remote_codec import (
+    HUB_TOKEN_HEADER,
+    client_hub_token,
+    error_from_response,
+    group_view_of,
+    is_loopback_address,
+    quant_group_of,
+)
+from modelfetch.views import GroupView
 
 if TYPE_CHECKING:
     import aiohttp
@@ -141,57 +144,6 @@ async def _listening(url: str, within: float) -> bool:
 # ------------------------------------------------------------------------------- the client
 
 
-def error_from_response(status: int, body: Any) -> Exception:
-    """The exception the daemon's error answer stands for."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        error = {}
-    kind = str(error.get("kind") or "")
-    message = str(error.get("message") or f"the daemon answered {status}")
-    if kind == "invalid":
-        return ValueError(message)
-    if kind in ("unauthorized", "forbidden_host"):
-        return StateError(f"the daemon refused this client: {message}")
-    if kind == "unavailable":
-        return StateError(message)
-    cls = ERROR_KINDS.get(kind)
-    if cls is None:
-        if status >= 500:
-            return RuntimeError(f"the daemon failed: {message}")
-        return ModelfetchError(message)
-    kwargs: dict[str, Any] = {}
-    if "upstream_status" in error:
-        kwargs["status"] = int(error.get("upstream_status") or 0)
-        for name in ("error_code", "retry_after"):
-            if error.get(name) is not None:
-                kwargs[name] = error[name]
-    try:
-        return cls(message, **kwargs)
-    except TypeError:  # a subclass that wants more than the daemon sent
-        return ModelfetchError(message)
-
-
-def _group_view(data: dict[str, Any]) -> GroupView:
-    file_fields = {f.name for f in dataclasses.fields(FileView)}
-    group_fields = {f.name for f in dataclasses.fields(GroupView)} - {"files"}
-    files = [
-        FileView(**{k: v for k, v in f.items() if k in file_fields}) for f in data.get("files", [])
-    ]
-    return GroupView(**{k: v for k, v in data.items() if k in group_fields}, files=files)
-
-
-def _quant_group(data: dict[str, Any]) -> QuantGroup:
-    return QuantGroup(
-        quant=Quant(data["base"], bool(data["ud"])),
-        paths=tuple(data["paths"]),
-        total_size=int(data["total_size"]),
-        shard_count=int(data["shard_count"]),
-        complete=bool(data["complete"]),
-        missing=tuple(data.get("missing", ())),
-        extra=tuple(data.get("extra", ())),
-    )
-
-
 def _ref(ref: Ref) -> ItemRef:
     # Parsed here as the manager would, so a malformed id is the same SpecError.
     return ref if isinstance(ref, ItemRef) else ItemRef.parse(ref)
@@ -294,11 +246,14 @@ class RemoteManager:
         *,
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         import aiohttp
 
         session = self._require_session()
         kwargs: dict[str, Any] = {"params": params}
+        if headers:
+            kwargs["headers"] = headers
         if method != "GET":
             kwargs["json"] = body if body is not None else {}
         try:
@@ -329,7 +284,13 @@ class RemoteManager:
         models_dir: Path | None = None,
         dest_dir: Path | None = None,
         priority: int = 0,
+        hub_token: str | None = None,
     ) -> int:
+        """Queue `spec` on the daemon. The Hub token of this client (`hub_token`, else
+        HF_TOKEN / HUGGING_FACE_HUB_TOKEN in its environment) travels with this one request
+        when the daemon is on this machine: the daemon plans and fetches this download with it
+        and keeps it in memory only. To a daemon elsewhere it is not sent (plain http): that
+        daemon uses its own token (`sends_hub_token` tells the caller which)."""
         body: dict[str, Any] = {
             "spec": spec,
             "quant": quant,
@@ -340,15 +301,24 @@ class RemoteManager:
             "dest_dir": str(dest_dir.expanduser().absolute()) if dest_dir else None,
             "priority": priority,
         }
-        data = await self._call("POST", "/api/downloads", body=body)
+        token = hub_token or client_hub_token()
+        headers = {HUB_TOKEN_HEADER: token} if token and self.sends_hub_token else None
+        data = await self._call("POST", "/api/downloads", body=body, headers=headers)
         return int(data["id"])
+
+    @property
+    def sends_hub_token(self) -> bool:
+        """Whether `add` hands this client's Hub token to the daemon: only to one on this
+        machine (the request would carry it in the clear across a network otherwise)."""
+        host = (urlsplit(self.url).hostname or "").lower()
+        return host == "localhost" or is_loopback_address(host)
 
     async def quants(self, repo: str, revision: str | None = None) -> list[QuantGroup]:
         params = {"repo": repo}
         if revision is not None:
             params["revision"] = revision
         data = await self._call("GET", "/api/quants", params=params)
-        return [_quant_group(q) for q in data["quants"]]
+        return [quant_group_of(q) for q in data["quants"]]
 
     async def _act(self, ref: Ref, action: str, body: dict[str, Any] | None = None) -> None:
         await self._call("POST", f"/api/downloads/{_ref(ref)}/{action}", body=body)
@@ -424,10 +394,10 @@ class RemoteManager:
 
     async def snapshot(self) -> list[GroupView]:
         data = await self._call("GET", "/api/downloads")
-        return [_group_view(g) for g in data["downloads"]]
+        return [group_view_of(g) for g in data["downloads"]]
 
     async def group_view(self, ref: Ref) -> GroupView:
-        return _group_view(await self._call("GET", f"/api/downloads/{_ref(ref)}"))
+        return group_view_of(await self._call("GET", f"/api/downloads/{_ref(ref)}"))
 
     async def wait(self, group_ids: Iterable[int]) -> None:
         """Until every given download is settled (nothing queued, active or waiting to retry;

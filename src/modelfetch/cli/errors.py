@@ -2,7 +2,8 @@
 
 0    everything asked for completed
 1    something failed (the summary says what and why), or the Hub refused a request
-2    the request itself is wrong: a malformed spec, an unknown quant, a bad flag or setting
+2    the request itself is wrong: a malformed spec, an unknown quant, a bad flag or setting,
+     or a destination that cannot be written (not a folder, read-only, no room, no permission)
 130  interrupted (Ctrl-C): the downloads were paused and can be resumed
 """
 
@@ -48,8 +49,13 @@ def explain(error: BaseException) -> str:
 
 def exit_code_for(error: BaseException) -> int:
     from modelfetch.config import ConfigError
+    from modelfetch.core.messages import is_file_error
 
-    return EXIT_USAGE if isinstance(error, SpecError | ConfigError) else EXIT_FAILED
+    if isinstance(error, SpecError | ConfigError) or (
+        isinstance(error, OSError) and is_file_error(error)
+    ):
+        return EXIT_USAGE  # a DestinationError is a SpecError; a raw disk-side OSError alike
+    return EXIT_FAILED
 
 
 def report(error: BaseException, debug: bool, *, what: str | None = None) -> None:
@@ -65,7 +71,9 @@ def report(error: BaseException, debug: bool, *, what: str | None = None) -> Non
         text.append(f"{what}: ")
     text.append(explain(error))
     stderr_console().print(text)
-    if not isinstance(error, ModelfetchError) and not debug:
+    from modelfetch.core.messages import is_file_error
+
+    if not isinstance(error, ModelfetchError) and not is_file_error(error) and not debug:
         stderr_console().print("(run with --debug for the traceback)", style="dim")
 
 
@@ -83,8 +91,8 @@ def execute(debug: bool, make: Callable[[], Coroutine[Any, Any, int]]) -> None:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (typer.Exit, typer.Abort):
         raise
-    except Exception as exc:  # a bug: one line, the traceback only when asked for
+    except Exception as exc:  # a bug (or the disk's refusal): one line, traceback on --debug
         report(exc, debug)
-        raise typer.Exit(EXIT_FAILED) from None
+        raise typer.Exit(exit_code_for(exc)) from None
     if code:
         raise typer.Exit(code)

@@ -2,6 +2,7 @@
 
     ModelfetchError
     ├── SpecError                  a request the user wrote that we cannot parse or satisfy
+    │   └── DestinationError       a destination folder that cannot be used (checked before queuing)
     ├── UnsafePathError            a destination that would escape its target directory
     ├── StateError                 the state directory or database cannot be used
     │   └── StateLockedError       another process owns the state directory
@@ -11,15 +12,18 @@
     └── TransferError              one file could not be fetched; the retry policy decides what next
         ├── NetworkError           reset, refused, name resolution, protocol garbage
         │   ├── StalledError       no bytes for the stall timeout
+        │   ├── ConnectFailedError no connection to a host: refused, unreachable, timed out
         │   └── HubProtocolError   the Hub API answered with something malformed
         ├── TooManyRedirectsError  a redirect loop or an over-long chain
         ├── SchemeError            a URL (or redirect) to a scheme we do not speak
         ├── ProxyError             the proxy refused us: 407 (credentials) or its own 4xx
         ├── IntegrityError         wrong SHA-256 / git blob id / size, or a lying server
         ├── DiskFullError          ENOSPC, or not enough free space to start
+        ├── LocalFileError         the OS refused a file operation: EACCES, EROFS, ENOTDIR, EIO...
         └── HTTPStatusError        the server answered with a status we cannot use
             ├── NotFoundError      404 / 410
             ├── AuthRequiredError  401, or 403 from the Hub without a gate
+            │   └── TokenRefusedError  401 "Invalid credentials": the token is invalid or expired
             ├── GatedError         403 with X-Error-Code: GatedRepo
             ├── ForbiddenError     403 from anywhere else (e.g. an expired signed CDN URL)
             ├── RateLimitedError   429 (retry_after seconds when the server said)
@@ -33,6 +37,9 @@ must never change for an existing class.
 """
 
 from __future__ import annotations
+
+INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+"""The Hub's X-Error-Message (and JSON error) for a token it refuses: a TokenRefusedError."""
 
 
 class ModelfetchError(Exception):
@@ -50,6 +57,18 @@ class ModelfetchError(Exception):
 
 class SpecError(ModelfetchError):
     kind = "spec"
+
+
+class DestinationError(SpecError):
+    """A destination that cannot be written: `path` is the folder (or the file in its way),
+    `cause` a few words ("not a directory", "read-only file system", ...)."""
+
+    kind = "destination"
+
+    def __init__(self, message: str, *, path: str | None = None, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.cause = cause
 
 
 class UnsafePathError(ModelfetchError):
@@ -92,6 +111,20 @@ class NetworkError(TransferError):
 
 class StalledError(NetworkError):
     kind = "stalled"
+
+
+class ConnectFailedError(NetworkError):
+    """No connection to `host` (`host:port`): `refused` when something answered the SYN with
+    a reset (nothing listens there), False for unreachable, a timeout or a failed name lookup."""
+
+    kind = "connect_failed"
+
+    def __init__(
+        self, message: str, *, host: str, refused: bool = False, url: str | None = None
+    ) -> None:
+        super().__init__(message, url=url)
+        self.host = host
+        self.refused = refused
 
 
 class HubProtocolError(NetworkError):
@@ -142,6 +175,30 @@ class DiskFullError(TransferError):
         self.free = free
 
 
+class LocalFileError(TransferError):
+    """The OS refused a file operation of a transfer (not a full disk: DiskFullError).
+    `errno` is the OS error number, `path` the file or folder, `cause` the OS's words."""
+
+    kind = "local_file"
+
+    def __init__(
+        self, message: str, *, path: str | None = None, errno: int | None = None, cause: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+        self.cause = cause
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: object = None) -> LocalFileError:
+        """The error for `exc`; `path` when the OSError does not name its file itself."""
+        where = exc.filename if exc.filename is not None else path
+        shown = None if where is None else str(where)
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        message = f"{shown}: {cause}" if shown else cause
+        return cls(message, path=shown, errno=exc.errno, cause=cause)
+
+
 class HTTPStatusError(TransferError):
     """A status the transfer cannot use. `redirected` is True when the failing hop was reached
     through a redirect (a CDN), False when it was the URL we were asked for (the Hub itself)."""
@@ -171,6 +228,13 @@ class NotFoundError(HTTPStatusError):
 
 class AuthRequiredError(HTTPStatusError):
     kind = "auth_required"
+
+
+class TokenRefusedError(AuthRequiredError):
+    """The Hub refused the token itself (401 "Invalid credentials in Authorization header"):
+    told apart from no token at all, because the fix differs (a new token, not a first one)."""
+
+    kind = "token_refused"
 
 
 class GatedError(HTTPStatusError):

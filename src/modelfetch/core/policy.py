@@ -13,35 +13,38 @@ The manager's loop for one file, after an attempt raised `error`:
 
 where `moved` says whether that attempt wrote any bytes. Progress resets the budget of
 consecutive failures, so a flaky connection that keeps making headway is never given up on.
+
+The disk's refusals (EACCES, EPERM, EROFS, ENOTDIR, EISDIR, EIO...) are final: no retry cures
+them, and the message says what to fix. "Connection refused" from a host that never answered
+(`host_answered=False`: the caller remembers who answered) gets `refused_retries` retries,
+counted down in the waiting reason, then gives up naming the host; a host that answered
+before and now refuses is down for a while, and is retried like any network error. The words
+of every decision come from `core/messages.py`.
 """
 
 from __future__ import annotations
 
+import errno
 import math
-import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeAlias
-from urllib.parse import urlsplit, urlunsplit
 
 from modelfetch.core.errors import (
     AuthRequiredError,
+    ConnectFailedError,
     DiskFullError,
     ForbiddenError,
     GatedError,
     HTTPStatusError,
     IntegrityError,
-    ModelfetchError,
+    LocalFileError,
     NetworkError,
     NotFoundError,
     RateLimitedError,
-    SchemeError,
     ServerBusyError,
-    SpecError,
     StalledError,
-    TooManyRedirectsError,
-    UnsafePathError,
 )
-from modelfetch.core.format import format_bytes, format_duration
+from modelfetch.core.messages import describe, hub_page_url, is_file_error, never_answered
 
 if TYPE_CHECKING:
     import random
@@ -61,6 +64,10 @@ __all__ = [
 _TRANSIENT_STATUSES = frozenset({408})
 # Never grow the backoff exponent past this: 2**64 seconds is already far beyond any cap.
 _MAX_EXPONENT = 64
+# A file operation the OS refused for one of these may work on the next attempt (a folder
+# removed mid-download is made again; a busy file frees up). Every other errno is final:
+# EACCES, EPERM, EROFS, ENOTDIR, EISDIR, EIO... do not go away by themselves.
+_TRANSIENT_FILE_ERRNOS = frozenset({errno.ENOENT, errno.EAGAIN, errno.EBUSY, errno.EINTR})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +79,7 @@ class Retry:
     reason: str
     hold_host: bool = False  # 429/503: hold back every download from that host until `at`
     restart_from_zero: bool = False  # drop the partial file first (its bytes failed the check)
+    message: str | None = None  # what to show while waiting, instead of the error's own text
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +107,15 @@ class AttemptHistory:
     failures: int = 0  # consecutive failures without progress, before the one being decided
     integrity_failures: int = 0
     forbidden_retries: int = 0
+    refusals: int = 0  # consecutive refused connections, before the one being decided
 
     def record(self, error: BaseException, *, made_progress: bool) -> AttemptHistory:
         """The history after the attempt that raised `error`; `made_progress` if it wrote bytes."""
+        refused = isinstance(error, ConnectFailedError) and error.refused
         return replace(
             self,
             failures=0 if made_progress else self.failures + 1,
+            refusals=self.refusals + 1 if refused and not made_progress else 0,
             integrity_failures=self.integrity_failures + isinstance(error, IntegrityError),
             # A signed URL may expire again after hours of good progress: that is a new expiry,
             # not the same one, so progress gives the re-resolve budget back.
@@ -122,6 +133,10 @@ class RetryPolicy:
     retry_after_cap: float = 900.0  # 15 min cap on what a server may ask
     integrity_retries: int = 1  # one more try from zero after a digest/size mismatch
     forbidden_redirect_retries: int = 1  # a 403 from a redirect target: re-resolve once
+    # "Connection refused" from a host that never answered (a wrong port, a server that is not
+    # up): this many retries, counted down in the waiting reason, then give up naming the host.
+    # A host that answered before and then refuses is retried like any network error.
+    refused_retries: int = 3
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -129,7 +144,7 @@ class RetryPolicy:
         for name in ("base_delay", "max_delay", "retry_after_cap"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be a number of seconds >= 0")
-        if self.integrity_retries < 0 or self.forbidden_redirect_retries < 0:
+        if min(self.integrity_retries, self.forbidden_redirect_retries, self.refused_retries) < 0:
             raise ValueError("retry budgets must be >= 0")
 
     def backoff(self, failures: int, rng: random.Random) -> float:
@@ -148,16 +163,40 @@ class RetryPolicy:
         now: float,
         rng: random.Random,
         made_progress: bool = False,
+        host_answered: bool = True,
     ) -> Decision:
         """What to do after an attempt raised `error`.
 
         `history` is the file's history before this attempt; `made_progress` says whether this
-        attempt wrote any bytes (then it does not count against `max_attempts`).
+        attempt wrote any bytes (then it does not count against `max_attempts`);
+        `host_answered` whether the host a `ConnectFailedError` names ever answered us (the
+        caller remembers that across files; unknown counts as answered: retried as before).
         """
         failures = 0 if made_progress else history.failures + 1
 
         if isinstance(error, DiskFullError):
             return PauseAll("disk_full", describe(error))
+
+        if isinstance(error, LocalFileError | OSError) and is_file_error(error):
+            code = error.errno
+            if code in _TRANSIENT_FILE_ERRNOS and failures < self.max_attempts:
+                delay = self.backoff(failures, rng)
+                return Retry(now + delay, delay, "file system error")
+            return GiveUp(describe(error))
+
+        if (
+            isinstance(error, ConnectFailedError)
+            and error.refused
+            and not host_answered
+            and not made_progress
+        ):
+            refusals = history.refusals + 1
+            if refusals > self.refused_retries:
+                return GiveUp(never_answered(error, refusals))
+            delay = self.backoff(refusals, rng)
+            countdown = f"connection refused by {error.host} (retry {refusals} of "
+            countdown += f"{self.refused_retries})"
+            return Retry(now + delay, delay, countdown, message=countdown)
 
         if isinstance(error, IntegrityError):
             if history.integrity_failures < self.integrity_retries:
@@ -236,151 +275,3 @@ def _short_reason(error: BaseException) -> str:
 def _after_retries(error: BaseException, failures: int) -> str:
     tries = "attempt" if failures == 1 else "attempts"
     return f"Gave up after {failures} failed {tries}. {describe(error)}"
-
-
-# --------------------------------------------------------------------------------------- messages
-
-_HUB_PATH = re.compile(
-    r"^/(?P<kind>(?:datasets|spaces)/)?(?P<owner>[^/]+)/(?P<name>[^/]+)/resolve/"
-)
-
-
-def hub_page_url(url: str | None) -> str | None:
-    """`https://hf.co/owner/name` for `https://hf.co/owner/name/resolve/...`, else None."""
-    if not url:
-        return None
-    parts = urlsplit(url)
-    match = _HUB_PATH.match(parts.path)
-    if parts.scheme not in ("http", "https") or match is None:
-        return None
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    path = f"/{match['kind'] or ''}{match['owner']}/{match['name']}"
-    return urlunsplit((parts.scheme, host, path, "", ""))
-
-
-def _safe_url(url: str | None) -> str | None:
-    """The URL without user info, query or fragment: signed CDN URLs carry secrets there."""
-    if not url:
-        return None
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def _host(url: str | None) -> str | None:
-    return urlsplit(url).hostname if url else None
-
-
-def _with_detail(headline: str, error: ModelfetchError) -> str:
-    """Append the error's own text when it adds something to the headline."""
-    detail = error.message.strip()
-    if not detail or detail.lower() in headline.lower():
-        return headline
-    return f"{headline} ({detail})"
-
-
-def describe(error: BaseException) -> str:
-    """One line a person can act on. Never includes a token or a signed URL's query string."""
-    if isinstance(error, DiskFullError):
-        return _describe_disk_full(error)
-    if isinstance(error, HTTPStatusError):
-        return _describe_http(error)
-    if isinstance(error, StalledError):
-        return _with_detail("The download stalled: no data arrived for too long", error)
-    if isinstance(error, NetworkError):
-        return _with_detail("Network error", error)
-    if isinstance(error, TooManyRedirectsError):
-        return _with_detail("Too many redirects", error) + _at(error.url)
-    if isinstance(error, SchemeError):
-        return _with_detail("Refused a URL whose scheme is not http or https", error)
-    if isinstance(error, IntegrityError):
-        headline = "The downloaded file is corrupt: it does not match the expected checksum or size"
-        line = _with_detail(headline, error)
-        if error.expected and error.actual:
-            line += f"; expected {error.expected}, got {error.actual}"
-        return line
-    if isinstance(error, UnsafePathError):
-        return _with_detail("Refused a destination outside the download folder", error)
-    if isinstance(error, SpecError):
-        return error.message
-    if isinstance(error, TimeoutError):
-        return f"Timed out{': ' + str(error) if str(error) else ''}"
-    if isinstance(error, ModelfetchError):
-        return error.message
-    text = str(error)
-    what = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return f"Internal error ({what}); please report this bug"
-
-
-def _at(url: str | None) -> str:
-    safe = _safe_url(url)
-    return f" at {safe}" if safe else ""
-
-
-def _describe_disk_full(error: DiskFullError) -> str:
-    if error.needed is not None and error.free is not None:
-        space = f"needs {format_bytes(error.needed)}, {format_bytes(error.free)} free"
-    elif error.needed is not None:
-        space = f"needs {format_bytes(error.needed)}"
-    elif error.free is not None:
-        space = f"{format_bytes(error.free)} free"
-    else:
-        space = error.message
-    return f"Disk full ({space}). Free some space, then resume."
-
-
-def _describe_http(error: HTTPStatusError) -> str:
-    status = error.status
-    url = _safe_url(error.url)
-    page = hub_page_url(error.url)
-    where = f" {url}" if url else ""
-    if isinstance(error, GatedError):
-        if page:
-            return (
-                f"{_repo_id(page)} is gated: accept its terms at {page} while signed in, "
-                "then set HF_TOKEN to a token from that account."
-            )
-        return (
-            "This repository is gated: accept its terms on its model page while signed in, "
-            "then set HF_TOKEN to a token from that account."
-        )
-    if isinstance(error, AuthRequiredError) or (type(error) is HTTPStatusError and status == 401):
-        what = _repo_id(page) if page else (url or "This file")
-        line = (
-            f"{what} needs a Hugging Face token (HTTP {status}): "
-            "set HF_TOKEN to a token that can read it"
-        )
-        if page:
-            line += f"; if it should be public, check the name at {page}"
-        return line
-    if status == 410:
-        return _with_detail(f"Gone (HTTP 410):{where}", error) + "; it no longer exists"
-    if isinstance(error, NotFoundError) or status == 404:
-        return (
-            _with_detail(f"Not found (HTTP {status}):{where}", error)
-            + "; check the repository, file name and revision"
-        )
-    if isinstance(error, ForbiddenError) or status == 403:
-        if error.redirected:
-            return (
-                _with_detail(f"Access denied by the download server (HTTP 403):{where}", error)
-                + "; its signed link may have expired"
-            )
-        return _with_detail(f"Access denied (HTTP 403):{where}", error)
-    if status in (429, 503):
-        kind = "Rate limited" if status == 429 else "Server busy"
-        host = _host(error.url)
-        line = _with_detail(f"{kind} (HTTP {status}){' by ' + host if host else ''}", error)
-        if error.retry_after is not None:
-            line += f"; asked to wait {format_duration(error.retry_after)}"
-        return line
-    return _with_detail(f"The server answered HTTP {status}{_at(error.url)}", error)
-
-
-def _repo_id(page: str) -> str:
-    """`owner/name` (or `datasets/owner/name`) from a Hub page URL."""
-    return urlsplit(page).path.lstrip("/")

@@ -21,9 +21,10 @@ from modelfetch.core.rate import RateEstimator
 from modelfetch.core.segments import SegmentRecord
 from modelfetch.manager.finalize import finalize_completed, finalize_failed, finalize_stopped
 from modelfetch.manager.groups import file_ref, group_done
+from modelfetch.manager.intake import group_token
 from modelfetch.manager.limits import group_bucket, group_limits
 from modelfetch.manager.partials import partial_paths, segments_of
-from modelfetch.transfer.api import StopSignal, TransferRequest
+from modelfetch.transfer.api import Credentials, StopSignal, TransferRequest
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
@@ -155,8 +156,11 @@ def hand_over(m: DownloadManager, key: FileKey) -> None:
 def transfer_request(m: DownloadManager, f: FileRecord) -> TransferRequest:
     credentials = None
     hub = m.hub_config
-    if hub.token and origin_of(f.url) == hub.origin:
-        credentials = hub.credentials()
+    # A token the daemon's client sent for this download wins over the daemon's own; either
+    # goes to the Hub's origin only (a redirect elsewhere is the transfer's to refuse it).
+    token = group_token(m, f.group_id) or hub.token
+    if token and origin_of(f.url) == hub.origin:
+        credentials = Credentials(token, hub.origin)
     _, connections = group_limits(m, f.group_id)
     settings = m.settings
     return TransferRequest(

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelfetch.core import events as ev
+from modelfetch.core.errors import ConnectFailedError, HTTPStatusError, LocalFileError
+from modelfetch.core.messages import is_file_error
 from modelfetch.core.models import FileRecord, FileStatus, PauseReason, StopReason
 from modelfetch.core.policy import AttemptHistory, GiveUp, PauseAll, Retry
 from modelfetch.layout import Placement, link_snapshot, write_ref
@@ -26,6 +29,62 @@ from modelfetch.transfer.api import TransferResult
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
     from modelfetch.manager.files import RunningFile
+
+
+# The hosts (`host:port`) that ever answered one of a manager's requests: a host that refuses
+# connections after it answered is down for a while (retried as any network error); one that
+# never answered is likely a wrong address (a few retries, then the file fails naming it).
+# Kept beside the manager rather than in it: it is memory only, and only the policy's input.
+_ANSWERED: weakref.WeakKeyDictionary[DownloadManager, set[str]] = weakref.WeakKeyDictionary()
+
+
+def answered_hosts(m: DownloadManager) -> set[str]:
+    found = _ANSWERED.get(m)
+    if found is None:
+        found = _ANSWERED[m] = set()
+    return found
+
+
+def _learn_answers(m: DownloadManager, f: FileRecord, exc: Exception, moved: bool) -> None:
+    """What this failure tells about who answered: an HTTP status came from its hop, and a
+    failure on a redirect target means the first hop answered with the redirect."""
+    seen = answered_hosts(m)
+    failing = getattr(exc, "url", None)
+    if isinstance(exc, HTTPStatusError) and failing:
+        seen.add(host_of(failing))
+    if failing and host_of(failing) != host_of(f.url):
+        seen.add(host_of(f.url))
+    if moved and failing and not isinstance(exc, ConnectFailedError):
+        seen.add(host_of(failing))
+
+
+def _has_answered(m: DownloadManager, f: FileRecord, exc: ConnectFailedError) -> bool:
+    """Whether the host that refused `f`'s connection ever answered. A completed file does not
+    say which redirect target served it, so one from the same first hop vouches for them all."""
+    seen = answered_hosts(m)
+    host = host_of(exc.url or f.url)
+    return host in seen or (host != host_of(f.url) and _VIA + host_of(f.url) in seen)
+
+
+_VIA = "via "  # `via hub:443`: a file first asked of that host completed (through its redirect)
+
+
+def _as_transfer_error(exc: Exception, f: FileRecord) -> Exception:
+    """A file error names the file: a raw OSError from the disk side (the transfer lets a few
+    through, e.g. fsync's EIO) becomes a LocalFileError, and one without a path gets `dest`."""
+    if isinstance(exc, LocalFileError):
+        if exc.path is None:
+            fixed = LocalFileError(
+                f"{f.dest}: {exc.cause}", path=f.dest, errno=exc.errno, cause=exc.cause
+            )
+            fixed.__cause__ = exc
+            return fixed
+        return exc
+    if isinstance(exc, OSError) and is_file_error(exc):
+        wrapped = LocalFileError.from_os_error(exc, f.dest)
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
 
 
 def finalize_stopped(m: DownloadManager, run: RunningFile) -> None:
@@ -73,6 +132,7 @@ def finalize_completed(m: DownloadManager, run: RunningFile, result: TransferRes
     run.finalized = True
     f = run.rec
     run.done = result.size
+    answered_hosts(m).update((host_of(f.url), _VIA + host_of(f.url)))
     if m._transition(
         f,
         FileStatus.COMPLETED,
@@ -122,8 +182,13 @@ def finalize_failed(m: DownloadManager, run: RunningFile, exc: Exception) -> Non
     key = (f.group_id, f.index)
     now = time.time()
     moved = run.done > run.start_offset
+    exc = _as_transfer_error(exc, f)
+    _learn_answers(m, f, exc, moved)
+    answered = not isinstance(exc, ConnectFailedError) or _has_answered(m, f, exc)
     history = m._histories.get(key) or AttemptHistory(failures=f.attempts)
-    decision = m.settings.policy.decide(exc, history, now=now, rng=m._rng, made_progress=moved)
+    decision = m.settings.policy.decide(
+        exc, history, now=now, rng=m._rng, made_progress=moved, host_answered=answered
+    )
     history = history.record(exc, made_progress=moved)
     m._histories[key] = history
     kind = getattr(exc, "kind", type(exc).__name__)
@@ -145,7 +210,7 @@ def finalize_failed(m: DownloadManager, run: RunningFile, exc: Exception) -> Non
             retry_at=decision.at,
             attempts=history.failures,
             error_kind=kind,
-            error_message=message,
+            error_message=decision.message or message,
             bytes_done=bytes_on_disk,
             bytes_total=run.total,
         )

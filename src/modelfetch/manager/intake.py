@@ -1,7 +1,10 @@
 """New downloads: a `GroupRequest` becomes stored, queued records; present files are adopted.
 
 A file already at its destination with the expected digest is marked completed instead of
-fetched again, when it is enqueued and at start (a publish whose commit a crash lost).
+fetched again, when it is enqueued and at start (a publish whose commit a crash lost). Every
+destination folder is checked first (`destinations.py`): nothing is queued for one that cannot
+be written. `add_with_hub_token` plans and fetches one download with a Hub token the daemon's
+client sent along: kept in memory for that download only, never in the store.
 """
 
 from __future__ import annotations
@@ -9,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelfetch.core import events as ev
 from modelfetch.core.errors import SpecError
 from modelfetch.core.models import FileRecord, FileStatus, GroupRecord, GroupStatus
+from modelfetch.layout import Layout
 from modelfetch.manager import control
 from modelfetch.manager.finalize import publish_links
 from modelfetch.manager.groups import file_ref
@@ -27,7 +33,27 @@ if TYPE_CHECKING:
 
     from modelfetch.hub import HubClient
     from modelfetch.manager.coordinator import DownloadManager
-    from modelfetch.planner import Planner
+    from modelfetch.planner import Planner, PlanOptions
+
+# Hub tokens a client sent with its request, by group id: memory only (never the store, never
+# a view), used for that group's planning and transfers to the Hub's origin, gone at exit.
+_GROUP_TOKENS: weakref.WeakKeyDictionary[DownloadManager, dict[int, str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def group_token(m: DownloadManager, group_id: int) -> str | None:
+    """The Hub token a client sent for this download, if any (else the manager's own)."""
+    tokens = _GROUP_TOKENS.get(m)
+    return tokens.get(group_id) if tokens else None
+
+
+def _remember_token(m: DownloadManager, group_id: int, token: str | None) -> None:
+    if token:
+        tokens = _GROUP_TOKENS.get(m)
+        if tokens is None:
+            tokens = _GROUP_TOKENS[m] = {}
+        tokens[group_id] = token
 
 
 def make_planner(m: DownloadManager) -> Planner:
@@ -44,35 +70,81 @@ def make_planner(m: DownloadManager) -> Planner:
     )
 
 
-def _hub_parts(m: DownloadManager) -> tuple[aiohttp.ClientSession, HubClient]:
+def _hub_parts(
+    m: DownloadManager, token: str | None = None
+) -> tuple[aiohttp.ClientSession, HubClient]:
+    """The shared API session and a Hub client on it: with the manager's token, or `token`."""
     from modelfetch.hub import HubClient, make_api_session
+    from modelfetch.hubconfig import HubConfig
 
     if m._api_session is None:
         m._api_session = m._external_api_session or make_api_session(network=m._network)
     proxies = m._network.proxies if m._network is not None else None
-    return m._api_session, HubClient(m._api_session, m.hub_config, proxies=proxies)
+    config = m.hub_config if token is None else HubConfig(m.hub_config.endpoint, token)
+    return m._api_session, HubClient(m._api_session, config, proxies=proxies)
 
 
-async def enqueue(m: DownloadManager, request: GroupRequest) -> int:
+def plan_options(
+    m: DownloadManager,
+    *,
+    quant: str | None = None,
+    revision: str | None = None,
+    include: Iterable[str] = (),
+    layout: Layout | str = Layout.PLAIN,
+    models_dir: Path | None = None,
+    dest_dir: Path | None = None,
+    priority: int = 0,
+) -> PlanOptions:
+    """The planner's options for `DownloadManager.add`'s arguments."""
+    from modelfetch.planner import PlanOptions
+
+    return PlanOptions(
+        models_dir=(models_dir or m.models_dir).expanduser().absolute(),
+        layout=Layout(layout),
+        quant=quant,
+        revision=revision,
+        include=tuple(include),
+        dest_dir=dest_dir.expanduser().absolute() if dest_dir else None,
+        priority=priority,
+    )
+
+
+async def add_with_hub_token(
+    m: DownloadManager, token: str, spec: str, options: PlanOptions
+) -> int:
+    """`DownloadManager.add` with a Hub token of the caller's (a daemon's client): the spec is
+    planned with it and the download's transfers to the Hub's origin carry it; the manager's
+    own token is not used for it, and nothing of it is stored."""
+    from modelfetch.planner import Planner
+
+    m._require_running()
+    session, client = _hub_parts(m, token)
+    planner = Planner(session, client, hub_config=client.config, probe_session=m._session_or_fail())
+    return await enqueue(m, await planner.plan(spec, options), hub_token=token)
+
+
+async def enqueue(
+    m: DownloadManager, request: GroupRequest, *, hub_token: str | None = None
+) -> int:
     """Add a download; returns its group id. Asking again for something queued or active
-    returns the existing id; for something failed or cancelled, re-queues it."""
+    returns the existing id; for something failed or cancelled, re-queues it. `hub_token`: the
+    Hub token its transfers carry instead of the manager's (memory only)."""
     existing = m.store.find_group(request.dedupe_key())
     if existing is not None:
         group = m._groups.get(existing.id) or m._book.register(existing)
+        _remember_token(m, group.id, hub_token)
         status = group.status
         if status in (GroupStatus.QUEUED, GroupStatus.ACTIVE, GroupStatus.PAUSED):
             return group.id
         if status is GroupStatus.COMPLETED and all(Path(f.dest).exists() for f in group.files):
             return group.id
-        control.requeue(
-            m,
-            group,
-            [
-                f
-                for f in group.files
-                if f.status is not FileStatus.COMPLETED or not Path(f.dest).exists()
-            ],
-        )
+        again = [
+            f
+            for f in group.files
+            if f.status is not FileStatus.COMPLETED or not Path(f.dest).exists()
+        ]
+        _check_destinations(m, again)  # what failed it before may have been the folder
+        control.requeue(m, group, again)
         return group.id
 
     now = time.time()
@@ -95,6 +167,7 @@ async def enqueue(m: DownloadManager, request: GroupRequest) -> int:
         for i, fr in enumerate(request.files, start=1)
     ]
     _refuse_shared_destinations(m, files)
+    _check_destinations(m, files)  # first: a file in the way makes even a stat fail
     for f in files:
         f.bytes_done = on_disk(m, f)
     group = GroupRecord(
@@ -112,6 +185,7 @@ async def enqueue(m: DownloadManager, request: GroupRequest) -> int:
     )
     with m._batch():
         group = m.store.add_group(group)
+        _remember_token(m, group.id, hub_token)  # before any file of it can start
         changes = m._queue.add_group(group.id, [f.index for f in group.files], request.priority)
         m.store.set_order(changes)
         for f in group.files:
@@ -130,6 +204,23 @@ async def enqueue(m: DownloadManager, request: GroupRequest) -> int:
     )
     m._wake.set()
     return group.id
+
+
+def _check_destinations(m: DownloadManager, files: list[FileRecord]) -> None:
+    """DestinationError (nothing queued) unless every file's folder can be written and its
+    file system has room for what is left to fetch; for the CLI and the daemon alike."""
+    from modelfetch.destinations import Needed, check_destinations
+
+    def remaining(f: FileRecord) -> int:
+        size = f.expected_size or 0
+        try:
+            present = Path(f.dest).stat().st_size  # a finished copy: adopted, not fetched
+            partial = on_disk(m, f)
+        except OSError:
+            present = partial = 0
+        return 0 if present == size else max(0, size - partial)
+
+    check_destinations(Needed(Path(f.dest), remaining(f)) for f in files)
 
 
 def _refuse_shared_destinations(m: DownloadManager, files: list[FileRecord]) -> None:

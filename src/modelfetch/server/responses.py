@@ -43,6 +43,7 @@ STATUS_BY_KIND: dict[str, int] = {
     # The user's request cannot be satisfied as written.
     "spec": 400,
     "unsafe_path": 400,
+    "destination": 400,  # a destination folder that cannot be written (checked before queuing)
     "unknown_item": 404,
     "conflict": 409,
     "error": 409,  # the root class: "not in this state" (e.g. forgetting a live download)
@@ -52,6 +53,7 @@ STATUS_BY_KIND: dict[str, int] = {
     # The Hub (or a URL's server) answered while planning a download.
     "not_found": 404,
     "auth_required": 403,  # not 401: that one means the daemon's own token is wrong
+    "token_refused": 403,  # the Hub refused the Hub token (not the daemon's)
     "gated": 403,
     "forbidden": 403,
     "rate_limited": 429,
@@ -59,6 +61,7 @@ STATUS_BY_KIND: dict[str, int] = {
     "http_status": 502,
     "transfer": 502,
     "network": 502,
+    "connect_failed": 502,
     "hub_protocol": 502,
     "stalled": 504,
     "too_many_redirects": 502,
@@ -67,6 +70,7 @@ STATUS_BY_KIND: dict[str, int] = {
     "proxy_config": 400,  # a proxy URL we cannot use
     "integrity": 502,
     "disk_full": 507,
+    "local_file": 500,  # the daemon's host refused a file operation (EACCES, EROFS, EIO...)
 }
 """HTTP status for every error kind of the ModelfetchError tree."""
 

@@ -7,24 +7,30 @@ the HTTP client's (transfer/wire/) exceptions; every failure of a transfer leave
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 from urllib.parse import urlsplit, urlunsplit
 
 from modelfetch.core.errors import (
+    INVALID_CREDENTIALS,
     AuthRequiredError,
+    ConnectFailedError,
     ForbiddenError,
     GatedError,
     HTTPStatusError,
+    LocalFileError,
     NetworkError,
     NotFoundError,
     ProxyError,
     RateLimitedError,
     ServerBusyError,
     StalledError,
+    TokenRefusedError,
     TransferError,
 )
 from modelfetch.core.headers import retry_after_seconds
+from modelfetch.core.messages import is_file_error
 from modelfetch.transfer.sink import DISK_FULL_ERRNOS, disk_full
 from modelfetch.transfer.wire import (
     ConnectError,
@@ -76,6 +82,8 @@ def status_error(response: Response, *, url: str, redirected: bool) -> HTTPStatu
     if status in (404, 410):
         return make(NotFoundError, detail)
     if status == 401:
+        if (headers.get("X-Error-Message") or "").strip() == INVALID_CREDENTIALS:
+            return make(TokenRefusedError, detail + ": the token was refused (invalid or expired)")
         return make(AuthRequiredError, detail + ": a valid token is required")
     if status == 403:
         if code == "GatedRepo":
@@ -94,8 +102,8 @@ def translate_exception(
     exc: BaseException, *, url: str, stall: float | None
 ) -> TransferError | None:
     """The one mapping from foreign exceptions to our tree (most specific first). None means
-    "not ours to translate": the caller re-raises it unchanged (a TransferError already, or a
-    local OSError such as EACCES that no retry would fix)."""
+    "not ours to translate": the caller re-raises it unchanged (a TransferError already, or
+    something that is not an error of the network or the disk: a bug)."""
     where = redact_url(url)
     if isinstance(exc, TransferError):
         return None
@@ -104,8 +112,13 @@ def translate_exception(
         return NetworkError(f"cannot resolve {name}: {exc.os_error}", url=where)
     if isinstance(exc, ConnectError):
         what = "proxy " if exc.proxy else ""
-        return NetworkError(
-            f"cannot connect to {what}{exc.host}:{exc.port}: {exc.os_error}", url=where
+        host = f"[{exc.host}]:{exc.port}" if ":" in exc.host else f"{exc.host}:{exc.port}"
+        return ConnectFailedError(
+            f"cannot connect to {what}{host}: {exc.os_error}",
+            host=f"{what}{host}",
+            refused=isinstance(exc.os_error, ConnectionRefusedError)
+            or exc.os_error.errno == errno.ECONNREFUSED,
+            url=where,
         )
     if isinstance(exc, ProxyRefusedError):
         if 500 <= exc.status <= 599:  # it could not reach the origin: like a network error
@@ -134,4 +147,8 @@ def translate_exception(
         return StalledError(f"no data for {stall:g} s", url=where)
     if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
         return disk_full(exc)
+    if isinstance(exc, OSError) and is_file_error(exc):
+        # The disk side refused (EACCES, EROFS, ENOTDIR, EIO...): the user's to fix, and the
+        # retry policy knows which of these no retry can cure.
+        return LocalFileError.from_os_error(exc)
     return None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from modelfetch.core.errors import IntegrityError
+from modelfetch.core.errors import IntegrityError, LocalFileError
 from modelfetch.transfer import sink
 from modelfetch.transfer.hashing import Digests
 from modelfetch.transfer.sink import DISK_FULL_ERRNOS, UNSUPPORTED_ERRNOS, disk_full
@@ -108,7 +108,8 @@ def verify_and_publish_body(
     hash, `verify` the digests (it raises on a mismatch: nothing has been created then), write
     the `.part`, fsync, close and `publish`. The final name only ever receives a verified,
     fsynced, closed file. ENOSPC/EDQUOT → DiskFullError with the bytes that landed kept as a
-    prefix; other OSErrors propagate (a complete `.part` stays when fsync or the rename fail).
+    prefix; other OSErrors of the write → LocalFileError, the rest propagate (a complete
+    `.part` stays when fsync or the rename fail).
     `sidecar`: the one to remove once published, or None when the caller knows there is none
     (each call here that releases the GIL costs a wait for it while the loop runs Python)."""
     sha256 = hashlib.sha256(body).hexdigest()
@@ -126,7 +127,7 @@ def verify_and_publish_body(
         except OSError as exc:
             if exc.errno in DISK_FULL_ERRNOS:
                 raise disk_full(exc) from exc
-            raise
+            raise LocalFileError.from_os_error(exc, part) from exc  # pwrite names no file
         os.fsync(fd)
     finally:
         os.close(fd)

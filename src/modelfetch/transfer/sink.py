@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelfetch.core.errors import DiskFullError, IntegrityError
+from modelfetch.core.errors import DiskFullError, IntegrityError, LocalFileError
 from modelfetch.transfer import hashing
 from modelfetch.transfer.hashing import MAX_PENDING, Digester, Digests
 from modelfetch.transfer.partstate import PartState
@@ -150,7 +150,8 @@ class PartFile:
 
     async def write(self, data: bytes | memoryview) -> None:
         """Append `data` at the committed offset and hash it. ENOSPC/EDQUOT → DiskFullError;
-        any other OSError propagates unchanged. A view must stay valid until this returns."""
+        any other OSError → LocalFileError naming the `.part`. A view must stay valid until
+        this returns."""
         digester = self._digester
         if digester is None:
             raise RuntimeError("start_digests() first")
@@ -166,7 +167,7 @@ class PartFile:
             self._stop_digests()
             if exc.errno in DISK_FULL_ERRNOS:
                 raise disk_full(exc) from exc
-            raise
+            raise LocalFileError.from_os_error(exc, self.path) from exc  # pwrite names no file
         self.size += written
         digester.feed(data)
         if self.size - self._written_back >= WRITEBACK_STEP:
@@ -290,7 +291,8 @@ class SegmentedPartFile(PartFile):
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         """pwrite all of `data` at `offset`. ENOSPC/EDQUOT → DiskFullError (possible even
-        after allocation, e.g. on filesystems without fallocate); other OSErrors propagate."""
+        after allocation, e.g. on filesystems without fallocate); other OSErrors →
+        LocalFileError."""
         view = memoryview(data)
         written = 0
         try:
@@ -299,7 +301,7 @@ class SegmentedPartFile(PartFile):
         except OSError as exc:
             if exc.errno in DISK_FULL_ERRNOS:
                 raise disk_full(exc) from exc
-            raise
+            raise LocalFileError.from_os_error(exc, self.path) from exc  # pwrite names no file
 
     def write_back(self, offset: int, length: int) -> None:
         """Ask the kernel to start writing [offset, offset + length) out (see early writeback

@@ -28,8 +28,9 @@ from modelfetch.server.parsing import (
     view_of,
 )
 from modelfetch.server.responses import Handler, HTTPError, json_response
+from modelfetch.server.security import is_loopback
 
-__all__ = ["OPERATIONS", "PLAIN_ROUTES"]
+__all__ = ["HUB_TOKEN_HEADER", "OPERATIONS", "PLAIN_ROUTES"]
 
 
 async def list_downloads(request: web.Request) -> web.StreamResponse:
@@ -56,26 +57,57 @@ async def get_download(request: web.Request) -> web.StreamResponse:
     return json_response((await view_of(manager_of(request), item_ref(request))).to_dict())
 
 
+HUB_TOKEN_HEADER = "X-Hub-Token"
+"""A Hub token the client sends for this one download (from this machine only): it plans and
+fetches that download instead of the daemon's own token, and is kept in memory only."""
+
+
 async def add_download(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, AddRequest)
     manager = manager_of(request)
+    hub_token = _hub_token(request)
     started = time.time()
+    options = {
+        "quant": body.quant,
+        "revision": body.revision,
+        "include": body.include,
+        "layout": body.layout,
+        "models_dir": _path(body.models_dir),
+        "dest_dir": _path(body.dest_dir),
+        "priority": body.priority,
+    }
     try:
-        gid = await manager.add(
-            body.spec,
-            quant=body.quant,
-            revision=body.revision,
-            include=body.include,
-            layout=body.layout,
-            models_dir=_path(body.models_dir),
-            dest_dir=_path(body.dest_dir),
-            priority=body.priority,
-        )
+        if hub_token is None:
+            gid = await manager.add(body.spec, **options)  # type: ignore[arg-type]
+        else:
+            from modelfetch.manager.intake import add_with_hub_token, plan_options
+
+            chosen = plan_options(manager, **options)  # type: ignore[arg-type]
+            gid = await add_with_hub_token(manager, hub_token, body.spec, chosen)
     except SpecError as exc:
-        raise HTTPError(400, exc.kind, exc.message, accepted_forms=ACCEPTED_FORMS) from None
+        # The accepted forms help with a spec we could not read, not with a folder we cannot
+        # write (a DestinationError is a SpecError too).
+        forms = ACCEPTED_FORMS if exc.kind == "spec" else None
+        raise HTTPError(400, exc.kind, exc.message, accepted_forms=forms) from None
     view = await manager.group_view(gid)
     # Asking again for something already queued returns it: 200, not 201.
     return json_response(view.to_dict(), status=201 if view.created_at >= started else 200)
+
+
+def _hub_token(request: web.Request) -> str | None:
+    """The client's Hub token for this request, if it sent one; only a client on this machine
+    may (from elsewhere it would have crossed the network in the clear)."""
+    token = (request.headers.get(HUB_TOKEN_HEADER) or "").strip()
+    if not token:
+        return None
+    if not is_loopback(request.remote or ""):
+        raise HTTPError(
+            403,
+            "hub_token_refused",
+            f"{HUB_TOKEN_HEADER} is accepted from this machine only; the daemon uses its own "
+            "Hub token for requests from elsewhere",
+        )
+    return token
 
 
 def _path(text: str | None) -> Path | None:

@@ -220,6 +220,20 @@
     return node;
   }
 
+  // Text with its http(s) URLs as links (a gated repo's error names the page to accept its
+  // terms on); the rest stays text nodes, so nothing in a message is ever parsed as HTML.
+  function linked(text) {
+    const out = [];
+    let last = 0;
+    for (const match of text.matchAll(/https?:\/\/[^\s,;)]+[^\s,;).]/g)) {
+      if (match.index > last) out.push(text.slice(last, match.index));
+      out.push(el('a', { href: match[0], target: '_blank', rel: 'noopener' }, match[0]));
+      last = match.index + match[0].length;
+    }
+    if (last < text.length) out.push(text.slice(last));
+    return out;
+  }
+
   function setText(node, text) {
     if (node.textContent !== text) node.textContent = text;
   }
@@ -580,11 +594,13 @@
       setTimeout(() => { message.hidden = true; }, 4000);
     } catch (error) {
       message.className = 'message error';
-      const forms = error.details && error.details.accepted_forms;
-      message.replaceChildren(
-        el('strong', null, error.message.split('\n')[0]),
-        forms ? el('pre', null, forms) : null,
-      );
+      // The accepted forms only help when the spec itself was not understood; a gated repo,
+      // a refused token or an unusable folder is said in its own line, with its links.
+      const forms = error.kind === 'spec' && error.details && error.details.accepted_forms;
+      const parts = [el('strong', null, ...linked(error.message.split('\n')[0]))];
+      // replaceChildren would write a missing <pre> as the text "null": pass only real nodes.
+      if (forms) parts.push(el('pre', null, forms));
+      message.replaceChildren(...parts);
       message.hidden = false;
     } finally {
       button.disabled = false;

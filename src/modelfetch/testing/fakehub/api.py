@@ -15,7 +15,9 @@ from modelfetch.testing.fakehub.repo import Commit, Repo, ensure_hashed
 if TYPE_CHECKING:
     from modelfetch.testing.fakehub.server import FakeHub
 
-__all__ = ["HubApi", "find_revision", "open_repo"]
+__all__ = ["INVALID_CREDENTIALS", "HubApi", "find_revision", "open_repo"]
+
+INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
 
 def open_repo(hub: FakeHub, request: web.Request, *, content: bool) -> Repo:
@@ -24,6 +26,10 @@ def open_repo(hub: FakeHub, request: web.Request, *, content: bool) -> Repo:
     repo = hub.catalog.repos.get(repo_id)
     token = bearer_token(request)
     valid = token is not None and token in hub.tokens
+    if token is not None and not valid:
+        # Like the real Hub: a token it does not know is refused outright, for public repos
+        # too, with this message and no X-Error-Code (huggingface_hub keys on the message).
+        raise error(401, INVALID_CREDENTIALS, None, **{"X-Error-Message": INVALID_CREDENTIALS})
     if repo is None or (repo.private and not valid):
         # Like the real Hub: a private repo looks missing to outsiders, but as a 401.
         raise error(

@@ -1,0 +1,98 @@
+"""What the daemon's answers mean to its client, and what the client sends it of its own.
+
+`error_from_response` rebuilds the ModelfetchError subclass an error answer stands for (by its
+`kind`); `group_view_of` / `quant_group_of` rebuild views from JSON. `client_hub_token` is the
+Hub token in this client's environment, which `RemoteManager.add` sends (as `X-Hub-Token`) to
+a daemon on this machine only, so that the daemon fetches that one download with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from modelfetch.core.errors import ERROR_KINDS, ModelfetchError, StateError
+from modelfetch.core.quant import Quant, QuantGroup
+from modelfetch.views import FileView, GroupView
+
+__all__ = [
+    "HUB_TOKEN_HEADER",
+    "client_hub_token",
+    "error_from_response",
+    "group_view_of",
+    "is_loopback_address",
+    "quant_group_of",
+]
+
+HUB_TOKEN_HEADER = "X-Hub-Token"  # as server/routes/downloads.py reads it (no server import)
+
+
+def client_hub_token(environ: Any = None) -> str | None:
+    """The Hub token in this client's environment (HF_TOKEN, then HUGGING_FACE_HUB_TOKEN)."""
+    env = os.environ if environ is None else environ
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        value = str(env.get(name) or "").strip()
+        if value:
+            return value
+    return None
+
+
+def is_loopback_address(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def error_from_response(status: int, body: Any) -> Exception:
+    """The exception the daemon's error answer stands for."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        error = {}
+    kind = str(error.get("kind") or "")
+    message = str(error.get("message") or f"the daemon answered {status}")
+    if kind == "invalid":
+        return ValueError(message)
+    if kind in ("unauthorized", "forbidden_host"):
+        return StateError(f"the daemon refused this client: {message}")
+    if kind == "unavailable":
+        return StateError(message)
+    cls = ERROR_KINDS.get(kind)
+    if cls is None:
+        if status >= 500:
+            return RuntimeError(f"the daemon failed: {message}")
+        return ModelfetchError(message)
+    kwargs: dict[str, Any] = {}
+    if "upstream_status" in error:
+        kwargs["status"] = int(error.get("upstream_status") or 0)
+        for name in ("error_code", "retry_after"):
+            if error.get(name) is not None:
+                kwargs[name] = error[name]
+    try:
+        return cls(message, **kwargs)
+    except TypeError:  # a subclass that wants more than the daemon sent
+        return ModelfetchError(message)
+
+
+def group_view_of(data: dict[str, Any]) -> GroupView:
+    file_fields = {f.name for f in dataclasses.fields(FileView)}
+    group_fields = {f.name for f in dataclasses.fields(GroupView)} - {"files"}
+    files = [
+        FileView(**{k: v for k, v in f.items() if k in file_fields}) for f in data.get("files", [])
+    ]
+    return GroupView(**{k: v for k, v in data.items() if k in group_fields}, files=files)
+
+
+def quant_group_of(data: dict[str, Any]) -> QuantGroup:
+    return QuantGroup(
+        quant=Quant(data["base"], bool(data["ud"])),
+        paths=tuple(data["paths"]),
+        total_size=int(data["total_size"]),
+        shard_count=int(data["shard_count"]),
+        complete=bool(data["complete"]),
+        missing=tuple(data.get("missing", ())),
+        extra=tuple(data.get("extra", ())),
+    )
