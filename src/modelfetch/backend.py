@@ -27,6 +27,7 @@ class Backend(Protocol):
         quant: str | None = None,
         revision: str | None = None,
         include: Iterable[str] = (),
+        exclude: Iterable[str] = (),
         layout: Any = "plain",
         models_dir: Path | None = None,
         dest_dir: Path | None = None,

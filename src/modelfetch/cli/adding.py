@@ -53,8 +53,8 @@ async def add_each(
         extra: dict[str, Any] = {}
         if selection.exclude:
             extra["exclude"] = list(selection.exclude)
-        if selection.token and not daemon_lacks(backend, "token"):
-            extra["token"] = selection.token
+        if selection.token and not daemon_lacks(backend, "hub_token"):
+            extra["hub_token"] = selection.token  # else its environment's, if any
         for spec in specs:
             try:
                 gid = await backend.add(
@@ -122,11 +122,17 @@ def refuse_unsupported(backend: Backend, exclude: Sequence[str], *, token_given:
         raise ConfigError(
             "--exclude: the running daemon cannot take it; stop it (or use --include) and retry"
         )
-    if token_given and daemon_lacks(backend, "token"):
+    if is_local(backend):
+        return
+    from modelfetch.remote_codec import client_hub_token
+
+    sends = bool(getattr(backend, "sends_hub_token", False))
+    unsent = not sends or daemon_lacks(backend, "hub_token")
+    if unsent and (token_given or client_hub_token() is not None):
         from modelfetch.cli.consoles import stderr_console
 
         stderr_console().print(
-            "note: a modelfetch daemon serves this home and downloads with its own token; "
-            "--token is not sent to it",
+            "note: the modelfetch daemon serving this home is not on this machine (or too "
+            "old to take a token), so your token is not sent: it downloads with its own",
             style="yellow",
         )

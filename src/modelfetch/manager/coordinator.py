@@ -177,6 +177,7 @@ class DownloadManager:
         quant: str | None = None,
         revision: str | None = None,
         include: Iterable[str] = (),
+        exclude: Iterable[str] = (),
         layout: Layout | str = Layout.PLAIN,
         models_dir: Path | None = None,
         dest_dir: Path | None = None,
@@ -186,15 +187,15 @@ class DownloadManager:
         it; returns the group id. Malformed specs raise SpecError; a repo that does not exist,
         is gated or needs a token raises the matching HTTPStatusError before anything is queued."""
         self._require_running()
-        from modelfetch.planner import PlanOptions
-
-        options = PlanOptions(
-            models_dir=(models_dir or self.models_dir).expanduser().absolute(),
-            layout=Layout(layout),
+        options = intake.plan_options(
+            self,
             quant=quant,
             revision=revision,
-            include=tuple(include),
-            dest_dir=dest_dir.expanduser().absolute() if dest_dir else None,
+            include=include,
+            exclude=exclude,
+            layout=layout,
+            models_dir=models_dir,
+            dest_dir=dest_dir,
             priority=priority,
         )
         request = await self.planner.plan(spec, options)

@@ -90,6 +90,7 @@ def plan_options(
     quant: str | None = None,
     revision: str | None = None,
     include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
     layout: Layout | str = Layout.PLAIN,
     models_dir: Path | None = None,
     dest_dir: Path | None = None,
@@ -104,6 +105,7 @@ def plan_options(
         quant=quant,
         revision=revision,
         include=tuple(include),
+        exclude=tuple(exclude),
         dest_dir=dest_dir.expanduser().absolute() if dest_dir else None,
         priority=priority,
     )

@@ -80,7 +80,12 @@ class AddRequest(_Body):
     include: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=list,
         max_length=64,
-        description="extra repo files to fetch too, by glob (e.g. mmproj-*)",
+        description="repo files by glob (e.g. mmproj-*): alone, only these; with a quant, too",
+    )
+    exclude: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="repo files left out, by glob (as `hf download --exclude`)",
     )
     layout: Literal["plain", "hf-cache"] = "plain"
     models_dir: AbsolutePath | None = Field(

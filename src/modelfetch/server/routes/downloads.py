@@ -71,6 +71,7 @@ async def add_download(request: web.Request) -> web.StreamResponse:
         "quant": body.quant,
         "revision": body.revision,
         "include": body.include,
+        "exclude": body.exclude,
         "layout": body.layout,
         "models_dir": _path(body.models_dir),
         "dest_dir": _path(body.dest_dir),
