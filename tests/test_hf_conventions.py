@@ -327,6 +327,16 @@ async def test_offline_serves_what_is_on_disk_and_names_what_is_not(cli: Cli, hu
     assert_no_traceback(missing)
     no_file = await cli("add", "--offline", f"{TEST_REPO}/config.json")
     assert no_file.code == 2 and "modelfetch/test-GGUF/config.json" in no_file.err
+    # The commands that would reach the network are refused in one line; the queue's own
+    # commands still work.
+    for command in (["run"], ["quants", TEST_REPO], ["serve", "--port", "0"]):
+        refused = await cli(*command, env={"HF_HUB_OFFLINE": "1"})
+        assert refused.code == 2, (command, refused.err)
+        assert (
+            len(refused.err.strip().splitlines()) == 1 and "offline (HF_HUB_OFFLINE)" in refused.err
+        )
+    listed = await cli("ls", env={"HF_HUB_OFFLINE": "1"})
+    assert listed.code == 0, listed.err
     assert hub.log == []
 
 

@@ -24,11 +24,26 @@ def is_local(backend: object) -> bool:
 async def command_backend(cfg: Config, *, workers: bool = True) -> AsyncIterator[Backend]:
     from modelfetch.backend import open_backend
 
+    if workers:
+        refuse_offline(cfg, "work the queue (it downloads)")
+
     # The manager's arguments are built only when no daemon serves this home.
     async with open_backend(
         home=cfg.home, lazy_kwargs=lambda: cfg.manager_kwargs(workers=workers)
     ) as backend:
         yield backend
+
+
+def refuse_offline(cfg: Config, what: str) -> None:
+    """Offline (HF_HUB_OFFLINE=1, --offline) no request leaves this machine: a command that
+    would make one is refused in one line, before anything is opened."""
+    if cfg.offline:
+        from modelfetch.config import ConfigError
+
+        where = cfg.sources.get("offline", "HF_HUB_OFFLINE")
+        raise ConfigError(
+            f"offline ({where}): cannot {what}; `modelfetch get` serves what is already on disk"
+        )
 
 
 @contextlib.asynccontextmanager

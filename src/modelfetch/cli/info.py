@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modelfetch.cli.backends import command_backend
+from modelfetch.cli.backends import command_backend, refuse_offline
 from modelfetch.cli.consoles import stdout_console
 from modelfetch.cli.errors import EXIT_OK, EXIT_USAGE, execute, report
 from modelfetch.cli.options import JsonOpt, RevisionOpt, app_state
@@ -29,6 +29,7 @@ def quants(
 
     async def go() -> int:
         cfg = state.config()
+        refuse_offline(cfg, f"ask the Hub which quants {repo} has")
         groups = await _list_quants(cfg, repo, revision)
         if json_out:
             rows = [

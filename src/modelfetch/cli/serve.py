@@ -48,6 +48,9 @@ def serve(
             )
             return EXIT_FAILED
         cfg = state.config()
+        from modelfetch.cli.backends import refuse_offline
+
+        refuse_offline(cfg, "serve the queue (its workers download)")
         from modelfetch.manager import DownloadManager
 
         async with DownloadManager(**cfg.manager_kwargs()) as manager:
