@@ -115,6 +115,12 @@ def _tmpfs(path: Path, size_mib: int) -> Iterator[bool]:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+def _fill(path: Path, size_mib: int) -> None:
+    """Someone else's file takes `size_mib` of the disk (after the download was accepted: the
+    space check at enqueue passed, and the disk fills while it runs)."""
+    (path / "someone-elses-file").write_bytes(b"\0" * (size_mib * MiB))
+
+
 def _grow(path: Path, size_mib: int) -> None:
     subprocess.run(
         ["mount", "-o", f"remount,size={size_mib}m", str(path)], check=True, capture_output=True
@@ -128,13 +134,14 @@ async def test_a_full_disk_pauses_everything_keeps_every_byte_and_resumes(
     paths = shards(hub, "o/m", 3, 10 * MiB)
     hub.add_fault(Fault("throttle", origin="cdn", rate=16 * MiB))
     disk = tmp_path / "disk"
-    with _tmpfs(disk, 24) as mounted:
+    with _tmpfs(disk, 40) as mounted:
         if not mounted:
             pytest.skip("this machine does not allow a tmpfs mount")
         dest = disk / "out"
         async with manager(tmp_path, max_active=1, disk_check_interval=3600) as m:
             with m.subscribe() as sub:
-                gid = await m.enqueue(group_of(hub, "o/m", paths, dest))
+                gid = await m.enqueue(group_of(hub, "o/m", paths, dest))  # 30 MiB of 40 free
+                _fill(disk, 16)  # 24 MiB left: two files fit, the third does not
                 notice = await next_event(
                     sub, lambda e: isinstance(e, ev.Notice) and e.level == "error"
                 )
@@ -147,7 +154,7 @@ async def test_a_full_disk_pauses_everything_keeps_every_byte_and_resumes(
                 assert view.files[2].pause_reason == "disk_full"
                 assert view.status == "paused"
                 assert (dest / paths[0]).read_bytes() == hub.content("o/m", paths[0])
-                _grow(disk, 64)
+                _grow(disk, 80)
                 await m.resume(gid)
                 await next_event(sub, lambda e: isinstance(e, ev.GroupFinished))
         assert_published(hub, "o/m", paths, dest)
@@ -160,13 +167,14 @@ async def test_a_full_disk_pauses_queued_work_too_and_resumes_by_itself_when_spa
     paths = shards(hub, "o/m", 4, 8 * MiB)
     hub.add_fault(Fault("throttle", origin="cdn", rate=8 * MiB))
     disk = tmp_path / "disk"
-    with _tmpfs(disk, 12) as mounted:
+    with _tmpfs(disk, 36) as mounted:
         if not mounted:
             pytest.skip("this machine does not allow a tmpfs mount")
         dest = disk / "out"
         async with manager(tmp_path, max_active=2, disk_check_interval=0.2) as m:
             with m.subscribe() as sub:
-                gid = await m.enqueue(group_of(hub, "o/m", paths, dest))
+                gid = await m.enqueue(group_of(hub, "o/m", paths, dest))  # 32 MiB of 36 free
+                _fill(disk, 24)  # 12 MiB left
                 await next_event(sub, lambda e: isinstance(e, ev.Notice) and e.level == "error")
                 await asyncio.sleep(0.3)
                 view = await m.group_view(gid)
@@ -179,6 +187,6 @@ async def test_a_full_disk_pauses_queued_work_too_and_resumes_by_itself_when_spa
                     part = dest / (name + ".part")
                     if part.exists():
                         assert part.stat().st_size == size
-                _grow(disk, 80)
+                _grow(disk, 100)
                 await next_event(sub, lambda e: isinstance(e, ev.GroupFinished), timeout=30)
         assert_published(hub, "o/m", paths, dest)

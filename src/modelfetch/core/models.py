@@ -52,6 +52,7 @@ class StopReason(enum.StrEnum):
     PAUSE = "pause"  # the user paused: keep it
     SHUTDOWN = "shutdown"  # the manager is closing: keep it, resume on next start
     DISK_FULL = "disk_full"  # out of space: keep what we have, pause everything
+    INTERRUPT = "interrupt"  # Ctrl-C in the foreground: keep it; the next run resumes it
 
     @property
     def keeps_partial(self) -> bool:

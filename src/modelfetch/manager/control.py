@@ -42,14 +42,12 @@ if TYPE_CHECKING:
 
 async def pause_files(m: DownloadManager, targets: list[FileRecord], reason: PauseReason) -> None:
     stops: list[Coroutine[Any, Any, None]] = []
-    stopped: list[FileRecord] = []
+    why = _STOP_FOR.get(reason, StopReason.PAUSE)  # finalize maps it back to `reason`
     with m._batch():
         for f in targets:
             key = (f.group_id, f.index)
             if f.status is FileStatus.ACTIVE and key in m._running:
-                why = StopReason.DISK_FULL if reason is PauseReason.DISK_FULL else StopReason.PAUSE
                 stops.append(files.stop(m, m._running[key], why))
-                stopped.append(f)
             elif f.status in (FileStatus.QUEUED, FileStatus.WAITING_RETRY):
                 m._transition(
                     f,
@@ -60,18 +58,13 @@ async def pause_files(m: DownloadManager, targets: list[FileRecord], reason: Pau
                     retry_at=None,
                 )
     await asyncio.gather(*stops)
-    if reason is PauseReason.INTERRUPTED:
-        _mark_interrupted(m, stopped)
 
 
-def _mark_interrupted(m: DownloadManager, stopped: list[FileRecord]) -> None:
-    """A running file's stop writes a user's pause (finalize knows no other); an interrupt's
-    stop is rewritten here, so that the next run resumes it while a user's pause stays."""
-    with m._batch():
-        for f in stopped:
-            if f.status is FileStatus.PAUSED and f.pause_reason == PauseReason.USER.value:
-                m.store.update_file(f.group_id, f.index, pause_reason=PauseReason.INTERRUPTED.value)
-                m._book.set(f, {"pause_reason": PauseReason.INTERRUPTED.value})
+_STOP_FOR = {
+    PauseReason.DISK_FULL: StopReason.DISK_FULL,
+    PauseReason.INTERRUPTED: StopReason.INTERRUPT,
+}
+"""How a running file is stopped for each pause reason (a user's pause otherwise)."""
 
 
 async def interrupt(m: DownloadManager, group_ids: Iterable[int] | None) -> list[int]:

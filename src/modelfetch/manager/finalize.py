@@ -38,6 +38,13 @@ if TYPE_CHECKING:
 _ANSWERED: weakref.WeakKeyDictionary[DownloadManager, set[str]] = weakref.WeakKeyDictionary()
 
 
+_PAUSE_FOR = {
+    StopReason.DISK_FULL: PauseReason.DISK_FULL,
+    StopReason.INTERRUPT: PauseReason.INTERRUPTED,
+}
+"""The pause a stopped transfer is recorded as, by why it was stopped (a user's otherwise)."""
+
+
 def answered_hosts(m: DownloadManager) -> set[str]:
     found = _ANSWERED.get(m)
     if found is None:
@@ -116,7 +123,7 @@ def finalize_stopped(m: DownloadManager, run: RunningFile) -> None:
             bytes_total=run.total,
         )
     else:
-        pause = PauseReason.DISK_FULL if reason is StopReason.DISK_FULL else PauseReason.USER
+        pause = _PAUSE_FOR.get(reason, PauseReason.USER)
         m._transition(
             f,
             FileStatus.PAUSED,
