@@ -270,7 +270,7 @@ def _model_repos(hub: FakeHub) -> list[dict[str, object]]:
     )
     return [
         {"spec": "soak/alpha-GGUF:Q4_K_M", "include": ["config.json"]},
-        {"spec": "soak/beta-GGUF", "include": ["README.md"]},
+        {"spec": "soak/beta-GGUF:Q8_0", "include": ["README.md"]},
         {"spec": "soak/gamma-GGUF:Q5_K_M"},
         {"spec": "soak/delta-GGUF"},
     ]
