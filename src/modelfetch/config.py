@@ -15,6 +15,8 @@
                     SSL_CERT_FILE
     --cache-dir     HF_HUB_CACHE, HF_HOME,                   ~/.cache/huggingface/hub
                     XDG_CACHE_HOME (as huggingface_hub reads them): the hf-cache layout's root
+    --store         MODELFETCH_STORE         store           sqlite: (a file in the home;
+                                                             postgresql://...: a shared queue)
     --offline       HF_HUB_OFFLINE,                          off (no network request at all)
                     TRANSFORMERS_OFFLINE
     --token         (as HF_TOKEN above)                      the token for this command only
@@ -113,6 +115,7 @@ class FileSettings:
     stall_timeout: float | None = None
     proxy: str | None = None
     ca_bundle: Path | None = None
+    store: str | None = None
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -142,8 +145,9 @@ class FileSettings:
             values["hf_endpoint"] = _string(raw, "hf_endpoint")
         if "hf_token" in raw:
             values["hf_token"] = SecretStr(_string(raw, "hf_token"))
-        if "proxy" in raw:
-            values["proxy"] = _string(raw, "proxy")
+        for name in ("proxy", "store"):
+            if name in raw:
+                values[name] = _string(raw, name)
         if "stall_timeout" in raw:
             value = raw["stall_timeout"]
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -174,6 +178,7 @@ class Overrides:
     cache_dir: Path | None = None  # the hf-cache root (--cache-dir)
     token: str | None = None  # --token: this command only, never written anywhere
     offline: bool | None = None  # --offline (None: HF_HUB_OFFLINE decides)
+    store: str | None = None  # --store URL
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +198,7 @@ class Config:
     )
     hf_cache_from: str = "default"  # what set hf_cache_dir: --cache-dir or a variable
     offline: bool = False
+    store_url: str | None = None  # None: SQLite in `home` (config_store.py)
     config_file: Path
     config_file_found: bool = False
     sources: dict[str, str] = field(default_factory=dict)
@@ -234,6 +240,7 @@ class Config:
             "settings": settings,
             "hub": self.hub_config(),
             "models_dir": self.models_dir,
+            "store_url": self.store_url,
             **extra,
         }
 
@@ -253,6 +260,9 @@ class Config:
         rows.append(("proxy", f"https: {network['https proxy']}, http: {network['http proxy']}"))
         rows.append(("ca_bundle", network["ca bundle"]))
         rows.append(("offline", "yes" if self.offline else "no"))
+        from modelfetch.config_store import shown_store
+
+        rows.append(("store", shown_store(self.store_url, str(self.home))))
         shown = [(name, value, self.sources.get(name, "default")) for name, value in rows]
         # Where `--layout hf-cache` writes, and so where huggingface_hub will look for it.
         cache_root = self.download_root("hf-cache")
@@ -439,6 +449,13 @@ def load_config(
         if offline_source is not None:
             offline, sources["offline"] = True, offline_source
 
+    from modelfetch.config_store import choose_store
+
+    try:
+        store_url = choose_store(flags.store, env, file.store, from_file, sources)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
     return Config(
         home=home,
         models_dir=models_dir,
@@ -451,6 +468,7 @@ def load_config(
         hf_cache_dir=hf_cache_dir,
         hf_cache_from=hf_cache_from,
         offline=offline,
+        store_url=store_url,
         config_file=config_file,
         config_file_found=found,
         sources=sources,

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +44,7 @@ from modelfetch.core.errors import StateError
 from modelfetch.core.models import FileRecord, GroupRecord
 from modelfetch.core.paths import PART_SUFFIX, SIDECAR_SUFFIX
 from modelfetch.core.queue import SPACING
+from modelfetch.core.store_url import store_engine
 from modelfetch.requests import FileRequest, GroupRequest
 from modelfetch.store import (
     DB_NAME,
@@ -68,7 +68,6 @@ __all__ = ["Diagnosis", "diagnose", "open_reader", "open_store", "partials_on_di
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _COMPANIONS = ("-wal", "-shm", "-journal")
 _HEX64 = frozenset("0123456789abcdef")
-_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,31}")  # RFC 3986
 
 Verdict = Literal["missing", "ok", "old", "newer", "damaged", "foreign"]
 
@@ -100,7 +99,7 @@ def open_store(
     `StateError` if the database cannot be used and cannot be moved aside, or if `url` names an
     engine this modelfetch does not have (None or `sqlite:`: the SQLite file in `home`;
     `postgresql://`: the PostgreSQL store, which takes no lock on `home`)."""
-    if _engine(url) == "postgres":
+    if store_engine(url) == "postgres":
         assert url is not None
         return _open_postgres(url, Path(models_dir))
     home = Path(home)
@@ -140,7 +139,7 @@ def open_reader(home: Path, *, url: str | None = None) -> StoreReader:
     without writing (for `ls` and `status` while another process works the queue). Raises
     `StateError` when there is no database, or one this modelfetch cannot read as it is (it is
     never repaired or migrated from here), and for an engine `url` it does not have."""
-    if _engine(url) == "postgres":
+    if store_engine(url) == "postgres":
         assert url is not None
         from modelfetch.store.postgres_reader import PostgresStoreReader  # psycopg when asked
 
@@ -191,36 +190,6 @@ def partials_on_disk(roots: Iterable[Path]) -> list[tuple[Path, PartState]]:
             if state is not None:
                 found[dest] = state
     return sorted(found.items())
-
-
-# -- choosing the engine ----------------------------------------------------------------------
-
-
-def _engine(url: str | None) -> Literal["sqlite", "postgres"]:
-    """The engine `url` names: SQLite in its default place (`home/state.db`: `sqlite:` or
-    `sqlite://` with nothing after it), or PostgreSQL (`postgresql://` or `postgres://`, any
-    libpq URL). The message never repeats the URL, which for a database server may carry a
-    password."""
-    if url is None:
-        return "sqlite"
-    scheme, colon, rest = url.strip().partition(":")
-    if not colon or not scheme:
-        raise StateError("the state database URL has no scheme: use sqlite: or postgresql://")
-    name = scheme.lower()
-    if name in ("postgresql", "postgres"):
-        return "postgres"
-    if name != "sqlite":
-        shown = repr(name) if _SCHEME.fullmatch(name) else "of that URL"
-        raise StateError(
-            f"state database engine {shown} is not supported by this modelfetch:"
-            " use sqlite: (the default, a file in the state directory) or postgresql://"
-        )
-    if rest not in ("", "//"):
-        raise StateError(
-            "the sqlite engine keeps its database in the state directory: give sqlite: without"
-            " a path (choose the directory with --home)"
-        )
-    return "sqlite"
 
 
 def _open_postgres(url: str, models_dir: Path) -> tuple[Store, list[str]]:

@@ -64,6 +64,7 @@ def settle_flags(
             layout=layout,
             proxy=state.proxy,
             ca_bundle=state.ca_bundle,
+            store=state.store,
             cache_dir=flags.cache_dir,
             token=flags.token,
             offline=flags.offline or None,

@@ -28,6 +28,7 @@ class AppState:
     debug: bool = False
     proxy: str | None = None
     ca_bundle: Path | None = None
+    store: str | None = None
 
     def config(
         self,
@@ -46,6 +47,7 @@ class AppState:
                 layout=layout,
                 proxy=self.proxy,
                 ca_bundle=self.ca_bundle,
+                store=self.store,
             )
         )
 
@@ -86,6 +88,16 @@ CaBundleOpt = Annotated[
         metavar="FILE",
     ),
 ]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="State database (env MODELFETCH_STORE): sqlite: (default, in the home) or "
+        "postgresql://user@host/db, one queue shared by every worker on it.",
+        show_default=False,
+        metavar="URL",
+    ),
+]
 VersionOpt = Annotated[
     bool,
     typer.Option("--version", help="Print the version.", is_eager=True, callback=_version),
@@ -98,10 +110,11 @@ def global_options(
     debug: DebugOpt = False,
     proxy: ProxyOpt = None,
     ca_bundle: CaBundleOpt = None,
+    store: StoreOpt = None,
     version: VersionOpt = False,
 ) -> None:
     """The root callback: keeps the global options for the command that runs."""
-    ctx.obj = AppState(home=home, debug=debug, proxy=proxy, ca_bundle=ca_bundle)
+    ctx.obj = AppState(home=home, debug=debug, proxy=proxy, ca_bundle=ca_bundle, store=store)
 
 
 # ------------------------------------------------------------------------------ shared options
