@@ -84,6 +84,11 @@ def run(ctx: typer.Context, json_out: JsonOpt = False) -> None:
                 await feed.close()
         if not local:
             console.print("Stopped watching; the daemon keeps downloading.")
+        elif getattr(backend, "shares_queue", False):
+            console.print(
+                f"Left the shared queue: {len(paused)} download(s) this worker was fetching went"
+                " back to it for the other workers (bytes on disk kept)."
+            )
         elif paused:
             count = "1 download" if len(paused) == 1 else f"{len(paused)} downloads"
             console.print(

@@ -70,7 +70,13 @@ _STOP_FOR = {
 async def interrupt(m: DownloadManager, group_ids: Iterable[int] | None) -> list[int]:
     """Ctrl-C in the foreground: pause what is queued, running or waiting to retry in these
     groups (every group for None) as interrupted; what the user paused stays as it is. Returns
-    the groups that had something paused, in id order."""
+    the groups that had something paused, in id order.
+
+    On a queue shared with other workers (`fleet.py`) nothing is paused: this worker stops
+    claiming, and what it was running goes back to the queue (bytes kept) for the others;
+    returns the groups of those files."""
+    if m._fleet is not None:
+        return await fleet_leave(m, group_ids)
     if group_ids is None:
         targets = m._book.all_live_files()
     else:
@@ -79,6 +85,15 @@ async def interrupt(m: DownloadManager, group_ids: Iterable[int] | None) -> list
     targets = [f for f in targets if f.status in INTERRUPTIBLE]
     await pause_files(m, targets, PauseReason.INTERRUPTED)
     return sorted({f.group_id for f in targets if f.status is FileStatus.PAUSED})
+
+
+async def fleet_leave(m: DownloadManager, group_ids: Iterable[int] | None) -> list[int]:
+    assert m._fleet is not None
+    m._fleet.leaving = True
+    wanted = None if group_ids is None else set(group_ids)
+    runs = [r for r in m._running.values() if wanted is None or r.rec.group_id in wanted]
+    await asyncio.gather(*(files.stop(m, r, StopReason.SHUTDOWN) for r in runs))
+    return sorted({r.rec.group_id for r in runs})
 
 
 def resume_interrupted(m: DownloadManager) -> list[int]:

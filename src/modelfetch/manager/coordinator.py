@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from modelfetch.manager.files import RunningFile
+    from modelfetch.manager.fleet import FleetWorker
     from modelfetch.planner import Planner
     from modelfetch.transfer.session import TransferSession
 
@@ -70,16 +71,21 @@ class DownloadManager:
         session: aiohttp.ClientSession | None = None,
         rng: random.Random | None = None,
         workers: bool = True,
+        store_url: str | None = None,
     ) -> None:
         """`workers=False` opens the queue for editing (add, pause, move, ...) without running
         any transfer: what `modelfetch add` uses while no daemon runs. `session` is used (and
         not closed) for Hub API calls and the planner's requests; without it the manager makes
-        one on the first spec it resolves. Transfers always use their own session."""
+        one on the first spec it resolves. Transfers always use their own session.
+        `store_url` names the state database (`recovery.open_store`): None or `sqlite:`, the
+        file in `home`; `postgresql://...`, a queue shared with other workers (`fleet.py`)."""
         self.home = (home or default_home()).expanduser().resolve()
         self.settings = settings or ManagerSettings()
         self.hub_config = hub or hub_config_from_env()
         self.models_dir = (models_dir or self.home / "models").expanduser().absolute()
         self._workers = workers
+        self.store_url = store_url
+        self._fleet: FleetWorker | None = None  # set at start on a store shared by workers
         self._planner: Planner | None = None
         self._external_api_session = session
         self._api_session: aiohttp.ClientSession | None = None
@@ -102,6 +108,7 @@ class DownloadManager:
             queue=self._queue,
             segmented=self._segmented,
             store_of=lambda: self.store,
+            writer_of=lambda: self._fleet or self.store,
             task_group_of=lambda: self._tg,
         )
         self._batch = self._tx.batch
@@ -151,6 +158,11 @@ class DownloadManager:
     async def shutdown(self) -> None:
         """Stop taking work, park active transfers (keeping `.part` files), persist, return."""
         await lifecycle.shutdown(self)
+
+    @property
+    def shares_queue(self) -> bool:
+        """True when this manager is one worker of a queue other processes work too."""
+        return self._fleet is not None
 
     @property
     def store(self) -> Store:
@@ -421,6 +433,11 @@ class DownloadManager:
         held ones in front of them, not O(queue); a start the store refuses leaves its slot to
         the next file in line."""
         if self._closing:
+            return
+        if self._fleet is not None:  # the shared queue's order decides, through claims
+            from modelfetch.manager.fleet import fill_slots
+
+            fill_slots(self, self._fleet, now)
             return
         waiting = self._queue.waiting()  # one pass: each round reads on where the last stopped
         while True:

@@ -107,7 +107,7 @@ async def run_file(m: DownloadManager, run: RunningFile) -> None:
                 run.total = total
 
         def on_segments(segments: tuple[SegmentRecord, ...] | None) -> None:
-            m.store.save_segments(f.group_id, f.index, segments)
+            (m._fleet or m.store).save_segments(f.group_id, f.index, segments)
             if segments:
                 m._segmented.add(key)
             else:

@@ -17,11 +17,13 @@ from modelfetch.core.models import FileStatus, StopReason
 from modelfetch.core.network import NetworkSettings
 from modelfetch.core.queue import entries_of
 from modelfetch.manager import files
+from modelfetch.manager.fleet import FleetWorker, watch, worker_id
 from modelfetch.manager.groups import WAITING
 from modelfetch.manager.intake import adopt_existing
 from modelfetch.manager.partials import on_disk
 from modelfetch.manager.progress import checkpoint
 from modelfetch.recovery import open_store
+from modelfetch.store import LeasingStore
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
@@ -32,7 +34,7 @@ async def start(m: DownloadManager) -> None:
     and the ticker in the manager's TaskGroup."""
     # A corrupt or foreign database is moved aside and the queue rebuilt from the `.part`
     # sidecars on disk; what happened is announced once the bus is up.
-    m._store, notices = open_store(m.home, models_dir=m.models_dir)
+    m._store, notices = open_store(m.home, models_dir=m.models_dir, url=m.store_url)
     for message in notices:
         m._emit(ev.Notice(message=message, level="warning"))
     try:
@@ -57,6 +59,11 @@ async def start(m: DownloadManager) -> None:
             m._tg.create_task(m._coordinate(), name="modelfetch-coordinator"),
             m._tg.create_task(m._ticker(), name="modelfetch-ticker"),
         ]
+        if isinstance(m._store, LeasingStore):  # a queue shared with other workers
+            fleet = m._fleet = FleetWorker(
+                m._store, worker=worker_id(), lease_seconds=m.settings.lease_seconds
+            )
+            m._service_tasks.append(m._tg.create_task(watch(m, fleet), name="modelfetch-fleet"))
 
 
 def _recover(m: DownloadManager) -> None:

@@ -70,7 +70,7 @@ def checkpoint(m: DownloadManager, *, force: bool = False) -> None:
             run.saved_done = run.done
             m._book.set(run.rec, {"bytes_done": run.done, "bytes_total": run.total})
     if rows and m._store is not None:
-        m._store.save_progress(rows)
+        (m._fleet or m._store).save_progress(rows)
 
 
 def group_view_of(

@@ -42,3 +42,8 @@ class ManagerSettings:
     # Proxies and CA bundle for every request to the outside: transfers, the Hub API, probes
     # (None: read from the environment when the manager starts, as `hf` would).
     network: NetworkSettings | None = None
+    # A queue several workers share (PostgreSQL, manager/fleet.py): how long a claim on a file
+    # lasts unless renewed (renewed every third of it), and how often the in-memory mirror
+    # follows what the other workers committed.
+    lease_seconds: float = 30.0
+    fleet_poll_interval: float = 1.0

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Collection, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modelfetch.bus import EventBus
 from modelfetch.core import events as ev
@@ -31,6 +31,20 @@ if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
 
 
+class StatusWriter(Protocol):
+    """What writes a guarded status change: the store, or a fleet worker's fenced writes."""
+
+    def transition(
+        self,
+        group_id: int,
+        index: int,
+        to: FileStatus,
+        *,
+        allowed_from: Collection[FileStatus],
+        **fields: object,
+    ) -> bool: ...
+
+
 async def _raise(exc: Exception) -> None:
     raise exc
 
@@ -46,6 +60,7 @@ class Transitions:
         queue: SchedulingQueue,
         segmented: set[FileKey],
         store_of: Callable[[], Store],
+        writer_of: Callable[[], StatusWriter] | None = None,
         task_group_of: Callable[[], asyncio.TaskGroup | None],
     ) -> None:
         # Read at each publish: the owner's bus may be replaced before it starts (tests do).
@@ -54,6 +69,7 @@ class Transitions:
         self._queue = queue
         self._segmented = segmented  # files that may have a segment map in the store
         self._store_of = store_of
+        self._writer_of: Callable[[], StatusWriter] = writer_of or store_of
         self._task_group_of = task_group_of
         self._pending: list[ev.Event] | None = None  # events of the open batch
         self._scoped = False  # inside a `batch()` block: the batch ends with it
@@ -145,8 +161,9 @@ class Transitions:
     ) -> bool:
         """The one way a file changes status: store first, then memory, then the event."""
         previous = f.status
-        store = self._store_of()
-        if not store.transition(f.group_id, f.index, to, allowed_from=allowed_from, **fields):
+        if not self._writer_of().transition(
+            f.group_id, f.index, to, allowed_from=allowed_from, **fields
+        ):
             return False
         key = (f.group_id, f.index)
         if to is FileStatus.COMPLETED or to is FileStatus.CANCELLED:
