@@ -455,3 +455,27 @@ def test_a_failing_write_in_a_batch_leaves_no_trace_and_the_others_commit(
     assert committed_statuses(engine, group.id) == ["paused", "queued"]
     stored = store.get_group(group.id)
     assert stored is not None and [f.bytes_done for f in stored.files] == [0, 0]
+
+
+# -- host holds ----------------------------------------------------------------------------------
+
+
+def test_host_holds_keep_the_latest_until_and_survive_reopening(engine: StoreEngine) -> None:
+    with engine.open() as store:
+        assert store.host_holds(1000.0) == {}
+        store.hold_host("cdn.example:443", 1010.0)
+        store.hold_host("cdn.example:443", 1005.0)  # an earlier end never shortens a hold
+        store.hold_host("hub.example", 1002.0)
+        assert store.host_holds(1000.0) == {"cdn.example:443": 1010.0, "hub.example": 1002.0}
+        assert store.host_holds(1003.0) == {"cdn.example:443": 1010.0}  # ended: not in force
+        store.hold_host("cdn.example:443", 1020.0)
+    with engine.open() as again:  # a restart waits as the server asked
+        assert again.host_holds(1003.0) == {"cdn.example:443": 1020.0}
+        assert again.host_holds(1020.0) == {}
+
+
+def test_a_hold_inside_a_batch_commits_with_it(store: Store) -> None:
+    with store.batch():
+        store.hold_host("cdn.example", 50.0)
+        assert store.host_holds(0.0) == {"cdn.example": 50.0}
+    assert store.host_holds(0.0) == {"cdn.example": 50.0}

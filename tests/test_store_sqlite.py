@@ -47,7 +47,7 @@ STORE_READER_MEMBERS = {
 STORE_WRITE_MEMBERS = {
     "add_group", "update_group", "finish_group", "forget_group", "forget_finished",
     "transition", "update_file", "save_progress", "set_order", "recover", "remember_verified",
-    "save_segments", "set_group_limits",
+    "save_segments", "set_group_limits", "hold_host", "host_holds",
     "batch", "begin_batch", "end_batch", "batching",
 }  # fmt: skip
 

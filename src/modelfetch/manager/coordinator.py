@@ -120,6 +120,9 @@ class DownloadManager:
         self._histories: dict[FileKey, AttemptHistory] = {}
         self._group_rates: dict[int, RateEstimator] = {}
         self._holds: dict[str, float] = {}
+        # Fleet mode: which worker holds each active file (the store's leases, as of the last
+        # sync), for the views; empty on a store of one process.
+        self._holders: dict[FileKey, str] = {}
         self._finish_held: set[int] = set()
         self._wake = asyncio.Event()
         self._closing = False

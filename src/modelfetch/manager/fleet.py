@@ -237,6 +237,9 @@ def sync(m: DownloadManager, fleet: FleetWorker) -> bool:
         group = store.get_group(gid)  # no longer live: finished, or forgotten
         if group is not None:
             stored[gid] = group
+    m._holders = {key: holder for key, (holder, _) in fleet.store.holders().items()}
+    for host, until in store.host_holds(time.time()).items():  # a 429/503 another worker saw
+        m._holds[host] = max(m._holds.get(host, 0.0), until)
     changed = False
     for gid in [g for g in m._groups if g not in stored]:
         m._queue.remove_group(gid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from typing import TYPE_CHECKING
 
 from modelfetch.core import events as ev
@@ -70,6 +71,7 @@ def _recover(m: DownloadManager) -> None:
     """Crash recovery: rows left active go back to queued, counts reconciled with the disk."""
     store = m.store
     store.recover()
+    m._holds.update(store.host_holds(time.time()))  # a 429/503 before the restart still holds
     m._segmented.clear()
     m._segmented.update(store.segmented_files())
     with m._batch():

@@ -219,6 +219,18 @@ class Store(StoreReader, Protocol):
         connections per file (>= 1); a limit left at KEEP is unchanged."""
         ...
 
+    # -- host holds -----------------------------------------------------------------------------
+
+    def hold_host(self, host: str, until: float) -> None:
+        """Hold `host` (`host[:port]`, lower-cased) until `until` (epoch seconds) after it
+        answered 429/503: the later of this and a hold already stored wins."""
+        ...
+
+    def host_holds(self, now: float) -> dict[str, float]:
+        """The holds still in force at `now` (host → until). Ended ones stay in the table,
+        one row per host that ever asked to wait, overwritten by its next hold."""
+        ...
+
     # -- batches --------------------------------------------------------------------------------
 
     def batch(self) -> AbstractContextManager[None]:

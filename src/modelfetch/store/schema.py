@@ -120,9 +120,17 @@ SQLITE_MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE groups ADD COLUMN rate_limit INTEGER CHECK (rate_limit > 0);
     ALTER TABLE groups ADD COLUMN connections INTEGER CHECK (connections >= 1);
     """,
+    # v4: hosts held after a 429/503 (until when, epoch seconds), so a restart, or every worker
+    # of a shared queue, waits as the server asked instead of asking again at once.
+    """
+    CREATE TABLE host_holds (
+        host  TEXT PRIMARY KEY,
+        until REAL NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    """,
 )
 
-# The same three versions for PostgreSQL. Types: BIGINT for every integer (byte counts pass 2**31),
+# The same versions for PostgreSQL. Types: BIGINT for every integer (byte counts pass 2**31),
 # DOUBLE PRECISION for epoch seconds; CHECKs as in SQLite. Group ids come from an identity
 # sequence, which never hands a number out twice.
 POSTGRES_MIGRATIONS: Final[tuple[str, ...]] = (
@@ -223,6 +231,12 @@ POSTGRES_MIGRATIONS: Final[tuple[str, ...]] = (
         EXECUTE FUNCTION file_segments_end();
     ALTER TABLE groups ADD COLUMN rate_limit BIGINT CHECK (rate_limit > 0);
     ALTER TABLE groups ADD COLUMN connections BIGINT CHECK (connections >= 1);
+    """,
+    """
+    CREATE TABLE host_holds (
+        host  TEXT PRIMARY KEY,
+        until DOUBLE PRECISION NOT NULL
+    );
     """,
 )
 

@@ -331,6 +331,19 @@ class SqliteStore(SqliteTransactions):
         ).fetchone()
         return None if row is None else str(row[0])
 
+    def hold_host(self, host: str, until: float) -> None:
+        self._execute(
+            "INSERT INTO host_holds (host, until) VALUES (?, ?) ON CONFLICT (host)"
+            " DO UPDATE SET until = max(until, excluded.until)",
+            (host, float(until)),
+        )
+
+    def host_holds(self, now: float) -> dict[str, float]:
+        rows = self._conn.execute(
+            "SELECT host, until FROM host_holds WHERE until > ?", (float(now),)
+        ).fetchall()
+        return {str(h): float(u) for h, u in rows}
+
     # -- segment maps and per-download limits (multi-connection downloads) ----------------------
 
     def save_segments(
