@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from modelfetch.core import events as ev
 from modelfetch.core.models import FileStatus
@@ -17,8 +21,16 @@ from modelfetch.store.postgres import PostgresStore
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
 
 from .conftest import group_of, next_event
-from .pg import pg_cluster_fixture, pg_url_fixture  # noqa: F401 -- the pg fixtures
-from .test_fleet import worker
+from .pg import (
+    SKIP_REASON,
+    TESTS_DB,
+    PgCluster,
+    find_bin_dir,
+    pg_cluster_fixture,  # noqa: F401 -- the pg fixtures
+    pg_url_fixture,  # noqa: F401
+    start_cluster,
+)
+from .test_fleet import cdn_bytes, worker
 from .test_manager import MiB, assert_published
 
 
@@ -52,3 +64,67 @@ async def test_a_429_seen_by_one_worker_holds_the_host_for_every_worker(
     assert min(r.time for r in after) >= limited.time + 3.0 - 0.05
     with PostgresStore(pg_url) as store:
         assert {f.status for f in store.files()} == {FileStatus.COMPLETED}
+
+
+@pytest.fixture
+async def own_cluster() -> AsyncIterator[PgCluster]:
+    """A cluster of this test's own, to stop and start under a running worker."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip(SKIP_REASON)
+    cluster = await asyncio.to_thread(start_cluster, bin_dir)
+    try:
+        yield cluster
+    finally:
+        with contextlib.suppress(RuntimeError):  # already stopped
+            await asyncio.to_thread(cluster.stop, "immediate")
+        shutil.rmtree(cluster.base, ignore_errors=True)
+
+
+async def test_postgresql_restarting_mid_transfer_pauses_it_and_the_worker_carries_on(
+    hub: FakeHub, tmp_path: Path, own_cluster: PgCluster
+) -> None:
+    url = own_cluster.url(TESTS_DB)
+    size = 8 * MiB
+    hub.add_repo(
+        "o/big", [RepoFile("big.bin", size=size, seed=5), RepoFile("small.bin", size=MiB, seed=6)]
+    )
+    hub.add_fault(Fault("throttle", origin="cdn", rate=2 * MiB))
+    models = tmp_path / "models"
+    dest = models / "o" / "big"
+    async with worker(tmp_path, "a", url, models, max_active=1) as a:
+        with a.subscribe() as events:
+            gid = await a.enqueue(group_of(hub, "o/big", ["big.bin", "small.bin"], dest))
+            await next_event(
+                events, lambda e: isinstance(e, ev.FileProgress) and e.downloaded >= 2 * MiB
+            )
+            await asyncio.to_thread(own_cluster.stop, "fast")
+            down = await next_event(
+                events, lambda e: isinstance(e, ev.Notice) and "unreachable" in e.message
+            )
+            assert isinstance(down, ev.Notice) and down.level == "warning"
+            assert "s3cret" not in down.message  # the URL's password is never shown
+            async with asyncio.timeout(10):
+                while a._running:  # the transfer in flight stops...
+                    await asyncio.sleep(0.05)
+            kept = (dest / "big.bin.part").stat().st_size
+            assert kept >= 2 * MiB  # ...keeping its bytes
+            await asyncio.sleep(1.0)  # a few reconnection attempts fail meanwhile
+            assert not a._running  # nothing starts while the queue cannot be read
+            await asyncio.to_thread(own_cluster.start)
+            back = await next_event(
+                events, lambda e: isinstance(e, ev.Notice) and "reachable again" in e.message
+            )
+            assert isinstance(back, ev.Notice)
+            async with asyncio.timeout(30):
+                await a.wait([gid])
+        assert (await a.group_view(gid)).status == "completed"
+    assert_published(hub, "o/big", ["big.bin", "small.bin"], dest)
+    sent = cdn_bytes(hub)
+    assert sent["big.bin"] < 1.25 * size  # resumed from the .part, not from zero
+    assert sent["small.bin"] == MiB
+    with PostgresStore(url) as store:
+        assert {f.status for f in store.files()} == {FileStatus.COMPLETED}
+        assert store.holders() == {}
+        group = store.get_group(gid)
+        assert group is not None and group.finished_at is not None

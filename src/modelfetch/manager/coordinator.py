@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from modelfetch.manager.files import RunningFile
-    from modelfetch.manager.fleet import FleetWorker
+    from modelfetch.manager.fleet_worker import FleetWorker
     from modelfetch.planner import Planner
     from modelfetch.transfer.session import TransferSession
 
@@ -110,6 +110,8 @@ class DownloadManager:
             store_of=lambda: self.store,
             writer_of=lambda: self._fleet or self.store,
             task_group_of=lambda: self._tg,
+            on_commit=lambda: self._fleet.committed() if self._fleet else None,
+            on_unavailable=lambda exc: self._fleet.absorb(exc) if self._fleet else False,
         )
         self._batch = self._tx.batch
         self._deferred = self._tx.deferred
@@ -413,6 +415,9 @@ class DownloadManager:
     async def _coordinate(self) -> None:
         while not self._closing:
             self._wake.clear()
+            if self._fleet is not None and self._fleet.down is not None:
+                await self._wake.wait()  # nothing starts until the shared store is back
+                continue
             now = time.time()
             with self._deferred():  # the retries due and the files started: one commit
                 for f in due_retries(self._retrying, self._holds, now):

@@ -24,6 +24,7 @@ from modelfetch.manager.partials import on_disk, partial_paths
 from modelfetch.manager.progress import emit_group_progress
 from modelfetch.manager.scheduling import host_of
 from modelfetch.manager.transitions import finish_if_done
+from modelfetch.store import StoreUnavailableError
 from modelfetch.transfer.api import TransferResult
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ def finalize_completed(m: DownloadManager, run: RunningFile, result: TransferRes
 def _remember_verified(m: DownloadManager, f: FileRecord, result: TransferResult) -> None:
     if not result.verified:
         return
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, StoreUnavailableError):  # a cache: it may be missed
         st = result.path.stat()
         m.store.remember_verified(f.dest, st.st_size, st.st_mtime_ns, result.sha256)
 
@@ -210,7 +211,7 @@ def finalize_failed(m: DownloadManager, run: RunningFile, exc: Exception) -> Non
             for host in {host_of(f.url), host_of(getattr(exc, "url", None) or f.url)}:
                 m._holds[host] = until = max(m._holds.get(host, 0.0), decision.at)
                 # Stored: a restart, and every worker of a shared queue, waits for it too.
-                m.store.hold_host(host, until)
+                (m._fleet or m.store).hold_host(host, until)
         m._transition(
             f,
             FileStatus.WAITING_RETRY,

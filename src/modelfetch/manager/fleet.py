@@ -14,29 +14,27 @@ queue. Three things change for the manager, and only when its store leases files
   see the whole queue. Leases of running files are renewed on the same beat.
 
 The mirror is polled, not pushed (no LISTEN/NOTIFY yet): another worker's change shows within a
-poll interval.
+poll interval. When the state database cannot be reached, `watch` stops this worker's transfers
+(their bytes kept), reconnects with backoff and writes what happened meanwhile
+(`fleet_worker.py`), then carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import socket
 import time
-from collections import deque
-from collections.abc import Collection, Iterable, Sequence
 from dataclasses import fields as dataclass_fields
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from modelfetch.core import events as ev
 from modelfetch.core.models import FileRecord, FileStatus, GroupRecord, StopReason
 from modelfetch.core.queue import FileKey, entries_of
-from modelfetch.core.segments import SegmentRecord
 from modelfetch.manager import files
+from modelfetch.manager.fleet_worker import FleetWorker, SharedStore, worker_id
 from modelfetch.manager.groups import file_ref, member
 from modelfetch.manager.scheduling import host_of, is_held
-from modelfetch.store import Claim, LeaseLostError, LeasingStore, Store
+from modelfetch.manager.transitions import maybe_finish_group
+from modelfetch.store import Claim, StoreUnavailableError
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
@@ -48,124 +46,6 @@ _ACTIVE_ONLY = frozenset({FileStatus.ACTIVE})
 _SYNCED = tuple(
     f.name for f in dataclass_fields(FileRecord) if f.name not in ("group_id", "index", "id")
 )
-
-
-class SharedStore(Store, LeasingStore, Protocol):
-    """A store several workers share: the `Store` protocol with leases (PostgreSQL's)."""
-
-
-def worker_id() -> str:
-    """This process's name as a lease holder: host, pid and a random tail (a pid is reused)."""
-    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
-
-
-class FleetWorker:
-    """The claims of one worker and the fenced writes under them."""
-
-    def __init__(self, store: SharedStore, *, worker: str, lease_seconds: float) -> None:
-        self.store = store
-        self.worker = worker
-        self.lease_seconds = lease_seconds
-        self.claims: dict[FileKey, Claim] = {}
-        # Lost leases whose transfer may still be stopping: nothing of them is written.
-        self.fenced: set[FileKey] = set()
-        self.lost: list[FileKey] = []  # newly lost, for `watch` to stop
-        self.renewed_at = time.monotonic()
-        self.leaving = False  # Ctrl-C: claim nothing more, the others take over
-        # How long each claim took (seconds, the newest 10,000): `make bench`'s fleet row.
-        self.claim_seconds: deque[float] = deque(maxlen=10_000)
-
-    def claim(self, limit: int) -> list[Claim]:
-        started = time.perf_counter()
-        got = self.store.claim(self.worker, lease_seconds=self.lease_seconds, limit=limit)
-        self.claim_seconds.append(time.perf_counter() - started)
-        for c in got:
-            key = (c.group_id, c.index)
-            self.claims[key] = c
-            self.fenced.discard(key)
-        return got
-
-    def transition(
-        self,
-        group_id: int,
-        index: int,
-        to: FileStatus,
-        *,
-        allowed_from: Collection[FileStatus],
-        **fields: object,
-    ) -> bool:
-        """`Store.transition`, under the claim when this worker holds the file (in the store a
-        claimed file is `active`, whatever the mirror says while it starts)."""
-        key = (group_id, index)
-        if key in self.fenced:
-            return False
-        claim = self.claims.get(key)
-        if claim is None:
-            return self.store.transition(group_id, index, to, allowed_from=allowed_from, **fields)
-        try:
-            changed = self.store.transition_claimed(claim, to, allowed_from=_ACTIVE_ONLY, **fields)
-        except LeaseLostError:
-            self._lose([key])
-            return False
-        if to is not FileStatus.ACTIVE:
-            del self.claims[key]  # leaving active ended the lease
-        return changed
-
-    def save_progress(self, rows: Iterable[tuple[int, int, int, int | None]]) -> None:
-        claimed: list[tuple[Claim, int, int | None]] = []
-        plain: list[tuple[int, int, int, int | None]] = []
-        for row in rows:
-            key = (row[0], row[1])
-            if key in self.fenced:
-                continue
-            claim = self.claims.get(key)
-            if claim is None:
-                plain.append(row)
-            else:
-                claimed.append((claim, row[2], row[3]))
-        if plain:
-            self.store.save_progress(plain)
-        if claimed:
-            try:
-                self.store.save_claimed_progress(claimed)
-            except LeaseLostError as exc:  # the rows still held were written
-                self._lose([(c.group_id, c.index) for c in exc.claims])
-
-    def save_segments(
-        self, group_id: int, index: int, segments: Sequence[SegmentRecord] | None
-    ) -> None:
-        key = (group_id, index)
-        if key in self.fenced:
-            return
-        claim = self.claims.get(key)
-        if claim is None:
-            self.store.save_segments(group_id, index, segments)
-            return
-        try:
-            self.store.save_claimed_segments(claim, segments)
-        except LeaseLostError:
-            self._lose([key])
-
-    def renew(self) -> None:
-        """Extend the leases held; a lease that could not be renewed is lost."""
-        self.renewed_at = time.monotonic()
-        if not self.claims:
-            return
-        renewed = self.store.renew(list(self.claims.values()))
-        for claim in renewed:
-            self.claims[claim.group_id, claim.index] = claim
-        held = {(c.group_id, c.index) for c in renewed}
-        self._lose([key for key in self.claims if key not in held])
-
-    def renew_due(self) -> bool:
-        return time.monotonic() - self.renewed_at >= self.lease_seconds / 3
-
-    def _lose(self, keys: Iterable[FileKey]) -> None:
-        for key in list(keys):
-            self.claims.pop(key, None)
-            if key not in self.fenced:
-                self.fenced.add(key)
-                self.lost.append(key)
 
 
 def fill_slots(m: DownloadManager, fleet: FleetWorker, now: float) -> None:
@@ -295,17 +175,78 @@ def _apply(m: DownloadManager, f: FileRecord, row: FileRecord) -> bool:
 
 async def watch(m: DownloadManager, fleet: FleetWorker) -> None:
     """The fleet's beat: stop transfers whose lease was lost, renew leases, follow the other
-    workers, and wake the coordinator so free slots claim what they left or added."""
+    workers, and wake the coordinator so free slots claim what they left or added. With the
+    state database unreachable: stop the transfers and reconnect (`_ride_out`)."""
     interval = m.settings.fleet_poll_interval
     while not m._closing:
-        _stop_lost(m, fleet)
-        if fleet.renew_due():
-            fleet.renew()
-            _stop_lost(m, fleet)
-        with m._deferred():
-            sync(m, fleet)
+        try:
+            if fleet.down is None:
+                _stop_lost(m, fleet)
+                if fleet.renew_due():
+                    fleet.renew()
+                    _stop_lost(m, fleet)
+                with m._deferred():
+                    sync(m, fleet)
+        except StoreUnavailableError as exc:
+            fleet.went_down(exc)
+        if fleet.down is not None:
+            await _ride_out(m, fleet)
         m._wake.set()
         await asyncio.sleep(interval)
+
+
+# Seconds between reconnection attempts while the state database is unreachable.
+_RECONNECT_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+async def _ride_out(m: DownloadManager, fleet: FleetWorker) -> None:
+    """The state database is unreachable: stop the transfers in flight (bytes and segment maps
+    kept, their state kept for `replay`), reconnect with backoff, write what happened
+    meanwhile, and carry on. Returns when it is back, or when the manager closes."""
+    assert fleet.down is not None
+    since = fleet.down_since
+    m._emit(
+        ev.Notice(
+            message=(
+                f"state database unreachable ({fleet.down}); stopping {len(m._running)}"
+                " transfer(s) here, their bytes kept, and reconnecting"
+            ),
+            level="warning",
+        )
+    )
+    await asyncio.gather(
+        *(files.stop(m, r, StopReason.SHUTDOWN) for r in list(m._running.values()))
+    )
+    attempt = 0
+    while not m._closing:
+        await asyncio.sleep(_RECONNECT_BACKOFF[min(attempt, len(_RECONNECT_BACKOFF) - 1)])
+        attempt += 1
+        if m._running:  # a stop still finishing: its state is kept for the replay
+            continue
+        try:
+            mirror = {key: f for key in fleet.replay_claims if (f := _record(m, key)) is not None}
+            lapsed = fleet.replay(mirror)
+        except StoreUnavailableError as exc:
+            fleet.down = exc
+            continue
+        with m._deferred():
+            for group in list(m._groups.values()):  # a group whose end was not written
+                maybe_finish_group(m, group)
+        m._emit(
+            ev.Notice(
+                message=(
+                    f"state database reachable again after {time.monotonic() - since:.1f} s;"
+                    f" carrying on ({len(lapsed)} file(s) taken over by other workers meanwhile)"
+                ),
+                level="info",
+            )
+        )
+        return
+
+
+def _record(m: DownloadManager, key: FileKey) -> FileRecord | None:
+    group = m._groups.get(key[0])
+    return None if group is None else member(group, key[1])
 
 
 def _stop_lost(m: DownloadManager, fleet: FleetWorker) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from modelfetch.core.models import LIVE_STATUSES, FileRecord
 from modelfetch.core.paths import PART_SUFFIX, part_path, sidecar_path
 from modelfetch.core.segments import SegmentRecord
+from modelfetch.store import StoreUnavailableError
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
@@ -29,7 +30,18 @@ def on_disk(m: DownloadManager, f: FileRecord) -> int:
         return 0
     from modelfetch.transfer.segments import partial_bytes  # (it loads the HTTP client)
 
-    return partial_bytes(Path(f.dest), segments_of(m, f))
+    fleet = m._fleet
+    if fleet is None:
+        return partial_bytes(Path(f.dest), segments_of(m, f))
+    key = (f.group_id, f.index)
+    if key in fleet.pending_segments:  # saved while the shared store was unreachable
+        return partial_bytes(Path(f.dest), fleet.pending_segments[key])
+    if fleet.down is None:
+        try:
+            return partial_bytes(Path(f.dest), segments_of(m, f))
+        except StoreUnavailableError as exc:
+            fleet.went_down(exc)
+    return f.bytes_done  # the map cannot be read now: the count last known
 
 
 def segments_of(m: DownloadManager, f: FileRecord) -> tuple[SegmentRecord, ...] | None:

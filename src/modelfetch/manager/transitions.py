@@ -25,7 +25,7 @@ from modelfetch.core.models import (
 )
 from modelfetch.core.queue import FileKey, SchedulingQueue
 from modelfetch.manager.groups import GroupBook, file_ref
-from modelfetch.store import Store
+from modelfetch.store import Store, StoreUnavailableError
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
@@ -62,6 +62,8 @@ class Transitions:
         store_of: Callable[[], Store],
         writer_of: Callable[[], StatusWriter] | None = None,
         task_group_of: Callable[[], asyncio.TaskGroup | None],
+        on_commit: Callable[[], None] = lambda: None,
+        on_unavailable: Callable[[StoreUnavailableError], bool] = lambda exc: False,
     ) -> None:
         # Read at each publish: the owner's bus may be replaced before it starts (tests do).
         self._bus_of = bus_of
@@ -71,6 +73,10 @@ class Transitions:
         self._store_of = store_of
         self._writer_of: Callable[[], StatusWriter] = writer_of or store_of
         self._task_group_of = task_group_of
+        # A fleet worker's: told of each commit, and of a commit the unreachable store lost
+        # (True: it keeps what it needs to write that again later, so the events still go out).
+        self._on_commit = on_commit
+        self._on_unavailable = on_unavailable
         self._pending: list[ev.Event] | None = None  # events of the open batch
         self._scoped = False  # inside a `batch()` block: the batch ends with it
         self._flush_handle: asyncio.Handle | None = None  # ends a `deferred()` batch
@@ -128,7 +134,13 @@ class Transitions:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        self._store_of().end_batch()  # on failure nothing is announced
+        try:
+            self._store_of().end_batch()  # on failure nothing is announced
+        except StoreUnavailableError as exc:
+            if not self._on_unavailable(exc):
+                raise
+        else:
+            self._on_commit()
         for event in pending:
             self._bus_of().publish(event)
 
@@ -211,7 +223,13 @@ def maybe_finish_group(m: DownloadManager, group: GroupRecord) -> None:
     if group.finished_at is not None:
         return
     now = time.time()
-    m.store.finish_group(group.id, now)
+    try:
+        m.store.finish_group(group.id, now)
+    except StoreUnavailableError as exc:
+        if m._fleet is None:
+            raise
+        m._fleet.went_down(exc)  # finished once the store is back (`fleet._ride_out`)
+        return
     group.finished_at = now
     m._group_rates.pop(group.id, None)
     counts = {s: sum(1 for f in group.files if f.status is s) for s in TERMINAL_STATUSES}

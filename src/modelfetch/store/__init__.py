@@ -26,6 +26,7 @@ from modelfetch.store.protocol import (
     LeasingStore,
     Store,
     StoreReader,
+    StoreUnavailableError,
 )
 from modelfetch.store.schema import (
     DB_NAME,
@@ -62,6 +63,7 @@ __all__ = [
     "SqliteStoreReader",
     "Store",
     "StoreReader",
+    "StoreUnavailableError",
     "apply_migrations",
 ]
 

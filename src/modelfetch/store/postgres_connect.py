@@ -39,6 +39,13 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 # The advisory lock key migrations hold ("mfschema" as a bigint); advisory locks are per database.
 MIGRATION_LOCK: Final = int.from_bytes(b"mfschema", "big")
 CONNECT_TIMEOUT: Final = 10  # seconds, unless the URL says otherwise
+_KEEPALIVE: Final = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,  # ms unacknowledged before the connection is dropped
+}
 _SPACE = re.compile(r"\s+")
 
 
@@ -86,6 +93,10 @@ def connect(url: str, *, read_only: bool = False) -> Connection:
             f"the state database URL is not a valid postgresql:// URL: {redacted(str(exc), url)}"
         ) from None
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    # The driver is synchronous: a statement sent into a network partition must fail in
+    # seconds (and the worker ride the outage out), not after the kernel's minutes of retries.
+    for key, value in _KEEPALIVE.items():
+        params.setdefault(key, value)
     params.setdefault("application_name", "modelfetch")
     try:
         db: Connection = psycopg.connect(conninfo.make_conninfo("", **params), autocommit=True)

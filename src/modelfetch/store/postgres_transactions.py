@@ -19,6 +19,7 @@ from psycopg import pq
 
 from modelfetch.core.errors import StateError
 from modelfetch.store.postgres_connect import Connection, connect, describe, one_line
+from modelfetch.store.protocol import StoreUnavailableError
 
 __all__ = ["REMEMBER_VERIFIED", "REMEMBER_VERIFIED_MANY", "PostgresTransactions"]
 
@@ -37,6 +38,9 @@ REMEMBER_VERIFIED_MANY: Final = (
 # SQLSTATE classes of a value the database rejects: data exceptions, integrity violations, and
 # a parameter of the wrong type (datatype_mismatch).
 _REJECTED: Final = ("22", "23", "42804")
+# SQLSTATEs of a server that went away or is not taking connections yet: connection exceptions,
+# admin/crash shutdown, "the database system is starting up".
+_UNAVAILABLE: Final = ("08", "57P01", "57P02", "57P03")
 
 
 class PostgresTransactions:
@@ -69,7 +73,8 @@ class PostgresTransactions:
     def begin_batch(self) -> None:
         if self._batching:
             raise RuntimeError("a batch is already open")
-        self._conn  # noqa: B018 -- a closed store refuses now, not at the first write
+        if self._db is None:  # a closed store refuses now (an unreachable one: at the writes)
+            raise RuntimeError(f"the store at {self._where} is closed")
         self._batching = True  # BEGIN comes with the first write: a batch may write nothing
 
     def end_batch(self) -> None:
@@ -99,7 +104,8 @@ class PostgresTransactions:
             db.execute("COMMIT")
         except psycopg.Error as exc:
             self._rollback(db)
-            raise StateError(
+            error = StoreUnavailableError if self._unavailable(exc) else StateError
+            raise error(
                 f"state database {self._where}: a batch failed to commit: {one_line(str(exc))}"
             ) from exc
         except BaseException:
@@ -124,11 +130,14 @@ class PostgresTransactions:
             raise RuntimeError(f"the store at {self._where} is closed")
         if db.closed:
             if self._begun:
-                raise StateError(
+                raise StoreUnavailableError(
                     f"state database {self._where}: the connection was lost in the middle of a"
                     " batch; its writes were not kept"
                 )
-            db = connect(self._url, read_only=self._read_only_connection)
+            try:
+                db = connect(self._url, read_only=self._read_only_connection)
+            except StateError as exc:  # one line, without the password, already
+                raise StoreUnavailableError(str(exc)) from None
             self._db = db
         return db
 
@@ -148,7 +157,22 @@ class PostgresTransactions:
         )
         if client_side or (state is not None and state.startswith(_REJECTED)):
             return ValueError(f"rejected by the state database: {one_line(str(exc))}")
+        if self._unavailable(exc):
+            return StoreUnavailableError(
+                f"state database {self._where} unreachable: {one_line(str(exc))}"
+            )
         return StateError(f"state database {self._where}: {one_line(str(exc))}")
+
+    def _unavailable(self, exc: psycopg.Error) -> bool:
+        """The error is the connection's, not the statement's: it broke, or the server is
+        shutting down or starting up."""
+        db = self._db
+        if db is not None and (db.closed or db.broken):
+            return True
+        state = exc.sqlstate
+        if state is None:
+            return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+        return state.startswith(_UNAVAILABLE)
 
     def _begin(self, db: Connection) -> None:
         if self._batching and not self._begun:

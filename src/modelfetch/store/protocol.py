@@ -293,6 +293,15 @@ class LeaseLostError(StateError):
         self.claims = tuple(claims)
 
 
+class StoreUnavailableError(StateError):
+    """The state database cannot be reached now: the connection broke (the server restarted,
+    the network dropped) or a new one is refused. Nothing of the failed call was kept (and a
+    batch open when it broke lost its writes); a later call reconnects, so a caller that can
+    wait (a fleet worker) pauses its writes and tries again with backoff."""
+
+    kind = "store_unavailable"
+
+
 @runtime_checkable
 class LeasingStore(Protocol):
     """Claims on files of a queue several workers share (`SELECT ... FOR UPDATE SKIP LOCKED`).
