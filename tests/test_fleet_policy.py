@@ -128,3 +128,29 @@ async def test_postgresql_restarting_mid_transfer_pauses_it_and_the_worker_carri
         assert store.holders() == {}
         group = store.get_group(gid)
         assert group is not None and group.finished_at is not None
+
+
+async def test_a_worker_follows_the_others_at_once_through_notifications(
+    hub: FakeHub, tmp_path: Path, pg_url: str
+) -> None:
+    """Polls 30 s apart: what `b` learns within seconds it learned from LISTEN/NOTIFY."""
+    hub.add_repo("o/n", [RepoFile("n.bin", size=MiB, seed=9)])
+    models = tmp_path / "models"
+    slow = {"fleet_poll_interval": 30.0, "lease_seconds": 120.0}
+    async with (
+        worker(tmp_path, "a", pg_url, models, **slow) as a,
+        worker(tmp_path, "b", pg_url, models, **slow) as b,
+    ):
+        await asyncio.sleep(0.5)  # both listening (the first beat, at start, is behind them)
+        with b.subscribe() as seen_by_b:
+            gid = await a.enqueue(group_of(hub, "o/n", ["n.bin"], models / "o" / "n"))
+            queued = await next_event(
+                seen_by_b, lambda e: isinstance(e, ev.GroupQueued) and e.group_id == gid, 5.0
+            )
+            assert isinstance(queued, ev.GroupQueued)
+            async with asyncio.timeout(10):
+                await a.wait([gid]) if gid in a._groups else await b.wait([gid])
+                while not b._book.settled(gid):
+                    await asyncio.sleep(0.05)
+        assert (await b.group_view(gid)).status == "completed"
+    assert_published(hub, "o/n", ["n.bin"], models / "o" / "n")

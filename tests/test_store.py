@@ -116,6 +116,14 @@ def test_groups_lists_by_id_and_live_only_filters(store: Store) -> None:
     listed = store.groups(live_only=True)
     assert [g.id for g in listed] == [live.id, mixed.id]
     assert [f.status for f in listed[1].files] == [FileStatus.COMPLETED, FileStatus.QUEUED]
+    # What a fleet worker asks each sync: the live groups, and any added since it last looked.
+    assert [g.id for g in store.groups(added_after=live.id)] == [done.id, mixed.id]
+    since = store.groups(live_only=True, added_after=done.id - 1)
+    assert [g.id for g in since] == [live.id, done.id, mixed.id]
+    assert [g.id for g in store.groups(live_only=True, added_after=mixed.id)] == [
+        live.id,
+        mixed.id,
+    ]
 
 
 def test_files_filters_by_status(store: Store) -> None:

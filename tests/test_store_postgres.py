@@ -219,7 +219,8 @@ def test_owners_opening_a_new_database_at_once_all_succeed(pg_url: str) -> None:
         thread.join(30)
     stores = [r for r in results if isinstance(r, PostgresStore)]
     assert len(stores) == 4, results
-    assert sorted(s.migrated_from for s in stores) == [0, *[SCHEMA_VERSION] * 3]  # one migrated, three waited
+    # One migrated, three waited.
+    assert sorted(s.migrated_from for s in stores) == [0, *[SCHEMA_VERSION] * 3]
     for s in stores:
         s.close()
 

@@ -13,15 +13,18 @@ queue. Three things change for the manager, and only when its store leases files
   groups, files they started, finished or paused, so `wait()`, `run`, the views and the events
   see the whole queue. Leases of running files are renewed on the same beat.
 
-The mirror is polled, not pushed (no LISTEN/NOTIFY yet): another worker's change shows within a
-poll interval. When the state database cannot be reached, `watch` stops this worker's transfers
-(their bytes kept), reconnects with backoff and writes what happened meanwhile
-(`fleet_worker.py`), then carries on.
+The mirror follows pushes: every committed change of the queue is notified (LISTEN/NOTIFY, see
+`store/postgres_listen.py`) and wakes `watch` at once; polling every `fleet_poll_interval` is
+the fallback (and the beat that renews leases and stops transfers whose lease was lost). When
+the state database cannot be reached, `watch` stops this worker's transfers (their bytes
+kept), reconnects with backoff and writes what happened meanwhile (`fleet_worker.py`), then
+carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import fields as dataclass_fields
 from typing import TYPE_CHECKING
@@ -39,7 +42,7 @@ from modelfetch.store import Claim, StoreUnavailableError
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
 
-__all__ = ["FleetWorker", "SharedStore", "fill_slots", "sync", "watch", "worker_id"]
+__all__ = ["FleetWorker", "SharedStore", "fill_slots", "listen", "sync", "watch", "worker_id"]
 
 _ACTIVE_ONLY = frozenset({FileStatus.ACTIVE})
 # What a worker copies from the store into its mirror for a file it does not run.
@@ -112,7 +115,11 @@ def sync(m: DownloadManager, fleet: FleetWorker) -> bool:
     store = m.store
     for key in [k for k in fleet.fenced if k not in m._running]:
         fleet.fenced.discard(key)  # its transfer has stopped: the store's row is the truth
-    stored = {g.id: g for g in store.groups(live_only=True)}
+    # The live groups, and any group added since the last sync even if it already finished
+    # (another worker may have added and completed it in between: it is shown all the same).
+    seen = max(fleet.seen_group, max(m._groups, default=0))
+    stored = {g.id: g for g in store.groups(live_only=True, added_after=seen)}
+    fleet.seen_group = max(stored, default=seen)
     for gid in [g for g in m._groups if g not in stored]:
         group = store.get_group(gid)  # no longer live: finished, or forgotten
         if group is not None:
@@ -179,6 +186,7 @@ async def watch(m: DownloadManager, fleet: FleetWorker) -> None:
     state database unreachable: stop the transfers and reconnect (`_ride_out`)."""
     interval = m.settings.fleet_poll_interval
     while not m._closing:
+        fleet.nudged.clear()  # a change committed from here on is seen by this round or the next
         try:
             if fleet.down is None:
                 _stop_lost(m, fleet)
@@ -192,7 +200,31 @@ async def watch(m: DownloadManager, fleet: FleetWorker) -> None:
         if fleet.down is not None:
             await _ride_out(m, fleet)
         m._wake.set()
-        await asyncio.sleep(interval)
+        # Until the next beat, or sooner when another connection committed a change (`listen`);
+        # a burst of them is taken in one sync.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await fleet.nudged.wait()
+                await asyncio.sleep(min(interval, _NUDGE_GATHER))
+
+
+# Seconds a sync waits after a notification for the ones that follow it.
+_NUDGE_GATHER = 0.05
+
+
+async def listen(m: DownloadManager, fleet: FleetWorker) -> None:
+    """Wake `watch` whenever any worker commits a change of the queue (LISTEN/NOTIFY), so the
+    fleet's changes show at once; polling stays the fallback while the listener reconnects."""
+    attempt = 0
+    while not m._closing:
+        try:
+            async for _ in fleet.store.queue_changes():
+                attempt = 0
+                fleet.nudged.set()
+        except StoreUnavailableError:
+            pass  # the main connection's outage handling says so; listen again soon
+        await asyncio.sleep(_RECONNECT_BACKOFF[min(attempt, len(_RECONNECT_BACKOFF) - 1)])
+        attempt += 1
 
 
 # Seconds between reconnection attempts while the state database is unreachable.

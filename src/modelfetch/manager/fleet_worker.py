@@ -17,6 +17,7 @@ the claims it ended are replayed as well (`released`, until a commit confirms th
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
@@ -71,6 +72,8 @@ class FleetWorker:
         self.leaving = False  # Ctrl-C: claim nothing more, the others take over
         # How long each claim took (seconds, the newest 10,000): `make bench`'s fleet row.
         self.claim_seconds: deque[float] = deque(maxlen=10_000)
+        self.nudged = asyncio.Event()  # another connection committed a change of the queue
+        self.seen_group = 0  # the largest group id `sync` has seen
         # -- outages of the state database
         self.down: StoreUnavailableError | None = None  # set while it cannot be reached
         self.down_since = 0.0  # time.monotonic() when it went down

@@ -18,7 +18,7 @@ from modelfetch.core.models import FileStatus, StopReason
 from modelfetch.core.network import NetworkSettings
 from modelfetch.core.queue import entries_of
 from modelfetch.manager import files
-from modelfetch.manager.fleet import FleetWorker, watch, worker_id
+from modelfetch.manager.fleet import FleetWorker, listen, watch, worker_id
 from modelfetch.manager.groups import WAITING
 from modelfetch.manager.intake import adopt_existing
 from modelfetch.manager.partials import on_disk
@@ -64,7 +64,10 @@ async def start(m: DownloadManager) -> None:
             fleet = m._fleet = FleetWorker(
                 m._store, worker=worker_id(), lease_seconds=m.settings.lease_seconds
             )
-            m._service_tasks.append(m._tg.create_task(watch(m, fleet), name="modelfetch-fleet"))
+            m._service_tasks += [
+                m._tg.create_task(watch(m, fleet), name="modelfetch-fleet"),
+                m._tg.create_task(listen(m, fleet), name="modelfetch-fleet-listen"),
+            ]
 
 
 def _recover(m: DownloadManager) -> None:

@@ -175,11 +175,16 @@ class PostgresStore(PostgresLeases):
         found = self._load_groups("WHERE id = %s", [group_id])
         return found[0] if found else None
 
-    def groups(self, *, live_only: bool = False) -> list[GroupRecord]:
+    def groups(
+        self, *, live_only: bool = False, added_after: int | None = None
+    ) -> list[GroupRecord]:
+        live = "id IN (SELECT group_id FROM files WHERE status = ANY(%s))"
+        if live_only and added_after is not None:
+            return self._load_groups(f"WHERE id > %s OR {live}", [added_after, list(LIVE)])
         if live_only:
-            return self._load_groups(
-                "WHERE id IN (SELECT group_id FROM files WHERE status = ANY(%s))", [list(LIVE)]
-            )
+            return self._load_groups(f"WHERE {live}", [list(LIVE)])
+        if added_after is not None:
+            return self._load_groups("WHERE id > %s", [added_after])
         return self._load_groups("", [])
 
     def find_group(self, key: str) -> GroupRecord | None:

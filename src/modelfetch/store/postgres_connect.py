@@ -27,6 +27,7 @@ __all__ = [
     "MIGRATION_LOCK",
     "Connection",
     "connect",
+    "connection_string",
     "describe",
     "migrate",
     "one_line",
@@ -83,9 +84,9 @@ def describe(url: str) -> str:
     return f"postgresql://{user}{host}{port}/{parts.get('dbname') or ''}"
 
 
-def connect(url: str, *, read_only: bool = False) -> Connection:
-    """An autocommit connection (transactions are explicit); StateError, one line, otherwise."""
-    where = describe(url)
+def connection_string(url: str) -> str:
+    """The URL as libpq connection parameters, with our defaults (timeouts, keepalives, the
+    application name) where the URL sets none; StateError, one line, if it does not parse."""
     try:
         params = conninfo.conninfo_to_dict(url.strip())
     except psycopg.Error as exc:
@@ -98,8 +99,15 @@ def connect(url: str, *, read_only: bool = False) -> Connection:
     for key, value in _KEEPALIVE.items():
         params.setdefault(key, value)
     params.setdefault("application_name", "modelfetch")
+    return conninfo.make_conninfo("", **params)
+
+
+def connect(url: str, *, read_only: bool = False) -> Connection:
+    """An autocommit connection (transactions are explicit); StateError, one line, otherwise."""
+    where = describe(url)
+    dsn = connection_string(url)
     try:
-        db: Connection = psycopg.connect(conninfo.make_conninfo("", **params), autocommit=True)
+        db: Connection = psycopg.connect(dsn, autocommit=True)
     except psycopg.Error as exc:
         # `from None`: the chained libpq error would print the unredacted text again.
         raise StateError(

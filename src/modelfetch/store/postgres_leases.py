@@ -18,12 +18,13 @@ queue by `expire`), keeping the file's byte count and segment map, so the new ho
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from typing import Any, Final
 
 from modelfetch.core.models import FileRecord, FileStatus
 from modelfetch.core.segments import SegmentRecord
 from modelfetch.store.postgres_connect import Connection
+from modelfetch.store.postgres_listen import queue_changes
 from modelfetch.store.postgres_transactions import PostgresTransactions
 from modelfetch.store.protocol import Claim, LeaseLostError
 from modelfetch.store.rows import FILE_SELECT, FILE_UPDATABLE, decode_file, encode, set_clause
@@ -207,6 +208,9 @@ class PostgresLeases(PostgresTransactions):
                 "SELECT group_id, idx, holder, lease_expires FROM files WHERE holder IS NOT NULL"
             ).fetchall()
         return {(int(g), int(i)): (str(h), float(e)) for g, i, h, e in rows}
+
+    def queue_changes(self) -> AsyncIterator[None]:
+        return queue_changes(self._url)
 
     # -- internals ------------------------------------------------------------------------------
 

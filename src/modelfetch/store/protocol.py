@@ -22,7 +22,7 @@ does not need it: its owner holds the whole state directory's lock.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -76,9 +76,13 @@ class StoreReader(Protocol):
         """The group with its files (by index), or None."""
         ...
 
-    def groups(self, *, live_only: bool = False) -> list[GroupRecord]:
+    def groups(
+        self, *, live_only: bool = False, added_after: int | None = None
+    ) -> list[GroupRecord]:
         """Every group with its files, by id; `live_only`: only groups with a non-terminal file
-        (`core.models.LIVE_STATUSES`). A group added while this runs may be left out."""
+        (`core.models.LIVE_STATUSES`); `added_after`: only groups with a larger id (with
+        `live_only`: those as well as the live ones). A group added while this runs may be
+        left out."""
         ...
 
     def find_group(self, key: str) -> GroupRecord | None:
@@ -363,4 +367,11 @@ class LeasingStore(Protocol):
 
     def holders(self) -> dict[tuple[int, int], tuple[str, float]]:
         """(group id, index) of every leased file -> (its holder, when its lease expires)."""
+        ...
+
+    def queue_changes(self) -> AsyncIterator[None]:
+        """Yield once listening, then whenever any connection has committed a change of the
+        queue (a file's status, holder or place; a group; a host hold), several folded into
+        one at times; not for byte counts or renewals. On its own connection; raises
+        StoreUnavailableError when that is lost (listen again later)."""
         ...

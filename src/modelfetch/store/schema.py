@@ -237,6 +237,30 @@ POSTGRES_MIGRATIONS: Final[tuple[str, ...]] = (
         host  TEXT PRIMARY KEY,
         until DOUBLE PRECISION NOT NULL
     );
+    -- Every committed change of the queue (a file's status, holder or place, a group added,
+    -- changed or forgotten, a new hold) is announced on the `modelfetch_queue` channel, so
+    -- every worker and daemon follows the fleet at once instead of at its next poll. Row
+    -- triggers that fire only on a real change (a claim that found nothing, a renewal or a
+    -- byte-count checkpoint announce nothing, or woken workers would wake each other); no
+    -- payload, so PostgreSQL folds a transaction's notifications into one.
+    CREATE FUNCTION modelfetch_queue_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('modelfetch_queue', '');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER files_added_or_removed AFTER INSERT OR DELETE ON files
+        FOR EACH ROW EXECUTE FUNCTION modelfetch_queue_changed();
+    CREATE TRIGGER files_changed AFTER UPDATE ON files FOR EACH ROW
+        WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.holder IS DISTINCT FROM NEW.holder
+              OR OLD.priority IS DISTINCT FROM NEW.priority
+              OR OLD.order_key IS DISTINCT FROM NEW.order_key)
+        EXECUTE FUNCTION modelfetch_queue_changed();
+    CREATE TRIGGER groups_added_or_removed AFTER INSERT OR DELETE ON groups
+        FOR EACH ROW EXECUTE FUNCTION modelfetch_queue_changed();
+    CREATE TRIGGER groups_changed AFTER UPDATE ON groups FOR EACH ROW
+        WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION modelfetch_queue_changed();
+    CREATE TRIGGER host_holds_changed AFTER INSERT OR UPDATE ON host_holds FOR EACH ROW
+        EXECUTE FUNCTION modelfetch_queue_changed();
     """,
 )
 

@@ -162,13 +162,18 @@ class SqliteStore(SqliteTransactions):
         found = self._load_groups("WHERE id = ?", [group_id])
         return found[0] if found else None
 
-    def groups(self, *, live_only: bool = False) -> list[GroupRecord]:
-        """Every group with its files, by id; `live_only`: only groups with a non-terminal file."""
+    def groups(
+        self, *, live_only: bool = False, added_after: int | None = None
+    ) -> list[GroupRecord]:
+        """Every group with its files, by id; `live_only`: only groups with a non-terminal file;
+        `added_after`: only (or, with `live_only`, also) groups with a larger id."""
+        live = f"id IN (SELECT group_id FROM files WHERE status IN ({marks(LIVE)}))"
+        if live_only and added_after is not None:
+            return self._load_groups(f"WHERE id > ? OR {live}", [added_after, *LIVE])
         if live_only:
-            return self._load_groups(
-                f"WHERE id IN (SELECT group_id FROM files WHERE status IN ({marks(LIVE)}))",
-                LIVE,
-            )
+            return self._load_groups(f"WHERE {live}", LIVE)
+        if added_after is not None:
+            return self._load_groups("WHERE id > ?", [added_after])
         return self._load_groups("", [])
 
     def find_group(self, key: str) -> GroupRecord | None:
