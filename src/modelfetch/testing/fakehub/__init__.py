@@ -2,7 +2,8 @@
 
 Two aiohttp.web servers in the caller's event loop: the Hub (API, resolve) and a separate CDN
 origin that LFS resolves redirect to. File bodies are generated on the fly from (seed, offset), so
-multi-GiB files cost no memory. The contract lives in docs/dev/fakehub-api.md.
+multi-GiB files cost no memory. Bodies can be capped per connection and per client
+(`FakeHub(connection_rate=..., client_rate=...)`). The contract lives in docs/dev/fakehub-api.md.
 
 Run alone: `python -m modelfetch.testing.fakehub [--port 8090] [--cdn-port 0]`.
 """

@@ -2,7 +2,9 @@
 
 A resolve of an LFS file answers 302 with `X-Linked-Etag` (the sha256), `X-Linked-Size` and
 `X-Repo-Commit`; small files are served by the Hub itself. Bodies answer 200, 206 for a range or
-416 past the end, shaped by any body fault (stall, truncate, reset, corrupt, throttle).
+416 past the end, shaped by any body fault (stall, truncate, reset, corrupt, throttle) and by the
+hub's caps (`connection_rate`, `client_rate`: limits.py). The signed CDN URL names the client
+(an opaque id, never its token) whose bucket the body draws from.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from modelfetch.testing.fakehub.faults import (
     reset_connection,
     status_reply,
 )
+from modelfetch.testing.fakehub.limits import Pacing, request_client
 from modelfetch.testing.fakehub.log import EXCHANGE
 from modelfetch.testing.fakehub.replies import Unsatisfiable, error, parse_range, redirect
 from modelfetch.testing.fakehub.repo import PIECE, Blob, ensure_hashed
@@ -37,8 +40,9 @@ _FAR_FUTURE: Final = 365 * 24 * 3600.0
 _SIGNING_KEY: Final = b"fakehub-cdn-signing-key"
 
 
-def _sign(target: str, expires: str) -> str:
-    return hashlib.sha256(_SIGNING_KEY + f"\0{target}\0{expires}".encode()).hexdigest()[:40]
+def _sign(target: str, expires: str, client: str) -> str:
+    signed = f"\0{target}\0{expires}\0{client}".encode()
+    return hashlib.sha256(_SIGNING_KEY + signed).hexdigest()[:40]
 
 
 class Cdn:
@@ -74,9 +78,10 @@ class Cdn:
             raise status_reply(fault)
         if take(faults, "redirect_loop") is not None:
             return redirect(str(request.url))
+        client = request_client(request)
         if not blob.lfs:
             headers = {"ETag": f'"{digests.git_oid}"', "X-Repo-Commit": commit.sha}
-            return await _serve_body(request, blob, headers, faults)
+            return await _serve_body(request, blob, headers, faults, self._pacing(client))
         now = time.time()
         expire = take(faults, "expire")
         expires = f"{now + (expire.seconds if expire else _FAR_FUTURE):.3f}"
@@ -87,7 +92,7 @@ class Cdn:
         cdn = hub.cdn_public_url or hub.cdn_endpoint
         location = (
             f"{cdn}/cdn/{repo.repo_id}/{commit.sha}/{quote(path)}"
-            f"?expires={expires}&signature={_sign(target, expires)}"
+            f"?expires={expires}&client={client}&signature={_sign(target, expires, client)}"
         )
         return redirect(
             location,
@@ -108,8 +113,9 @@ class Cdn:
         blob = commit.files.get(path) if commit else None
         if blob is None or commit is None:
             raise error(404, "Not Found")
-        expires = request.query.get("expires", "")
-        if request.query.get("signature") != _sign(f"{repo_id}/{commit.sha}/{path}", expires):
+        expires, client = request.query.get("expires", ""), request.query.get("client", "")
+        signature = _sign(f"{repo_id}/{commit.sha}/{path}", expires, client)
+        if request.query.get("signature") != signature:
             raise error(403, "Invalid signature")
         if time.time() > float(expires):  # a valid signature implies a well-formed float
             raise error(403, "Request has expired")
@@ -118,11 +124,22 @@ class Cdn:
             raise status_reply(fault)
         if FaultBook.take(faults, "redirect_loop") is not None:
             return redirect(str(request.url))
-        return await _serve_body(request, blob, {"ETag": blob.cdn_etag}, faults)
+        return await _serve_body(
+            request, blob, {"ETag": blob.cdn_etag}, faults, self._pacing(client)
+        )
+
+    def _pacing(self, client: str) -> Pacing:
+        hub = self._hub
+        bucket = hub.client_buckets.get(client, hub.client_rate)
+        return Pacing(client, hub.connection_rate, bucket, hub.client_bytes)
 
 
 async def _serve_body(
-    request: web.Request, blob: Blob, headers: dict[str, str], faults: list[Fault]
+    request: web.Request,
+    blob: Blob,
+    headers: dict[str, str],
+    faults: list[Fault],
+    pacing: Pacing,
 ) -> web.StreamResponse:
     size = blob.size
     headers = {**headers, "Accept-Ranges": "bytes"}
@@ -146,8 +163,9 @@ async def _serve_body(
     exchange.status = response.status
     await response.prepare(request)
     if request.method != "HEAD":
+        exchange.client = pacing.client
         try:
-            await _write_body(request, response, blob, start, end, faults)
+            await _write_body(request, response, blob, start, end, faults, pacing)
         except ConnectionResetError:
             # The client went away mid-body (a paused or cancelled transfer, a segment
             # handed to another connection): normal for a download server, not an error.
@@ -162,6 +180,7 @@ async def _write_body(
     start: int,
     end: int,
     faults: list[Fault],
+    pacing: Pacing,
 ) -> None:
     total = end - start
     exchange = request[EXCHANGE]
@@ -174,8 +193,13 @@ async def _write_body(
     stall, truncate, reset = take_cut("stall"), take_cut("truncate"), take_cut("reset")
     corrupt = take([f for f in faults if start <= f.after_bytes < end], "corrupt")
     throttle = take(faults, "throttle")
-    rate = throttle.rate if throttle is not None else None
-    piece = PIECE if rate is None else max(1, min(64 << 10, int(rate / 16)))
+    rates = [r for r in (throttle.rate if throttle else None, pacing.connection_rate) if r]
+    rate = min(rates) if rates else None  # this connection's cap: the lower of the two
+    bucket = pacing.bucket
+    piece = PIECE
+    for cap in (rate, bucket.rate if bucket is not None else None):
+        if cap is not None:
+            piece = max(1, min(piece, 64 << 10, int(cap / 16)))
     loop = asyncio.get_running_loop()
     began = loop.time()
     pos = 0
@@ -204,6 +228,9 @@ async def _write_body(
             delay = began + (pos + len(data)) / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+        if bucket is not None:  # then the client's share, with all its other connections
+            await bucket.take(len(data))
         await response.write(data)
         pos += len(data)
         exchange.bytes_sent = pos
+        pacing.sent[pacing.client] += len(data)

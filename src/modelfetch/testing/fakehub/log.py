@@ -35,6 +35,7 @@ class RequestRecord:
     status: int
     bytes_sent: int
     end: float = 0.0  # when the response finished (epoch seconds): with `time`, its lifetime
+    client: str | None = None  # the opaque client id a file body was counted to (limits.py)
 
 
 @dataclass(slots=True)
@@ -43,6 +44,7 @@ class Exchange:
 
     status: int = 499  # nginx's "client closed request" until a response is chosen
     bytes_sent: int = 0
+    client: str | None = None  # set by a handler that serves a file body
 
 
 EXCHANGE: Final = web.RequestKey("fakehub_exchange", Exchange)
@@ -91,6 +93,7 @@ def recorder(
                     status=exchange.status,
                     bytes_sent=exchange.bytes_sent,
                     end=time.time(),
+                    client=exchange.client,
                 )
             )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from urllib.parse import quote
 
@@ -12,6 +13,7 @@ from aiohttp.typedefs import Middleware
 from modelfetch.testing.fakehub.api import HubApi
 from modelfetch.testing.fakehub.cdn import Cdn
 from modelfetch.testing.fakehub.faults import Fault, FaultBook
+from modelfetch.testing.fakehub.limits import ClientBuckets, client_id
 from modelfetch.testing.fakehub.log import Origin, RequestRecord, recorder, select
 from modelfetch.testing.fakehub.repo import FileInfo, RepoCatalog, RepoFile
 
@@ -28,8 +30,19 @@ class FakeHub:
         cdn_port: int = 0,
         page_size: int = 1000,
         cdn_public_url: str | None = None,
+        connection_rate: float | None = None,
+        client_rate: float | None = None,
     ) -> None:
+        for name, rate in (("connection_rate", connection_rate), ("client_rate", client_rate)):
+            if rate is not None and rate <= 0:
+                raise ValueError(f"{name} must be > 0 bytes/s (or None for no cap)")
         self.tokens: set[str] = set()
+        # Bandwidth caps on every file body (bytes/s, None = none), read when a body starts:
+        # each connection, and each client over all its connections (limits.py).
+        self.connection_rate = connection_rate
+        self.client_rate = client_rate
+        self.client_buckets = ClientBuckets()
+        self.client_bytes: Counter[str] = Counter()  # file body bytes sent, per client id
         # Where resolve redirects point (e.g. a proxy in front of the CDN); None: the CDN itself.
         self.cdn_public_url = cdn_public_url
         self.log: list[RequestRecord] = []
@@ -152,6 +165,12 @@ class FakeHub:
             raise ValueError("start and end must be >= 0")
         stop = blob.size if end is None else min(end, blob.size)
         return blob.read(min(start, stop), stop)
+
+    @staticmethod
+    def client_id(token: str | None = None, peer: str | None = "127.0.0.1") -> str:
+        """The opaque id the hub counts a client's bytes under (`client_bytes`, the log's
+        `client`): of its token, or without one of its address."""
+        return client_id(token, peer)
 
     def resolve_url(self, repo_id: str, path: str, revision: str = "main") -> str:
         return f"{self.endpoint}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}"
