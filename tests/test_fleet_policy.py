@@ -154,3 +154,28 @@ async def test_a_worker_follows_the_others_at_once_through_notifications(
                     await asyncio.sleep(0.05)
         assert (await b.group_view(gid)).status == "completed"
     assert_published(hub, "o/n", ["n.bin"], models / "o" / "n")
+
+
+async def test_a_cap_over_the_fleet_holds_whichever_worker_claims(
+    hub: FakeHub, tmp_path: Path, pg_url: str
+) -> None:
+    paths = [f"c-{n}.bin" for n in range(4)]
+    hub.add_repo("o/cap", [RepoFile(p, size=MiB, seed=n) for n, p in enumerate(paths)])
+    hub.add_fault(Fault("throttle", origin="cdn", rate=4 * MiB))
+    models = tmp_path / "models"
+    most = 0
+    async with (
+        worker(tmp_path, "a", pg_url, models) as a,
+        worker(tmp_path, "b", pg_url, models) as b,
+    ):
+        await a.set_fleet_max_active(1)  # each worker alone would run 3
+        gid = await b.enqueue(group_of(hub, "o/cap", paths, models / "o" / "cap"))
+        with PostgresStore(pg_url) as peek:
+            async with asyncio.timeout(60):
+                while not b._book.settled(gid):
+                    most = max(most, len(peek.holders()), len(a._running) + len(b._running))
+                    await asyncio.sleep(0.02)
+            assert peek.fleet_max_active() == 1
+        await b.wait([gid])
+    assert most == 1
+    assert_published(hub, "o/cap", paths, models / "o" / "cap")

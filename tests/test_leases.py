@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -252,3 +253,46 @@ def test_claim_checks_its_arguments(a: PostgresStore) -> None:
         a.release(claim, FileStatus.ACTIVE)
     assert a.renew([]) == []
     a.save_claimed_progress([])
+
+
+# -- the fleet's cap ------------------------------------------------------------------------------
+
+
+def test_a_fleet_cap_holds_over_concurrent_claimers(pg_url: str, a: PostgresStore) -> None:
+    a.add_group(plain_group("g", files=40))
+    assert a.fleet_max_active() is None
+    a.set_fleet_max_active(5)
+    workers = [PostgresStore(pg_url) for _ in range(4)]
+    start = threading.Barrier(len(workers))
+    got: list[Claim] = []
+    errors: list[BaseException] = []
+
+    def work(name: str, store: PostgresStore) -> None:
+        try:
+            start.wait()
+            for _ in range(40):  # each asks, again and again, for more than the cap leaves
+                got.extend(store.claim(name, lease_seconds=LEASE, limit=3))
+                time.sleep(0.001)  # a claim that found another's turn claims nothing
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"w{n}", s)) for n, s in enumerate(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for store in workers:
+        store.close()
+    assert errors == []
+    assert len(got) == 5 == len(a.holders())  # never more active than the cap, all at once
+    # One finishes: one more may start. A lapsed lease counts for nothing (its file is free).
+    a.release(got[0], FileStatus.COMPLETED)
+    assert len(a.claim("late", lease_seconds=LEASE, limit=3)) == 1
+    assert a.claim("late", lease_seconds=LEASE, limit=3) == []
+    later = a.claim("later", lease_seconds=LEASE, limit=10, now=time.time() + 2 * LEASE)
+    assert len(later) == 5  # every lease lapsed by then: the cap is free again
+    a.set_fleet_max_active(None)
+    assert a.fleet_max_active() is None
+    assert len(a.claim("free", lease_seconds=LEASE, limit=10)) == 10
+    with pytest.raises(ValueError, match="at least 1"):
+        a.set_fleet_max_active(0)

@@ -123,7 +123,8 @@ def test_both_engines_have_every_schema_version_with_the_same_columns(pg_url: st
     found: dict[str, set[str]] = {}
     for table, column in rows:
         found.setdefault(table, set()).add(column)
-    assert set(found) == set(expected) | {"queue_identity"}  # PostgreSQL's own: the marker
+    # PostgreSQL's own: the marker's queue id and the fleet's limits.
+    assert set(found) == set(expected) | {"queue_identity", "fleet_limits"}
     for table, names in expected.items():
         extra = LEASE_COLUMNS if table == "files" else set()
         assert found[table] == names | extra, table

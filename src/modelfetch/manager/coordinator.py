@@ -312,6 +312,13 @@ class DownloadManager:
         await asyncio.gather(*(files.stop(self, r, StopReason.SHUTDOWN) for r in excess))
         self._wake.set()
 
+    async def set_fleet_max_active(self, cap: int | None) -> None:
+        """On a queue shared by workers: at most `cap` files active at once over the whole
+        fleet (None: no cap beyond each worker's `max_active`). Stored with the queue, so it
+        holds for every worker; files running beyond it finish. ValueError on a private store."""
+        limits.set_fleet_max_active(self, cap)
+        self._wake.set()
+
     async def set_rate_limit(self, ref: str | int | ItemRef, bytes_per_s: int | None) -> None:
         """Cap one download's bandwidth (bytes/s over all its files and connections; None or
         0: no cap of its own). `ref` names the download (for `12.3`, its download 12). Applies

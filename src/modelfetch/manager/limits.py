@@ -79,3 +79,13 @@ def group_bucket(m: DownloadManager, gid: int) -> TokenBucket:
         rate, _ = group_limits(m, gid)
         bucket = m._group_bandwidth[gid] = TokenBucket(rate)
     return bucket
+
+
+def set_fleet_max_active(m: DownloadManager, cap: int | None) -> None:
+    if cap is not None and cap < 1:
+        raise ValueError("the fleet's max_active must be at least 1 (or None: no cap)")
+    if m._fleet is None:
+        raise ValueError(
+            "a cap over the fleet needs a queue shared by workers (a postgresql:// store)"
+        )
+    m._fleet.store.set_fleet_max_active(cap)

@@ -64,6 +64,14 @@ EXPIRE: Final = (
     f"WITH {_CLOCK} UPDATE files AS f SET status = 'queued'{_END_LEASE} FROM clock"
     f" WHERE f.status = 'active' AND f.lease_expires < clock.now RETURNING {_F_SELECT}"
 )
+# The advisory lock capped claims take turns under ("mfclaims" as a bigint).
+CLAIM_LOCK: Final = int.from_bytes(b"mfclaims", "big")
+# Files that may still start under the fleet's cap: the cap less the files with a live lease.
+_ROOM: Final = (
+    f"WITH {_CLOCK} SELECT l.max_active - (SELECT count(*) FROM files, clock"
+    " WHERE files.status = 'active' AND files.lease_expires >= clock.now)"
+    " FROM fleet_limits AS l"
+)
 _STILL_HELD: Final = "SELECT holder = %s AND fence = %s FROM files WHERE group_id = %s AND idx = %s"
 _TRANSITION_SQL: Final[dict[tuple[tuple[str, ...], bool], str]] = {}
 
@@ -103,9 +111,42 @@ class PostgresLeases(PostgresTransactions):
             raise ValueError("lease_seconds must be > 0 and limit >= 0")
         if limit == 0:
             return []
-        rows = self._execute(CLAIM, [now, limit, worker, lease_seconds]).fetchall()
+        if self.fleet_max_active() is None:  # the usual case: one statement
+            rows = self._execute(CLAIM, [now, limit, worker, lease_seconds]).fetchall()
+        else:
+            # Claims take turns while the fleet is capped. Never wait for the turn: the driver
+            # is synchronous, and the holder may be a batch on this very event loop. A claim
+            # that finds it taken claims nothing now; the holder's commit notifies every worker,
+            # which claims again.
+            with self._transaction() as db:
+                turn = db.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s)", [CLAIM_LOCK], prepare=True
+                ).fetchone()
+                room = 0
+                if turn is not None and turn[0]:
+                    row = db.execute(_ROOM, [now], prepare=True).fetchone()
+                    room = 0 if row is None or row[0] is None else int(row[0])
+                rows = []
+                if min(room, limit) > 0:
+                    params = [now, min(room, limit), worker, lease_seconds]
+                    rows = db.execute(CLAIM, params, prepare=True).fetchall()
         claims = [self._claim_of(row, worker, lease_seconds) for row in rows]
         return sorted(claims, key=_order)
+
+    def fleet_max_active(self) -> int | None:
+        db = self._conn
+        with self._errors():
+            row = db.execute("SELECT max_active FROM fleet_limits", prepare=True).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def set_fleet_max_active(self, cap: int | None) -> None:
+        if cap is not None and cap < 1:
+            raise ValueError("the fleet's max_active must be at least 1 (or None: no cap)")
+        self._execute(
+            "INSERT INTO fleet_limits (id, max_active) VALUES (1, %s)"
+            " ON CONFLICT (id) DO UPDATE SET max_active = excluded.max_active",
+            [cap],
+        )
 
     def renew(self, claims: Iterable[Claim], *, now: float | None = None) -> list[Claim]:
         by_fence = {c.fence: c for c in claims}

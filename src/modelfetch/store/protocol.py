@@ -369,6 +369,16 @@ class LeasingStore(Protocol):
         """(group id, index) of every leased file -> (its holder, when its lease expires)."""
         ...
 
+    def fleet_max_active(self) -> int | None:
+        """The cap on files active at once over every worker; None: no cap beyond each
+        worker's own `max_active`."""
+        ...
+
+    def set_fleet_max_active(self, cap: int | None) -> None:
+        """Set (>= 1) or clear (None) the fleet's cap. `claim` holds to it: claims are taken
+        one worker at a time while a cap is set, counting active files with a live lease."""
+        ...
+
     def queue_changes(self) -> AsyncIterator[None]:
         """Yield once listening, then whenever any connection has committed a change of the
         queue (a file's status, holder or place; a group; a host hold), several folded into

@@ -261,6 +261,12 @@ POSTGRES_MIGRATIONS: Final[tuple[str, ...]] = (
         WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION modelfetch_queue_changed();
     CREATE TRIGGER host_holds_changed AFTER INSERT OR UPDATE ON host_holds FOR EACH ROW
         EXECUTE FUNCTION modelfetch_queue_changed();
+    -- Limits of the whole fleet (PostgreSQL only, like the leases): files active at once over
+    -- every worker; NULL, no cap beyond each worker's own max_active.
+    CREATE TABLE fleet_limits (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        max_active BIGINT CHECK (max_active >= 1)
+    );
     """,
 )
 
