@@ -179,3 +179,38 @@ async def test_a_cap_over_the_fleet_holds_whichever_worker_claims(
         await b.wait([gid])
     assert most == 1
     assert_published(hub, "o/cap", paths, models / "o" / "cap")
+
+
+async def test_every_worker_shows_which_host_holds_each_active_file(
+    hub: FakeHub, tmp_path: Path, pg_url: str
+) -> None:
+    hub.add_repo("o/h", [RepoFile("h.bin", size=4 * MiB, seed=4)])
+    throttle = hub.add_fault(Fault("throttle", origin="cdn", rate=1 * MiB))
+    models = tmp_path / "models"
+    async with (
+        worker(tmp_path, "a", pg_url, models) as a,
+        worker(tmp_path, "b", pg_url, models) as b,
+    ):
+        gid = await a.enqueue(group_of(hub, "o/h", ["h.bin"], models / "o" / "h"))
+        async with asyncio.timeout(20):
+            while (gid, 1) not in a._running and (gid, 1) not in b._running:
+                await asyncio.sleep(0.02)
+            runner, other = (a, b) if (gid, 1) in a._running else (b, a)
+            assert runner._fleet is not None
+            while True:  # the other worker learns it at its next sync
+                (seen,) = (await other.group_view(gid)).files
+                if seen.worker is not None:
+                    break
+                await asyncio.sleep(0.05)
+        assert seen.status == "active" and seen.worker == runner._fleet.worker
+        (own,) = (await runner.group_view(gid)).files
+        assert own.worker == runner._fleet.worker
+        throttle.rate = None
+        hub.clear_faults()
+        async with asyncio.timeout(20):
+            await runner.wait([gid])
+            while not other._book.settled(gid):  # the other learns of the end from the store
+                await asyncio.sleep(0.05)
+        (done,) = (await other.group_view(gid)).files
+        assert done.status == "completed"
+        assert done.worker is None  # a finished file is held by no one

@@ -455,3 +455,17 @@ def test_plain_display_with_many_downloads_prints_one_summary_line_per_tick() ->
     # Per tick: the summary and one line per moving download, never one per download.
     assert len(periodic) == 2 * (1 + 2)
     assert all(line.startswith("  file-04") for line in periodic if line not in summaries)
+
+
+def test_status_names_the_host_that_holds_an_active_file_on_a_shared_queue() -> None:
+    from modelfetch.render.listing import files_table
+
+    held = file_view(1, worker="gpu-07/4242/a1b2c3")
+    mine = file_view(2, status="queued", position=1)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
+    console.print(files_table(group_view(held, mine), NOW))
+    rows = {line.split()[0]: line for line in buffer.getvalue().splitlines() if line[:2] == "7."}
+    assert "active on gpu-07" in rows["7.1"]
+    assert "4242" not in rows["7.1"]  # the host, not the whole worker id
+    assert " on " not in rows["7.2"]  # one host's queue (SQLite) names no worker

@@ -11,7 +11,7 @@ the lock's own message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -20,7 +20,7 @@ from modelfetch.core.errors import UnknownItemError
 from modelfetch.core.models import GroupRecord, ItemRef
 from modelfetch.core.queue import FileKey, SchedulingQueue, entries_of
 from modelfetch.recovery import open_reader
-from modelfetch.store import LOCK_NAME, StoreReader
+from modelfetch.store import LOCK_NAME, LeasingStore, StoreReader
 from modelfetch.views import GroupView, file_view, group_view
 
 __all__ = ["NOTICE", "ReadOnlyBackend", "queue_positions", "stored_view"]
@@ -62,7 +62,8 @@ class ReadOnlyBackend:
         """Every stored group in id order, as the manager would show it (without speeds)."""
         groups = self._reader.groups()
         positions, group_positions = queue_positions(groups)
-        return [stored_view(g, positions, group_positions) for g in groups]
+        holders = self._holders()
+        return [stored_view(g, positions, group_positions, holders) for g in groups]
 
     async def group_view(self, ref: str | int | ItemRef) -> GroupView:
         target = ref if isinstance(ref, ItemRef) else ItemRef.parse(ref)
@@ -74,7 +75,14 @@ class ReadOnlyBackend:
             if group is None:
                 raise UnknownItemError(f"no download with id {target.group_id}")
         positions, group_positions = queue_positions(groups)
-        return stored_view(group, positions, group_positions)
+        return stored_view(group, positions, group_positions, self._holders())
+
+    def _holders(self) -> dict[FileKey, str]:
+        """Who holds each active file, on a queue shared by workers (none on SQLite)."""
+        reader = self._reader
+        if not isinstance(reader, LeasingStore):
+            return {}
+        return {key: holder for key, (holder, _) in reader.holders().items()}
 
 
 def queue_positions(
@@ -88,10 +96,17 @@ def queue_positions(
 
 
 def stored_view(
-    group: GroupRecord, positions: dict[FileKey, int], group_positions: dict[int, int]
+    group: GroupRecord,
+    positions: dict[FileKey, int],
+    group_positions: dict[int, int],
+    holders: Mapping[FileKey, str] | None = None,
 ) -> GroupView:
     """A stored group as the manager shows one it is not transferring (no speed, no ETA)."""
-    files = [file_view(f, positions.get((f.group_id, f.index))) for f in group.files]
+    holders = holders or {}
+    files = []
+    for f in group.files:
+        key = (f.group_id, f.index)
+        files.append(file_view(f, positions.get(key), worker=holders.get(key)))
     return group_view(group, group_positions.get(group.id), files)
 
 

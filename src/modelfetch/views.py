@@ -28,6 +28,8 @@ class FileView:
     sha256: str | None
     verified: bool  # completed and checked against the digest the Hub (or server) listed
     idle_for: float | None  # seconds since the last byte, while active
+    # On a queue shared by workers: the worker holding an active file (`host/pid/tail`).
+    worker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ def file_view(
     speed: float | None = None,
     eta: float | None = None,
     idle_for: float | None = None,
+    worker: str | None = None,
 ) -> FileView:
     """A file as the views show it: its stored row, with what a running transfer knows better
     (bytes, total, speed, ETA, idle time) when there is one."""
@@ -82,7 +85,13 @@ def file_view(
         verified=f.status is FileStatus.COMPLETED
         and (f.expected_sha256 is not None or f.expected_git_oid is not None),
         idle_for=idle_for,
+        worker=worker if f.status is FileStatus.ACTIVE else None,
     )
+
+
+def worker_host(worker: str) -> str:
+    """The host part of a worker id (`gpu-07/4242/a1b2c3` → `gpu-07`)."""
+    return worker.split("/", 1)[0]
 
 
 def group_view(

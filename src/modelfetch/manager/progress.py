@@ -98,8 +98,11 @@ def group_view_of(
 def _file_view(m: DownloadManager, f: FileRecord, positions: dict[FileKey, int]) -> FileView:
     key = (f.group_id, f.index)
     run = m._running.get(key)
+    worker = m._holders.get(key)
     if run is None:
-        return file_view(f, positions.get(key))
+        return file_view(f, positions.get(key), worker=worker)
+    if m._fleet is not None:
+        worker = m._fleet.worker  # this worker's own claim, also before the next sync
     return file_view(
         f,
         positions.get(key),
@@ -108,4 +111,5 @@ def _file_view(m: DownloadManager, f: FileRecord, positions: dict[FileKey, int])
         speed=run.rate.speed,
         eta=run.rate.eta(run.total, run.done),
         idle_for=run.rate.idle_for(time.monotonic()),
+        worker=worker,
     )

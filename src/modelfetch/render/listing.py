@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from modelfetch.core.format import UNKNOWN, format_bytes, format_rate
 from modelfetch.render.words import file_state, group_state, short_error
-from modelfetch.views import GroupView
+from modelfetch.views import GroupView, worker_host
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -70,6 +70,8 @@ def files_table(v: GroupView, now: float) -> Table:
     for f in v.files:
         pct = f"{min(100.0, 100.0 * f.downloaded / f.total):.0f}%" if f.total else UNKNOWN
         state = file_state(f, now) or f.status
+        if f.worker is not None:  # a queue shared by workers: which host runs it
+            state = f"{state} on {worker_host(f.worker)}"
         if f.status in ("failed", "waiting_retry"):
             state = state.split(":", 1)[0]  # the reason is in the error column
         shows_error = f.status in ("failed", "waiting_retry", "paused")

@@ -180,6 +180,11 @@ class FileViewModel(BaseModel):
     sha256: str | None
     verified: bool = Field(description="completed and checked against the listed digest")
     idle_for: float | None = Field(description="seconds since the last byte, while active")
+    worker: str | None = Field(
+        default=None,
+        description="on a queue shared by workers: who holds this active file (host/pid/id)",
+        examples=["gpu-07/4242/a1b2c3"],
+    )
 
 
 class GroupViewModel(BaseModel):

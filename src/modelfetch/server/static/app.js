@@ -306,7 +306,8 @@
     name.title = f.dest;
     setBar(bar, f.downloaded, f.total, f.status);
     setText(bytes, `${formatBytes(f.downloaded)} / ${formatBytes(f.total)}`);
-    const said = fileWords(f);
+    // On a queue shared by workers, which host runs an active file.
+    const said = f.worker ? `${fileWords(f)} · on ${f.worker.split('/')[0]}` : fileWords(f);
     setText(words, said);
     words.title = said;
     row.dataset.status = f.status;
