@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from modelfetch.core.policy import RetryPolicy
+from modelfetch.manager import DownloadManager
 from modelfetch.testing.fakehub import SAMPLE_REPO, Fault
 
 from .test_server_api import Daemon, fast_settings, run_daemon
@@ -184,3 +185,39 @@ async def show_other_states(daemon: Daemon, page: Page) -> None:
     async with asyncio.timeout(10):
         while await bar_width(loc(f'.card[data-id="{active}"]')) < 30:
             await asyncio.sleep(0.1)
+
+
+async def test_an_active_file_shows_the_host_that_holds_it(tmp_path: Path) -> None:
+    """On a queue shared by workers, a small label names the host running an active file. The
+    daemon runs one host's queue here, so the holder is planted where a fleet sync puts it."""
+    holder = "gpu-07/4242/a1b2c3"
+
+    def plant(manager: DownloadManager) -> None:
+        manager._holders[(1, 1)] = holder
+
+    expect = playwright_api.expect
+    async with run_daemon(tmp_path, settings=fast_settings(), manager_setup=plant) as daemon:
+        daemon.hub.add_fault(Fault("throttle", origin="cdn", rate=256 * KiB))
+        async with playwright_api.async_playwright() as p:
+            browser = await p.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1180, "height": 860})
+                problems: list[str] = []
+                page.on("pageerror", lambda error: problems.append(str(error)))
+                await page.goto(daemon.url)
+                await expect(page.locator("#connection")).to_have_text("live")
+                held = await daemon.manager.add(f"{SAMPLE_REPO}/mmproj-tiny-F16.gguf")
+                label = page.locator(f'.card[data-id="{held}"] .file-worker')
+                await expect(label).to_be_visible()
+                await expect(label).to_have_text("on gpu-07")
+                await expect(label).to_have_attribute("title", f"held by worker {holder}")
+                daemon.hub.clear_faults()
+                card = page.locator(f'.card[data-id="{held}"]')
+                await expect(card.locator(".state")).to_have_text("done", timeout=20_000)
+                await expect(label).to_be_hidden()  # a finished file is held by no one
+                await expect(card.locator(".file-state")).to_have_text("done")
+                assert problems == []
+            finally:
+                await browser.close()

@@ -265,6 +265,46 @@ async def test_the_cli_works_a_shared_queue_from_any_home(
     assert len(wrong.err.strip().splitlines()) == 1
 
 
+async def test_ls_and_status_name_the_host_running_each_active_file(
+    hub: FakeHub,
+    tmp_path: Path,
+    pg_url: str,
+    pycache: Path,  # noqa: F811
+) -> None:
+    """From a home with no daemon and no worker: the CLI shows the fleet's queue as stored,
+    with the host that holds each active file."""
+    hub.add_repo("o/on", [RepoFile("on.bin", size=4 * MiB, seed=7)])
+    hub.add_fault(Fault("throttle", origin="cdn", rate=512 * 1024))
+    models = tmp_path / "models"
+    onlooker = Cli(tmp_path / "onlooker", hub, pycache)
+    onlooker.env["MODELFETCH_MODELS_DIR"] = str(models)
+    async with worker(tmp_path, "a", pg_url, models) as a:
+        gid = await a.enqueue(group_of(hub, "o/on", ["on.bin"], models / "o" / "on"))
+        async with asyncio.timeout(20):
+            while (gid, 1) not in a._running:
+                await asyncio.sleep(0.02)
+        assert a._fleet is not None
+        holder = a._fleet.worker
+        host = holder.split("/", 1)[0]
+        listed = await onlooker("--store", pg_url, "ls")
+        assert listed.code == 0, listed.err
+        (row,) = [line for line in listed.out.splitlines() if line.split()[:1] == [str(gid)]]
+        assert f"active on {host}" in row
+        shown = await onlooker("--store", pg_url, "status", str(gid))
+        assert shown.code == 0, shown.err
+        (line,) = [line for line in shown.out.splitlines() if line.startswith(f"{gid}.1 ")]
+        assert f"active on {host}" in line and holder not in line
+        as_json = await onlooker("--store", pg_url, "status", str(gid), "--json")
+        assert as_json.code == 0, as_json.err
+        assert json.loads(as_json.out)["files"][0]["worker"] == holder  # the whole id
+        hub.clear_faults()
+        async with asyncio.timeout(30):
+            await a.wait([gid])
+    done = await onlooker("--store", pg_url, "status", str(gid), "--json")
+    assert done.code == 0, done.err
+    assert json.loads(done.out)["files"][0]["worker"] is None
+
+
 async def test_a_worker_on_another_models_directory_is_refused(
     hub: FakeHub, tmp_path: Path, pg_url: str
 ) -> None:

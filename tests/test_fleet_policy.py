@@ -17,6 +17,8 @@ import pytest
 
 from modelfetch.core import events as ev
 from modelfetch.core.models import FileStatus
+from modelfetch.manager import DownloadManager
+from modelfetch.readonly import ReadOnlyBackend
 from modelfetch.store.postgres import PostgresStore
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
 
@@ -205,6 +207,18 @@ async def test_every_worker_shows_which_host_holds_each_active_file(
         assert seen.status == "active" and seen.worker == runner._fleet.worker
         (own,) = (await runner.group_view(gid)).files
         assert own.worker == runner._fleet.worker
+        # With no daemon on a host, `ls` and `status` open a manager without workers (it never
+        # syncs): it reads the leases from the store. The read-only view does too.
+        onlooker = DownloadManager(
+            home=tmp_path / "c", models_dir=models, store_url=pg_url, workers=False
+        )
+        async with onlooker:
+            (looked,) = (await onlooker.group_view(gid)).files
+            (listed,) = (await onlooker.snapshot())[0].files
+        assert looked.worker == listed.worker == runner._fleet.worker
+        with ReadOnlyBackend(tmp_path / "c", url=pg_url) as stored:
+            (kept,) = (await stored.group_view(gid)).files
+            assert kept.worker == runner._fleet.worker
         throttle.rate = None
         hub.clear_faults()
         async with asyncio.timeout(20):

@@ -24,6 +24,7 @@ from modelfetch.core.errors import (
     UnknownItemError,
 )
 from modelfetch.core.models import ItemRef
+from modelfetch.manager import DownloadManager
 from modelfetch.remote import RemoteManager, connect, error_from_response
 from modelfetch.testing.fakehub import SAMPLE_REPO, Fault
 
@@ -310,3 +311,61 @@ async def test_an_unreachable_daemon_is_a_state_error(daemon: Daemon) -> None:
             await gone.snapshot()
     with pytest.raises(RuntimeError, match="not open"):
         await RemoteManager(url).snapshot()
+
+
+# ------------------------------------------------------------- the worker holding a file
+
+
+def test_a_file_views_worker_round_trips_through_the_api_model() -> None:
+    import dataclasses
+
+    from modelfetch.remote_codec import group_view_of
+    from modelfetch.server.api_models import FileViewModel, GroupViewModel
+
+    from .test_render import file_view, group_view
+
+    view = group_view(file_view(1, worker="gpu-07/4242/a1b2c3"), file_view(2, status="queued"))
+    data = GroupViewModel.model_validate(view.to_dict()).model_dump(mode="json")
+    assert data["files"][0]["worker"] == "gpu-07/4242/a1b2c3"
+    assert group_view_of(data) == view
+    # A daemon from before fleet mode sends no `worker`: the field is optional on both sides.
+    old = view.to_dict()
+    for f in old["files"]:
+        del f["worker"]
+    assert "worker" not in FileViewModel.model_json_schema().get("required", [])
+    assert GroupViewModel.model_validate(old).files[0].worker is None
+    assert group_view_of(old) == dataclasses.replace(
+        view, files=[dataclasses.replace(f, worker=None) for f in view.files]
+    )
+
+
+async def test_every_client_of_a_daemon_sees_who_holds_an_active_file(tmp_path: Path) -> None:
+    """The REST view, the stream's snapshot and the remote client all carry the holder. The
+    daemon runs on one host's queue here, so the holder is planted where a fleet sync puts it."""
+    from .test_server_sse import open_stream
+
+    holder = "gpu-07/4242/a1b2c3"
+
+    def plant(manager: DownloadManager) -> None:
+        manager._holders[(1, 1)] = holder
+
+    async with run_daemon(tmp_path, manager_setup=plant) as daemon:
+        daemon.hub.add_fault(Fault("throttle", origin="cdn", rate=256 * 1024))
+        gid = await daemon.manager.add(f"{SAMPLE_REPO}/mmproj-tiny-F16.gguf")
+        assert gid == 1
+        view = await daemon.wait_status(str(gid), lambda v: v["files"][0]["status"] == "active")
+        assert view["files"][0]["worker"] == holder
+        async with open_stream(daemon) as reader:
+            snapshot = await reader.until("snapshot")
+        (item,) = snapshot.data["items"]
+        assert item["files"][0]["worker"] == holder
+        found = await connect(daemon.home)
+        assert found is not None
+        async with found as client:
+            (seen,) = (await client.group_view(gid)).files
+            assert seen.worker == holder
+            daemon.hub.clear_faults()
+            async with asyncio.timeout(20):
+                await client.wait([gid])
+            (done,) = (await client.group_view(gid)).files
+        assert done.status == "completed" and done.worker is None

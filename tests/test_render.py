@@ -469,3 +469,41 @@ def test_status_names_the_host_that_holds_an_active_file_on_a_shared_queue() -> 
     assert "active on gpu-07" in rows["7.1"]
     assert "4242" not in rows["7.1"]  # the host, not the whole worker id
     assert " on " not in rows["7.2"]  # one host's queue (SQLite) names no worker
+
+
+def test_ls_names_the_hosts_running_a_download_on_a_shared_queue() -> None:
+    from modelfetch.render.listing import queue_table
+
+    def ls_row(v: GroupView) -> str:
+        buffer = io.StringIO()
+        console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
+        console.print(queue_table([v], NOW))
+        (row,) = [line for line in buffer.getvalue().splitlines() if line.split()[:1] == ["7"]]
+        return row
+
+    one_host = ls_row(group_view(file_view(1), file_view(2)))
+    assert "active" in one_host and " on " not in one_host  # one host's queue (SQLite)
+    held = group_view(
+        file_view(1, worker="gpu-07/4242/a1b2c3"),
+        file_view(2, worker="gpu-07/4242/a1b2c3"),
+        file_view(3, worker="gpu-08/17/ffffff"),
+    )
+    assert "active on gpu-07, gpu-08 " in ls_row(held)  # each host once, in file order
+    many = group_view(*(file_view(n, worker=f"gpu-0{n}/1/abc") for n in range(1, 5)))
+    assert "active on gpu-01, gpu-02 +2" in ls_row(many)
+
+
+def test_a_worker_is_kept_for_active_files_only() -> None:
+    from modelfetch.core.models import FileRecord, FileStatus
+    from modelfetch.views import file_view as view_of_record
+
+    def record(status: FileStatus) -> FileRecord:
+        return FileRecord(
+            group_id=7, index=1, name="a.bin", url="u", dest="/m/a.bin", status=status
+        )
+
+    holder = "gpu-07/4242/a1b2c3"
+    assert view_of_record(record(FileStatus.ACTIVE), None, worker=holder).worker == holder
+    assert view_of_record(record(FileStatus.ACTIVE), None).worker is None
+    assert view_of_record(record(FileStatus.COMPLETED), None, worker=holder).worker is None
+    assert view_of_record(record(FileStatus.QUEUED), 1, worker=holder).worker is None

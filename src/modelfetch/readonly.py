@@ -34,9 +34,10 @@ NOTICE: Final = (
 class ReadOnlyBackend:
     """`snapshot()` and `group_view()` of a Backend, answered from the state database alone."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, url: str | None = None) -> None:
+        """`url`: the state database as `recovery.open_reader` names it (None: `home`'s)."""
         home = Path(home)
-        self._reader: StoreReader = open_reader(home)
+        self._reader: StoreReader = open_reader(home, url=url)
         self._holder = _holder_pid(home)
 
     @property

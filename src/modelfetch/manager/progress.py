@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+import weakref
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
 
 from modelfetch.core import events as ev
 from modelfetch.core.models import FileRecord, FileStatus, GroupRecord, GroupStatus
 from modelfetch.core.queue import FileKey
 from modelfetch.core.rate import RateEstimator
 from modelfetch.manager.groups import file_ref, group_done
+from modelfetch.store import LeasingStore
 from modelfetch.views import FileView, GroupView, file_view, group_view
 
 if TYPE_CHECKING:
@@ -84,10 +87,11 @@ def group_view_of(
     tally = m._tallies.get(group.id)
     total = tally.total if tally is not None else group.bytes_total
     active = rate is not None and group.status is GroupStatus.ACTIVE
+    holders = _holders(m)
     return group_view(
         group,
         group_positions.get(group.id),
-        [_file_view(m, f, positions) for f in group.files],
+        [_file_view(m, f, positions, holders) for f in group.files],
         downloaded=done,
         total=total,
         speed=rate.speed if rate is not None and active else None,
@@ -95,10 +99,40 @@ def group_view_of(
     )
 
 
-def _file_view(m: DownloadManager, f: FileRecord, positions: dict[FileKey, int]) -> FileView:
+# A manager that runs no transfer on a shared queue reads the leases from the store, at most
+# once in this many seconds (a snapshot asks once per group).
+_STORED_HOLDERS_TTL: Final = 0.5
+_stored_holders: weakref.WeakKeyDictionary[DownloadManager, tuple[float, dict[FileKey, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _holders(m: DownloadManager) -> Mapping[FileKey, str]:
+    """Which worker holds each active file, on a queue shared by workers (none on SQLite).
+
+    A fleet worker keeps them from its syncs (`m._holders`). A manager without workers on a
+    shared queue (`modelfetch ls` or `status` on a host where no daemon runs) never syncs, so it
+    reads them from the store's leases."""
+    if m._fleet is not None or not isinstance(m._store, LeasingStore):
+        return m._holders
+    now = time.monotonic()
+    cached = _stored_holders.get(m)
+    if cached is not None and now - cached[0] < _STORED_HOLDERS_TTL:
+        return cached[1]
+    holders = {key: holder for key, (holder, _) in m._store.holders().items()}
+    _stored_holders[m] = (now, holders)
+    return holders
+
+
+def _file_view(
+    m: DownloadManager,
+    f: FileRecord,
+    positions: dict[FileKey, int],
+    holders: Mapping[FileKey, str],
+) -> FileView:
     key = (f.group_id, f.index)
     run = m._running.get(key)
-    worker = m._holders.get(key)
+    worker = holders.get(key)
     if run is None:
         return file_view(f, positions.get(key), worker=worker)
     if m._fleet is not None:

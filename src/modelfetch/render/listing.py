@@ -28,6 +28,16 @@ def _group_error(v: GroupView) -> str:
     return ""
 
 
+def _held_on(v: GroupView) -> str:
+    """` on gpu-07, gpu-08 +1`: the hosts running a download's active files, on a queue shared
+    by workers ("" when no worker is known: one host's queue)."""
+    hosts = list(dict.fromkeys(worker_host(f.worker) for f in v.files if f.worker is not None))
+    if not hosts:
+        return ""
+    more = f" +{len(hosts) - 2}" if len(hosts) > 2 else ""
+    return f" on {', '.join(hosts[:2])}{more}"
+
+
 def queue_table(views: Sequence[GroupView], now: float) -> Table:
     """`ls`: id, name, status, progress, size, speed, queue position, error."""
     from rich.console import JustifyMethod
@@ -50,7 +60,7 @@ def queue_table(views: Sequence[GroupView], now: float) -> Table:
         table.add_row(
             str(v.id),
             v.name,
-            group_state(v, now) if v.status in ("queued", "paused") else v.status,
+            group_state(v, now) if v.status in ("queued", "paused") else v.status + _held_on(v),
             group_progress(v),
             f"{format_bytes(v.downloaded)} / {format_bytes(v.total)}",
             format_rate(v.speed),

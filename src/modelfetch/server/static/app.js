@@ -296,20 +296,32 @@
       el('span', { className: 'file-name', title: f.dest }),
       makeBar(`progress of ${f.name}`),
       el('span', { className: 'file-bytes' }),
-      el('span', { className: 'file-state' }),
+      el(
+        'span',
+        { className: 'file-state' },
+        el('span', { className: 'file-words' }),
+        el('span', { className: 'file-worker', hidden: true }),
+      ),
     );
   }
 
   function updateFile(row, f) {
-    const [name, bar, bytes, words] = row.children;
+    const [name, bar, bytes, stateBox] = row.children;
+    const [words, worker] = stateBox.children;
     setText(name, f.name);
     name.title = f.dest;
     setBar(bar, f.downloaded, f.total, f.status);
     setText(bytes, `${formatBytes(f.downloaded)} / ${formatBytes(f.total)}`);
-    // On a queue shared by workers, which host runs an active file.
-    const said = f.worker ? `${fileWords(f)} · on ${f.worker.split('/')[0]}` : fileWords(f);
+    const said = fileWords(f);
     setText(words, said);
-    words.title = said;
+    // On a queue shared by workers: the host running an active file (its full id on hover).
+    // A status event may say a file left `active` before its view is fetched again.
+    const held = f.status === 'active' && f.worker ? f.worker : null;
+    const on = held ? `on ${held.split('/')[0]}` : '';
+    setText(worker, on);
+    worker.hidden = !held;
+    worker.title = held ? `held by worker ${held}` : '';
+    stateBox.title = held ? `${said} ${on}` : said;
     row.dataset.status = f.status;
   }
 
