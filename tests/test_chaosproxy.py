@@ -224,7 +224,10 @@ async def test_the_same_seed_replays_the_same_faults_whatever_the_interleaving()
         for order in (paths, paths[::-1]):
             async with ChaosProxy(hub.cdn_endpoint, seed=99, config=config) as proxy:
                 hub.cdn_public_url = proxy.url
-                async with aiohttp.ClientSession() as session:
+                # One connection per request: the proxy plans its faults per connection, and which
+                # request a kept-alive connection carries next depends on the interleaving.
+                connector = aiohttp.TCPConnector(force_close=True)
+                async with aiohttp.ClientSession(connector=connector) as session:
 
                     async def fetch(path: str, s: aiohttp.ClientSession = session) -> None:
                         try:

@@ -166,6 +166,11 @@ async def test_an_id_too_old_or_from_an_earlier_run_gets_a_snapshot_first(
 
     async with run_daemon(tmp_path, manager_setup=small_history) as daemon:
         await add_and_finish(daemon)
+        # The ticker announces the finished download's queue positions a moment later: let it,
+        # so that the snapshot is the newest event when the streams open.
+        async with asyncio.timeout(10):
+            while daemon.manager._tx.positions_dirty:
+                await asyncio.sleep(0.02)
         last = daemon.manager.bus.last_seq
         assert last > 6
         for stale in (1, last + 1000, "not-a-number"):
