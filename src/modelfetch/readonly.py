@@ -20,7 +20,7 @@ from modelfetch.core.errors import UnknownItemError
 from modelfetch.core.models import GroupRecord, ItemRef
 from modelfetch.core.queue import FileKey, SchedulingQueue, entries_of
 from modelfetch.recovery import open_reader
-from modelfetch.store import LOCK_NAME, LeasingStore, StoreReader
+from modelfetch.store import LOCK_NAME, LeasingStore, StoreReader, holder_ids
 from modelfetch.views import GroupView, file_view, group_view
 
 __all__ = ["NOTICE", "ReadOnlyBackend", "queue_positions", "stored_view"]
@@ -83,7 +83,7 @@ class ReadOnlyBackend:
         reader = self._reader
         if not isinstance(reader, LeasingStore):
             return {}
-        return {key: holder for key, (holder, _) in reader.holders().items()}
+        return holder_ids(reader)
 
 
 def queue_positions(

@@ -343,9 +343,10 @@ class DownloadManager:
         self._require_running()
         positions = self._queue.positions()
         group_positions = self._queue.group_positions()
+        holders = progress.holders_of(self)
         return [
             progress.group_view_of(
-                self, self._groups.get(group.id, group), positions, group_positions
+                self, self._groups.get(group.id, group), positions, group_positions, holders
             )
             for group in self.store.groups()
         ]
@@ -354,7 +355,11 @@ class DownloadManager:
         self._require_running()
         group = self._group(self._ref(ref).group_id)
         return progress.group_view_of(
-            self, group, self._queue.positions(), self._queue.group_positions()
+            self,
+            group,
+            self._queue.positions(),
+            self._queue.group_positions(),
+            progress.holders_of(self),
         )
 
     def subscribe(self, *, maxsize: int = 1024, since: int | None = None) -> Subscription:

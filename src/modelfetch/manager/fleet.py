@@ -37,7 +37,7 @@ from modelfetch.manager.fleet_worker import FleetWorker, SharedStore, worker_id
 from modelfetch.manager.groups import file_ref, member
 from modelfetch.manager.scheduling import host_of, is_held
 from modelfetch.manager.transitions import maybe_finish_group
-from modelfetch.store import Claim, StoreUnavailableError
+from modelfetch.store import Claim, StoreUnavailableError, holder_ids
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
@@ -124,7 +124,7 @@ def sync(m: DownloadManager, fleet: FleetWorker) -> bool:
         group = store.get_group(gid)  # no longer live: finished, or forgotten
         if group is not None:
             stored[gid] = group
-    m._holders = {key: holder for key, (holder, _) in fleet.store.holders().items()}
+    m._holders = holder_ids(fleet.store)
     for host, until in store.host_holds(time.time()).items():  # a 429/503 another worker saw
         m._holds[host] = max(m._holds.get(host, 0.0), until)
     changed = False

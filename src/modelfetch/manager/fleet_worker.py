@@ -77,7 +77,6 @@ class FleetWorker:
         # -- outages of the state database
         self.down: StoreUnavailableError | None = None  # set while it cannot be reached
         self.down_since = 0.0  # time.monotonic() when it went down
-        self.outages = 0  # how many times it went down (for the notices and tests)
         # Claims ended by a write not yet known to be committed (a batch still open).
         self.released: dict[FileKey, Claim] = {}
         # While down: the claims whose state is to be written once it is back, their last
@@ -93,7 +92,6 @@ class FleetWorker:
         if self.down is None:
             self.down = exc
             self.down_since = time.monotonic()
-            self.outages += 1
         self.replay_claims.update(self.released)
         self.replay_claims.update(self.claims)
         self.released.clear()

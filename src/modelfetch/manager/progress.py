@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from modelfetch.core import events as ev
 from modelfetch.core.models import FileRecord, FileStatus, GroupRecord, GroupStatus
 from modelfetch.core.queue import FileKey
 from modelfetch.core.rate import RateEstimator
 from modelfetch.manager.groups import file_ref, group_done
-from modelfetch.store import LeasingStore
+from modelfetch.store import LeasingStore, holder_ids
 from modelfetch.views import FileView, GroupView, file_view, group_view
 
 if TYPE_CHECKING:
@@ -81,13 +80,13 @@ def group_view_of(
     group: GroupRecord,
     positions: dict[FileKey, int],
     group_positions: dict[int, int],
+    holders: Mapping[FileKey, str],
 ) -> GroupView:
     rate = m._group_rates.get(group.id)
     done = group_done(m._tallies, m._running, group)
     tally = m._tallies.get(group.id)
     total = tally.total if tally is not None else group.bytes_total
     active = rate is not None and group.status is GroupStatus.ACTIVE
-    holders = _holders(m)
     return group_view(
         group,
         group_positions.get(group.id),
@@ -99,29 +98,16 @@ def group_view_of(
     )
 
 
-# A manager that runs no transfer on a shared queue reads the leases from the store, at most
-# once in this many seconds (a snapshot asks once per group).
-_STORED_HOLDERS_TTL: Final = 0.5
-_stored_holders: weakref.WeakKeyDictionary[DownloadManager, tuple[float, dict[FileKey, str]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _holders(m: DownloadManager) -> Mapping[FileKey, str]:
-    """Which worker holds each active file, on a queue shared by workers (none on SQLite).
+def holders_of(m: DownloadManager) -> Mapping[FileKey, str]:
+    """Which worker holds each active file, on a queue shared by workers (none on SQLite);
+    read once per snapshot or view, like the queue positions.
 
     A fleet worker keeps them from its syncs (`m._holders`). A manager without workers on a
     shared queue (`modelfetch ls` or `status` on a host where no daemon runs) never syncs, so it
     reads them from the store's leases."""
     if m._fleet is not None or not isinstance(m._store, LeasingStore):
         return m._holders
-    now = time.monotonic()
-    cached = _stored_holders.get(m)
-    if cached is not None and now - cached[0] < _STORED_HOLDERS_TTL:
-        return cached[1]
-    holders = {key: holder for key, (holder, _) in m._store.holders().items()}
-    _stored_holders[m] = (now, holders)
-    return holders
+    return holder_ids(m._store)
 
 
 def _file_view(

@@ -27,6 +27,7 @@ from modelfetch.store.protocol import (
     Store,
     StoreReader,
     StoreUnavailableError,
+    holder_ids,
 )
 from modelfetch.store.schema import (
     DB_NAME,
@@ -65,6 +66,7 @@ __all__ = [
     "StoreReader",
     "StoreUnavailableError",
     "apply_migrations",
+    "holder_ids",
 ]
 
 _LAZY = {"PostgresStore": "postgres", "PostgresStoreReader": "postgres_reader"}

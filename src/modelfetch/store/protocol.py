@@ -385,3 +385,8 @@ class LeasingStore(Protocol):
         one at times; not for byte counts or renewals. On its own connection; raises
         StoreUnavailableError when that is lost (listen again later)."""
         ...
+
+
+def holder_ids(store: LeasingStore) -> dict[tuple[int, int], str]:
+    """(group id, index) of every leased file -> the worker holding it: what the views show."""
+    return {key: holder for key, (holder, _) in store.holders().items()}
