@@ -103,6 +103,10 @@ async def add_and_finish(daemon: Daemon, spec: str = SAMPLE_REPO) -> int:
     gid = await daemon.manager.add(spec)
     async with asyncio.timeout(20):
         await daemon.manager.wait([gid])
+        # The ticker announces the finished download's queue positions a moment later: let
+        # it, so that what a test reads next is not raced by that late event.
+        while daemon.manager._tx.positions_dirty:
+            await asyncio.sleep(0.02)
     return gid
 
 
@@ -166,11 +170,6 @@ async def test_an_id_too_old_or_from_an_earlier_run_gets_a_snapshot_first(
 
     async with run_daemon(tmp_path, manager_setup=small_history) as daemon:
         await add_and_finish(daemon)
-        # The ticker announces the finished download's queue positions a moment later: let it,
-        # so that the snapshot is the newest event when the streams open.
-        async with asyncio.timeout(10):
-            while daemon.manager._tx.positions_dirty:
-                await asyncio.sleep(0.02)
         last = daemon.manager.bus.last_seq
         assert last > 6
         for stale in (1, last + 1000, "not-a-number"):
