@@ -170,14 +170,14 @@ async def test_a_cap_over_the_fleet_holds_whichever_worker_claims(
         worker(tmp_path, "a", pg_url, models) as a,
         worker(tmp_path, "b", pg_url, models) as b,
     ):
-        await a.set_fleet_max_active(1)  # each worker alone would run 3
+        await a.set_fleet_limits(max_active=1)  # each worker alone would run 3
         gid = await b.enqueue(group_of(hub, "o/cap", paths, models / "o" / "cap"))
         with PostgresStore(pg_url) as peek:
             async with asyncio.timeout(60):
                 while not b._book.settled(gid):
                     most = max(most, len(peek.holders()), len(a._running) + len(b._running))
                     await asyncio.sleep(0.02)
-            assert peek.fleet_max_active() == 1
+            assert peek.fleet_limits().max_active == 1
         await b.wait([gid])
     assert most == 1
     assert_published(hub, "o/cap", paths, models / "o" / "cap")

@@ -17,7 +17,7 @@ import pytest
 
 from modelfetch.core.models import FileStatus
 from modelfetch.core.segments import SegmentRecord
-from modelfetch.store import Claim, LeaseLostError
+from modelfetch.store import Claim, FleetLimits, LeaseLostError, WorkerLoad
 from modelfetch.store.postgres import PostgresStore
 
 from .pg import pg_cluster_fixture, pg_url_fixture  # noqa: F401 -- the pg fixtures
@@ -260,8 +260,8 @@ def test_claim_checks_its_arguments(a: PostgresStore) -> None:
 
 def test_a_fleet_cap_holds_over_concurrent_claimers(pg_url: str, a: PostgresStore) -> None:
     a.add_group(plain_group("g", files=40))
-    assert a.fleet_max_active() is None
-    a.set_fleet_max_active(5)
+    assert a.fleet_limits() == FleetLimits()
+    assert a.set_fleet_limits(max_active=5) == FleetLimits(max_active=5)
     workers = [PostgresStore(pg_url) for _ in range(4)]
     start = threading.Barrier(len(workers))
     got: list[Claim] = []
@@ -291,8 +291,80 @@ def test_a_fleet_cap_holds_over_concurrent_claimers(pg_url: str, a: PostgresStor
     assert a.claim("late", lease_seconds=LEASE, limit=3) == []
     later = a.claim("later", lease_seconds=LEASE, limit=10, now=time.time() + 2 * LEASE)
     assert len(later) == 5  # every lease lapsed by then: the cap is free again
-    a.set_fleet_max_active(None)
-    assert a.fleet_max_active() is None
+    a.set_fleet_limits(max_connections_per_host=8)  # the other cap, the first one kept
+    assert a.fleet_limits() == FleetLimits(max_active=5, max_connections_per_host=8)
+    assert a.set_fleet_limits(max_active=None) == FleetLimits(max_connections_per_host=8)
     assert len(a.claim("free", lease_seconds=LEASE, limit=10)) == 10
     with pytest.raises(ValueError, match="at least 1"):
-        a.set_fleet_max_active(0)
+        a.set_fleet_limits(max_active=0)
+    with pytest.raises(ValueError, match="max_connections_per_host must be at least 1"):
+        a.set_fleet_limits(max_connections_per_host=0)
+
+
+# -- the roster and fair claims -------------------------------------------------------------------
+
+
+def test_the_roster_lists_live_workers_with_what_each_runs(
+    a: PostgresStore, b: PostgresStore
+) -> None:
+    a.add_group(plain_group("g", files=3))
+    assert a.roster() == []
+    assert a.heartbeat("w1", max_active=3, accepting=True, lapse_seconds=LEASE) == [
+        WorkerLoad("w1", running=0, max_active=3)
+    ]
+    a.claim("w1", lease_seconds=LEASE, limit=2)  # alone in the roster: claims greedily
+    roster = b.heartbeat("w2", max_active=1, accepting=False, lapse_seconds=LEASE)
+    assert roster == [
+        WorkerLoad("w1", running=2, max_active=3),
+        WorkerLoad("w2", running=0, max_active=1, accepting=False),
+    ]
+    assert roster[1].room == 0  # not accepting: no room, whatever its max_active
+    b.leave("w2")
+    assert a.roster() == [WorkerLoad("w1", running=2, max_active=3)]
+    a.heartbeat("w1", max_active=3, accepting=True, lapse_seconds=0.05)
+    time.sleep(0.1)  # lapsed: out of the roster (its leases are its own affair)
+    assert a.roster() == []
+    with pytest.raises(ValueError, match="heartbeat needs"):
+        a.heartbeat("w1", max_active=0, accepting=True, lapse_seconds=LEASE)
+
+
+def test_claims_leave_queued_files_to_idle_workers(
+    pg_url: str, a: PostgresStore, b: PostgresStore
+) -> None:
+    a.add_group(plain_group("g", files=4))
+    with PostgresStore(pg_url) as c:
+        for name, store in (("w1", a), ("w2", b), ("w3", c)):
+            store.heartbeat(name, max_active=3, accepting=True, lapse_seconds=LEASE)
+        a.heartbeat("w1", max_active=3, accepting=True, lapse_seconds=LEASE)  # sees w2, w3
+        # Four files, three workers with three slots each: w1 takes two, not three.
+        assert len(a.claim("w1", lease_seconds=LEASE, limit=3)) == 2
+        b.heartbeat("w2", max_active=3, accepting=True, lapse_seconds=LEASE)
+        assert len(b.claim("w2", lease_seconds=LEASE, limit=3)) == 1  # w3 is still at none
+        c.heartbeat("w3", max_active=3, accepting=True, lapse_seconds=LEASE)
+        assert len(c.claim("w3", lease_seconds=LEASE, limit=3)) == 1
+    assert Counter(holder for holder, _ in a.holders().values()) == {"w1": 2, "w2": 1, "w3": 1}
+
+
+def test_a_worker_claims_what_the_others_have_no_room_for(
+    a: PostgresStore, b: PostgresStore
+) -> None:
+    a.add_group(plain_group("g", files=4))
+    b.heartbeat("small", max_active=1, accepting=True, lapse_seconds=LEASE)
+    b.heartbeat("gone", max_active=3, accepting=False, lapse_seconds=LEASE)
+    a.heartbeat("big", max_active=4, accepting=True, lapse_seconds=LEASE)
+    # `small` can take one, `gone` none: `big` takes the other three at once.
+    assert len(a.claim("big", lease_seconds=LEASE, limit=4)) == 3
+    assert len(b.claim("small", lease_seconds=LEASE, limit=1)) == 1
+
+
+def test_a_host_hold_ends_on_the_database_clock_whatever_the_workers_clocks(
+    a: PostgresStore, b: PostgresStore
+) -> None:
+    a.heartbeat("w1", max_active=1, accepting=True, lapse_seconds=LEASE)  # measures the offset
+    # Host A's clock runs 100 s ahead of B's: a 5 s hold it computes ends at its time + 5 ...
+    a._offset = a._clock_offset() - 100.0
+    a.hold_host("hub.example", time.time() + 100.0 + 5.0)
+    # ... which B, on its own clock, reads as 5 s from its now, not 105.
+    (until,) = b.host_holds(time.time()).values()
+    assert 4.0 < until - time.time() <= 5.5
+    assert a.host_holds(time.time() + 100.0 + 6.0) == {}  # over for A too, on its own clock

@@ -478,8 +478,10 @@ def test_host_holds_keep_the_latest_until_and_survive_reopening(engine: StoreEng
         assert store.host_holds(1003.0) == {"cdn.example:443": 1010.0}  # ended: not in force
         store.hold_host("cdn.example:443", 1020.0)
     with engine.open() as again:  # a restart waits as the server asked
-        assert again.host_holds(1003.0) == {"cdn.example:443": 1020.0}
-        assert again.host_holds(1020.0) == {}
+        # PostgreSQL keeps holds on its own clock: a new connection measures its offset to it
+        # anew, so the end comes back to within that measurement (microseconds on loopback).
+        assert again.host_holds(1003.0) == {"cdn.example:443": pytest.approx(1020.0, abs=0.5)}
+        assert again.host_holds(1021.0) == {}
 
 
 def test_a_hold_inside_a_batch_commits_with_it(store: Store) -> None:

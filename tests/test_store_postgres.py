@@ -123,8 +123,8 @@ def test_both_engines_have_every_schema_version_with_the_same_columns(pg_url: st
     found: dict[str, set[str]] = {}
     for table, column in rows:
         found.setdefault(table, set()).add(column)
-    # PostgreSQL's own: the marker's queue id and the fleet's limits.
-    assert set(found) == set(expected) | {"queue_identity", "fleet_limits"}
+    # PostgreSQL's own: the marker's queue id, the fleet's limits and its roster of workers.
+    assert set(found) == set(expected) | {"queue_identity", "fleet_limits", "workers"}
     for table, names in expected.items():
         extra = LEASE_COLUMNS if table == "files" else set()
         assert found[table] == names | extra, table

@@ -121,3 +121,26 @@ def group_view(
         finished_at=group.finished_at,
         files=files,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One live worker of a shared queue."""
+
+    worker: str  # its lease holder id: host/pid/random
+    host: str
+    running: int  # files it holds under a live lease
+    max_active: int
+    accepting: bool  # False: leaving, or cut off from the state database
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """The workers of a queue shared by several processes, and the caps over all of them."""
+
+    workers: list[WorkerView]
+    max_active: int | None  # files at once over the fleet; None: each worker's own only
+    max_connections_per_host: int | None  # connections to one host over the fleet
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -39,13 +39,13 @@ from modelfetch.layout import Layout
 from modelfetch.manager import control, files, intake, lifecycle, limits, progress
 from modelfetch.manager.groups import GroupBook, group_done, wait_settled
 from modelfetch.manager.partials import partial_files_unowned, remove_paths
-from modelfetch.manager.scheduling import choose_starts, due_retries, next_wake_in
+from modelfetch.manager.scheduling import due_retries, next_wake_in
 from modelfetch.manager.settings import ManagerSettings, default_home
 from modelfetch.manager.transitions import Transitions
 from modelfetch.requests import GroupRequest
-from modelfetch.store import Store
+from modelfetch.store import KEEP, Keep, Store
 from modelfetch.transfer.limiter import ConnectionSlots, TokenBucket
-from modelfetch.views import GroupView
+from modelfetch.views import FleetView, GroupView
 
 if TYPE_CHECKING:
     # The Hub client and the planner (and aiohttp under them) are imported when a spec must be
@@ -312,12 +312,25 @@ class DownloadManager:
         await asyncio.gather(*(files.stop(self, r, StopReason.SHUTDOWN) for r in excess))
         self._wake.set()
 
-    async def set_fleet_max_active(self, cap: int | None) -> None:
-        """On a queue shared by workers: at most `cap` files active at once over the whole
-        fleet (None: no cap beyond each worker's `max_active`). Stored with the queue, so it
-        holds for every worker; files running beyond it finish. ValueError on a private store."""
-        limits.set_fleet_max_active(self, cap)
+    async def fleet(self) -> FleetView:
+        """On a queue shared by workers: the live workers and the caps over all of them."""
+        return limits.fleet_view(self)
+
+    async def set_fleet_limits(
+        self,
+        *,
+        max_active: int | Keep | None = KEEP,
+        max_connections_per_host: int | Keep | None = KEEP,
+    ) -> FleetView:
+        """Caps over every worker of a shared queue: files active at once, connections to one
+        host (None: none beyond each worker's own; KEEP: as it is). Stored with the queue, so
+        they hold for every worker; what runs beyond them finishes. ValueError on a private
+        store."""
+        limits.set_fleet_limits(
+            self, max_active=max_active, max_connections_per_host=max_connections_per_host
+        )
         self._wake.set()
+        return limits.fleet_view(self)
 
     async def set_rate_limit(self, ref: str | int | ItemRef, bytes_per_s: int | None) -> None:
         """Cap one download's bandwidth (bytes/s over all its files and connections; None or
@@ -459,21 +472,7 @@ class DownloadManager:
 
             fill_slots(self, self._fleet, now)
             return
-        waiting = self._queue.waiting()  # one pass: each round reads on where the last stopped
-        while True:
-            chosen = choose_starts(
-                waiting,
-                self._groups,
-                free=self.settings.max_active - len(self._running),
-                holds=self._holds,
-                now=now,
-            )
-            refused = 0
-            for f in chosen:
-                if not files.start(self, f, now):
-                    refused += 1
-            if not refused:
-                return
+        files.fill_from_queue(self, now)
 
     async def _pause_for_disk_full(self) -> None:
         await control.pause_files(self, self._book.all_live_files(), PauseReason.DISK_FULL)

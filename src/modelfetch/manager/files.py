@@ -24,6 +24,7 @@ from modelfetch.manager.groups import file_ref, group_done
 from modelfetch.manager.intake import group_token
 from modelfetch.manager.limits import group_bucket, group_limits
 from modelfetch.manager.partials import partial_paths, segments_of
+from modelfetch.manager.scheduling import choose_starts
 from modelfetch.transfer.api import Credentials, StopSignal, TransferRequest
 
 if TYPE_CHECKING:
@@ -45,6 +46,25 @@ class RunningFile:
     reported: bool = False
     saved_done: int = -1
     last_sent: tuple[int, int | None] = (-1, None)
+
+
+def fill_from_queue(m: DownloadManager, now: float) -> None:
+    """`DownloadManager._fill_slots` of a private queue: its in-memory order decides."""
+    waiting = m._queue.waiting()  # one pass: each round reads on where the last stopped
+    while True:
+        chosen = choose_starts(
+            waiting,
+            m._groups,
+            free=m.settings.max_active - len(m._running),
+            holds=m._holds,
+            now=now,
+        )
+        refused = 0
+        for f in chosen:
+            if not start(m, f, now):
+                refused += 1
+        if not refused:
+            return
 
 
 def start(m: DownloadManager, f: FileRecord, now: float) -> bool:

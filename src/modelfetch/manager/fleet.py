@@ -33,6 +33,7 @@ from modelfetch.core import events as ev
 from modelfetch.core.models import FileRecord, FileStatus, GroupRecord, StopReason
 from modelfetch.core.queue import FileKey, entries_of
 from modelfetch.manager import files
+from modelfetch.manager.fleet_balance import announce, hand_off
 from modelfetch.manager.fleet_worker import FleetWorker, SharedStore, worker_id
 from modelfetch.manager.groups import file_ref, member
 from modelfetch.manager.scheduling import host_of, is_held
@@ -181,9 +182,10 @@ def _apply(m: DownloadManager, f: FileRecord, row: FileRecord) -> bool:
 
 
 async def watch(m: DownloadManager, fleet: FleetWorker) -> None:
-    """The fleet's beat: stop transfers whose lease was lost, renew leases, follow the other
-    workers, and wake the coordinator so free slots claim what they left or added. With the
-    state database unreachable: stop the transfers and reconnect (`_ride_out`)."""
+    """The fleet's beat: stop transfers whose lease was lost, renew leases, announce this
+    worker, follow the other workers, hand a file to an idle one, and wake the coordinator so
+    free slots claim what they left or added. With the state database unreachable: stop the
+    transfers and reconnect (`_ride_out`)."""
     interval = m.settings.fleet_poll_interval
     while not m._closing:
         fleet.nudged.clear()  # a change committed from here on is seen by this round or the next
@@ -193,8 +195,11 @@ async def watch(m: DownloadManager, fleet: FleetWorker) -> None:
                 if fleet.renew_due():
                     fleet.renew()
                     _stop_lost(m, fleet)
+                if time.monotonic() - fleet.announced_at >= min(interval, _ANNOUNCE_GAP):
+                    announce(m, fleet)
                 with m._deferred():
                     sync(m, fleet)
+                hand_off(m, fleet)
         except StoreUnavailableError as exc:
             fleet.went_down(exc)
         if fleet.down is not None:
@@ -210,6 +215,8 @@ async def watch(m: DownloadManager, fleet: FleetWorker) -> None:
 
 # Seconds a sync waits after a notification for the ones that follow it.
 _NUDGE_GATHER = 0.05
+# Seconds at least between two heartbeats (a burst of notifications wakes many syncs).
+_ANNOUNCE_GAP = 0.25
 
 
 async def listen(m: DownloadManager, fleet: FleetWorker) -> None:

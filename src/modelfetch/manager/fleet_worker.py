@@ -26,11 +26,13 @@ from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
+from modelfetch.core.fleet_share import WorkerLoad
 from modelfetch.core.models import FileRecord, FileStatus
 from modelfetch.core.queue import FileKey
 from modelfetch.core.segments import SegmentRecord
 from modelfetch.store import (
     Claim,
+    FleetLimits,
     LeaseLostError,
     LeasingStore,
     Store,
@@ -74,6 +76,11 @@ class FleetWorker:
         self.claim_seconds: deque[float] = deque(maxlen=10_000)
         self.nudged = asyncio.Event()  # another connection committed a change of the queue
         self.seen_group = 0  # the largest group id `sync` has seen
+        # The live workers and the fleet's limits at the last heartbeat.
+        self.roster: list[WorkerLoad] = []
+        self.limits = FleetLimits()
+        self.handed_off_at = 0.0  # time.monotonic() of the last file handed to an idle worker
+        self.announced_at = -1e9  # time.monotonic() of the last heartbeat
         # -- outages of the state database
         self.down: StoreUnavailableError | None = None  # set while it cannot be reached
         self.down_since = 0.0  # time.monotonic() when it went down
@@ -266,6 +273,32 @@ class FleetWorker:
             self.claims[claim.group_id, claim.index] = claim
         held = {(c.group_id, c.index) for c in renewed}
         self._lose([key for key in self.claims if key not in held])
+
+    def heartbeat(self, *, max_active: int, lapse_seconds: float) -> None:
+        """Announce this worker (taking more files unless it is leaving) and read the roster
+        and the fleet's limits. StoreUnavailableError: marked down, re-raised."""
+        if self.down is not None:
+            return
+        self.announced_at = time.monotonic()
+        try:
+            self.roster = self.store.heartbeat(
+                self.worker,
+                max_active=max_active,
+                accepting=not self.leaving,
+                lapse_seconds=lapse_seconds,
+            )
+            self.limits = self.store.fleet_limits()
+        except StoreUnavailableError as exc:
+            self.went_down(exc)
+            raise
+
+    def leave(self) -> None:
+        """Out of the roster at once (closing): the others need not wait for it to lapse."""
+        if self.down is None:
+            try:
+                self.store.leave(self.worker)
+            except StoreUnavailableError as exc:
+                self.went_down(exc)
 
     def renew_due(self) -> bool:
         return time.monotonic() - self.renewed_at >= self.lease_seconds / 3

@@ -19,12 +19,13 @@ from modelfetch.core.network import NetworkSettings
 from modelfetch.core.queue import entries_of
 from modelfetch.manager import files
 from modelfetch.manager.fleet import FleetWorker, listen, watch, worker_id
+from modelfetch.manager.fleet_balance import announce
 from modelfetch.manager.groups import WAITING
 from modelfetch.manager.intake import adopt_existing
 from modelfetch.manager.partials import on_disk
 from modelfetch.manager.progress import checkpoint
 from modelfetch.recovery import open_store
-from modelfetch.store import LeasingStore
+from modelfetch.store import LeasingStore, StoreUnavailableError
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
@@ -64,6 +65,9 @@ async def start(m: DownloadManager) -> None:
             fleet = m._fleet = FleetWorker(
                 m._store, worker=worker_id(), lease_seconds=m.settings.lease_seconds
             )
+            # In the roster before the first claim, so the others leave it its share at once.
+            with contextlib.suppress(StoreUnavailableError):  # down: `watch` reconnects
+                announce(m, fleet)
             m._service_tasks += [
                 m._tg.create_task(watch(m, fleet), name="modelfetch-fleet"),
                 m._tg.create_task(listen(m, fleet), name="modelfetch-fleet-listen"),
@@ -106,6 +110,8 @@ async def shutdown(m: DownloadManager) -> None:
         await m._tg.__aexit__(None, None, None)
     if m._store is not None:
         m._flush()  # the last changes, committed and announced before the bus closes
+    if m._fleet is not None:
+        m._fleet.leave()  # its heartbeats have stopped with `watch`
     m.bus.close()
     m._book.wake_waiters(list(m._waiters))  # wait() returns once the bus is closed
     m._network = None  # no new session after this point

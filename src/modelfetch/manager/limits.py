@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from modelfetch.store import Keep, LeasingStore
 from modelfetch.transfer.limiter import TokenBucket
+from modelfetch.views import FleetView, WorkerView, worker_host
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
@@ -81,11 +83,50 @@ def group_bucket(m: DownloadManager, gid: int) -> TokenBucket:
     return bucket
 
 
-def set_fleet_max_active(m: DownloadManager, cap: int | None) -> None:
-    if cap is not None and cap < 1:
-        raise ValueError("the fleet's max_active must be at least 1 (or None: no cap)")
-    if m._fleet is None:
-        raise ValueError(
-            "a cap over the fleet needs a queue shared by workers (a postgresql:// store)"
+def fleet_view(m: DownloadManager) -> FleetView:
+    """The live workers of the shared queue and the fleet's caps."""
+    store = _shared(m)
+    caps = store.fleet_limits()
+    workers = [
+        WorkerView(
+            worker=w.worker,
+            host=worker_host(w.worker),
+            running=w.running,
+            max_active=w.max_active,
+            accepting=w.accepting,
         )
-    m._fleet.store.set_fleet_max_active(cap)
+        for w in store.roster()
+    ]
+    return FleetView(
+        workers=workers,
+        max_active=caps.max_active,
+        max_connections_per_host=caps.max_connections_per_host,
+    )
+
+
+def set_fleet_limits(
+    m: DownloadManager,
+    *,
+    max_active: int | Keep | None,
+    max_connections_per_host: int | Keep | None,
+) -> None:
+    for name, cap in (
+        ("max_active", max_active),
+        ("max_connections_per_host", max_connections_per_host),
+    ):
+        if isinstance(cap, int) and cap < 1:
+            raise ValueError(f"the fleet's {name} must be at least 1 (or None: no cap)")
+    store = _shared(m)
+    store.set_fleet_limits(max_active=max_active, max_connections_per_host=max_connections_per_host)
+    if m._fleet is not None:  # this worker's share at once; the others' at their next beat
+        m._fleet.limits = store.fleet_limits()
+
+
+def _shared(m: DownloadManager) -> LeasingStore:
+    store = m.store
+    if not isinstance(store, LeasingStore):
+        raise ValueError(
+            "fleet limits need a queue shared by workers (a postgresql:// store);"
+            " this one is private to this host"
+        )
+    return store

@@ -47,3 +47,6 @@ class ManagerSettings:
     # follows what the other workers committed.
     lease_seconds: float = 30.0
     fleet_poll_interval: float = 1.0
+    # A worker running two files more than an idle one hands one back to the queue for it
+    # (manager/fleet_balance.py), if it has at least this many bytes left.
+    fleet_handoff_min_left: int = 64 << 20

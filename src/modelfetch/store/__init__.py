@@ -21,12 +21,14 @@ from modelfetch.core.segments import SegmentRecord
 from modelfetch.store.protocol import (
     KEEP,
     Claim,
+    FleetLimits,
     Keep,
     LeaseLostError,
     LeasingStore,
     Store,
     StoreReader,
     StoreUnavailableError,
+    WorkerLoad,
     holder_ids,
 )
 from modelfetch.store.schema import (
@@ -54,6 +56,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SQLITE_MIGRATIONS",
     "Claim",
+    "FleetLimits",
     "Keep",
     "LeaseLostError",
     "LeasingStore",
@@ -65,6 +68,7 @@ __all__ = [
     "Store",
     "StoreReader",
     "StoreUnavailableError",
+    "WorkerLoad",
     "apply_migrations",
     "holder_ids",
 ]

@@ -330,17 +330,6 @@ class PostgresStore(PostgresLeases):
         )
         return None if row is None else str(row[0])
 
-    def hold_host(self, host: str, until: float) -> None:
-        self._execute(
-            "INSERT INTO host_holds (host, until) VALUES (%s, %s) ON CONFLICT (host)"
-            " DO UPDATE SET until = greatest(host_holds.until, excluded.until)",
-            [host, float(until)],
-        )
-
-    def host_holds(self, now: float) -> dict[str, float]:
-        rows = self._read("SELECT host, until FROM host_holds WHERE until > %s", [float(now)])
-        return {str(h): float(u) for h, u in rows}
-
     # -- segment maps and per-download limits ---------------------------------------------------
 
     def save_segments(

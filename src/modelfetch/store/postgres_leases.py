@@ -24,8 +24,8 @@ from typing import Any, Final
 from modelfetch.core.models import FileRecord, FileStatus
 from modelfetch.core.segments import SegmentRecord
 from modelfetch.store.postgres_connect import Connection
+from modelfetch.store.postgres_fleet import PostgresFleet
 from modelfetch.store.postgres_listen import queue_changes
-from modelfetch.store.postgres_transactions import PostgresTransactions
 from modelfetch.store.protocol import Claim, LeaseLostError
 from modelfetch.store.rows import FILE_SELECT, FILE_UPDATABLE, decode_file, encode, set_clause
 
@@ -99,7 +99,7 @@ def _order(claim: Claim) -> tuple[int, int, int, int]:
     return (-claim.file.priority, claim.file.order_key, claim.group_id, claim.index)
 
 
-class PostgresLeases(PostgresTransactions):
+class PostgresLeases(PostgresFleet):
     """The `LeasingStore` methods, on the store's connection."""
 
     def claim(
@@ -111,42 +111,33 @@ class PostgresLeases(PostgresTransactions):
             raise ValueError("lease_seconds must be > 0 and limit >= 0")
         if limit == 0:
             return []
-        if self.fleet_max_active() is None:  # the usual case: one statement
+        cap = self.fleet_limits().max_active
+        if cap is None and self._peers == 0:  # the usual case: the claim is one statement
             rows = self._execute(CLAIM, [now, limit, worker, lease_seconds]).fetchall()
         else:
-            # Claims take turns while the fleet is capped. Never wait for the turn: the driver
-            # is synchronous, and the holder may be a batch on this very event loop. A claim
-            # that finds it taken claims nothing now; the holder's commit notifies every worker,
-            # which claims again.
             with self._transaction() as db:
-                turn = db.execute(
-                    "SELECT pg_try_advisory_xact_lock(%s)", [CLAIM_LOCK], prepare=True
-                ).fetchone()
-                room = 0
-                if turn is not None and turn[0]:
-                    row = db.execute(_ROOM, [now], prepare=True).fetchone()
-                    room = 0 if row is None or row[0] is None else int(row[0])
+                room = self._fair_room(db, worker, limit, now)  # other workers may be idle
+                if cap is not None and room > 0:
+                    room = min(room, self._capped_room(db, now))
                 rows = []
-                if min(room, limit) > 0:
-                    params = [now, min(room, limit), worker, lease_seconds]
+                if room > 0:
+                    params = [now, room, worker, lease_seconds]
                     rows = db.execute(CLAIM, params, prepare=True).fetchall()
         claims = [self._claim_of(row, worker, lease_seconds) for row in rows]
         return sorted(claims, key=_order)
 
-    def fleet_max_active(self) -> int | None:
-        db = self._conn
-        with self._errors():
-            row = db.execute("SELECT max_active FROM fleet_limits", prepare=True).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
-
-    def set_fleet_max_active(self, cap: int | None) -> None:
-        if cap is not None and cap < 1:
-            raise ValueError("the fleet's max_active must be at least 1 (or None: no cap)")
-        self._execute(
-            "INSERT INTO fleet_limits (id, max_active) VALUES (1, %s)"
-            " ON CONFLICT (id) DO UPDATE SET max_active = excluded.max_active",
-            [cap],
-        )
+    def _capped_room(self, db: Connection, now: float | None) -> int:
+        """Files that may start under the fleet's cap. Claims take turns while it is set; never
+        wait for the turn: the driver is synchronous, and the holder may be a batch on this
+        very event loop. A claim that finds it taken claims nothing now; the holder's commit
+        notifies every worker, which claims again."""
+        turn = db.execute(
+            "SELECT pg_try_advisory_xact_lock(%s)", [CLAIM_LOCK], prepare=True
+        ).fetchone()
+        if turn is None or not turn[0]:
+            return 0
+        row = db.execute(_ROOM, [now], prepare=True).fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
 
     def renew(self, claims: Iterable[Claim], *, now: float | None = None) -> list[Claim]:
         by_fence = {c.fence: c for c in claims}

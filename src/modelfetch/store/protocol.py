@@ -29,10 +29,21 @@ from types import TracebackType
 from typing import Final, Protocol, Self, runtime_checkable
 
 from modelfetch.core.errors import StateError
+from modelfetch.core.fleet_share import WorkerLoad
 from modelfetch.core.models import FileRecord, FileStatus, GroupRecord
 from modelfetch.core.segments import SegmentRecord
 
-__all__ = ["KEEP", "Claim", "Keep", "LeaseLostError", "LeasingStore", "Store", "StoreReader"]
+__all__ = [
+    "KEEP",
+    "Claim",
+    "FleetLimits",
+    "Keep",
+    "LeaseLostError",
+    "LeasingStore",
+    "Store",
+    "StoreReader",
+    "WorkerLoad",
+]
 
 
 class Keep(enum.Enum):
@@ -285,6 +296,14 @@ class Claim:
     file: FileRecord
 
 
+@dataclass(frozen=True, slots=True)
+class FleetLimits:
+    """Caps over every worker of a shared queue; None: no cap beyond each worker's own."""
+
+    max_active: int | None = None
+    max_connections_per_host: int | None = None
+
+
 class LeaseLostError(StateError):
     """A write under a claim was refused: the lease lapsed and was taken over (or the file was
     requeued, or forgotten). The worker must stop writing that file at once. `claims` names
@@ -369,14 +388,37 @@ class LeasingStore(Protocol):
         """(group id, index) of every leased file -> (its holder, when its lease expires)."""
         ...
 
-    def fleet_max_active(self) -> int | None:
-        """The cap on files active at once over every worker; None: no cap beyond each
-        worker's own `max_active`."""
+    def fleet_limits(self) -> FleetLimits:
+        """The limits of the whole fleet (None: no cap beyond each worker's own)."""
         ...
 
-    def set_fleet_max_active(self, cap: int | None) -> None:
-        """Set (>= 1) or clear (None) the fleet's cap. `claim` holds to it: claims are taken
-        one worker at a time while a cap is set, counting active files with a live lease."""
+    def set_fleet_limits(
+        self,
+        *,
+        max_active: int | Keep | None = KEEP,
+        max_connections_per_host: int | Keep | None = KEEP,
+    ) -> FleetLimits:
+        """Set (>= 1), clear (None) or keep (KEEP) each fleet-wide cap; returns them all.
+        `claim` holds to `max_active`: claims are taken one worker at a time while it is set,
+        counting active files with a live lease. Each worker holds to its share of
+        `max_connections_per_host` (`core/fleet_share.connection_share`)."""
+        ...
+
+    def heartbeat(
+        self, worker: str, *, max_active: int, accepting: bool, lapse_seconds: float
+    ) -> list[WorkerLoad]:
+        """Announce `worker` as live for `lapse_seconds` (on the store's clock), running up to
+        `max_active` files and taking more (`accepting`) or not; returns the live roster
+        (`roster`), this worker in it. A worker that stops announcing itself drops out of
+        the roster when its last announcement lapses."""
+        ...
+
+    def roster(self) -> list[WorkerLoad]:
+        """The live workers, by id, each with the files it holds under a live lease."""
+        ...
+
+    def leave(self, worker: str) -> None:
+        """`worker` drops out of the roster now (it is closing)."""
         ...
 
     def queue_changes(self) -> AsyncIterator[None]:

@@ -128,6 +128,9 @@ SQLITE_MIGRATIONS: Final[tuple[str, ...]] = (
         until REAL NOT NULL
     ) STRICT, WITHOUT ROWID;
     """,
+    # v5: the roster of a shared queue's workers and a fleet-wide connection cap, PostgreSQL's
+    # alone (a SQLite queue has one worker, its lock's holder): nothing changes here.
+    "SELECT 1;",
 )
 
 # The same versions for PostgreSQL. Types: BIGINT for every integer (byte counts pass 2**31),
@@ -267,6 +270,20 @@ POSTGRES_MIGRATIONS: Final[tuple[str, ...]] = (
         id         INTEGER PRIMARY KEY CHECK (id = 1),
         max_active BIGINT CHECK (max_active >= 1)
     );
+    """,
+    # v5: the workers of the queue, each announcing itself every beat (`expires`, on the
+    # database's clock, a few beats ahead), so a worker knows who else is live and how many files
+    # each may run (`core/fleet_share.py`). No trigger: a heartbeat changes nothing of the queue.
+    # And a cap on connections to one upstream host over every worker.
+    """
+    CREATE TABLE workers (
+        worker     TEXT PRIMARY KEY,
+        max_active BIGINT NOT NULL CHECK (max_active >= 1),
+        accepting  BOOLEAN NOT NULL,
+        expires    DOUBLE PRECISION NOT NULL
+    );
+    ALTER TABLE fleet_limits ADD COLUMN max_connections_per_host BIGINT
+        CHECK (max_connections_per_host >= 1);
     """,
 )
 

@@ -134,6 +134,8 @@ class ConnectionSlots:
     def __init__(self, total: int, per_host: int | None = None) -> None:
         self._total = 0
         self._per_host: int | None = None
+        # This worker's share of a fleet-wide per-host cap (`core/fleet_share.py`); None: none.
+        self._shared_per_host: int | None = None
         self._used = 0
         self._by_host: collections.Counter[str] = collections.Counter()
         self._waiters: collections.deque[tuple[str, asyncio.Future[None]]] = collections.deque()
@@ -146,6 +148,19 @@ class ConnectionSlots:
     @property
     def per_host(self) -> int | None:
         return self._per_host
+
+    @property
+    def host_cap(self) -> int | None:
+        """The cap in force on connections to one host: the lower of the two, or None."""
+        caps = [c for c in (self._per_host, self._shared_per_host) if c is not None]
+        return min(caps) if caps else None
+
+    def set_shared_per_host(self, cap: int | None) -> None:
+        """This worker's share of a per-host cap over a fleet (None: no such cap)."""
+        if cap is not None and cap < 1:
+            raise ValueError(f"a share of the fleet's per-host cap must be >= 1, not {cap}")
+        self._shared_per_host = cap
+        self._grant()
 
     @property
     def in_use(self) -> int:
@@ -192,7 +207,8 @@ class ConnectionSlots:
     def _fits(self, host: str) -> bool:
         if self._used >= self._total:
             return False
-        return self._per_host is None or self._by_host[host] < self._per_host
+        cap = self.host_cap
+        return cap is None or self._by_host[host] < cap
 
     def _grant(self) -> None:
         for entry in list(self._waiters):
