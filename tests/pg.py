@@ -248,3 +248,19 @@ def pg_url_fixture(pg_cluster: PgCluster) -> Iterator[str]:
     """A fresh, empty schema for one test, as a URL with the password."""
     with pg_cluster.schema() as url:
         yield url
+
+
+@pytest.fixture(name="own_cluster")
+def own_cluster_fixture() -> Iterator[PgCluster]:
+    """A cluster of the test's own, to stop and start under running workers (the session's
+    cluster serves every other test)."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip(SKIP_REASON)
+    cluster = start_cluster(bin_dir)
+    try:
+        yield cluster
+    finally:
+        with contextlib.suppress(RuntimeError):  # already stopped
+            cluster.stop("immediate")
+        shutil.rmtree(cluster.base, ignore_errors=True)

@@ -26,7 +26,13 @@ from modelfetch.store.postgres import PostgresStore
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
 
 from .conftest import group_of, next_event, write_plan
-from .pg import pg_cluster_fixture, pg_url_fixture  # noqa: F401 -- the pg fixtures
+from .pg import (  # noqa: F401 -- the pg fixtures
+    TESTS_DB,
+    PgCluster,
+    own_cluster_fixture,
+    pg_cluster_fixture,
+    pg_url_fixture,
+)
 from .test_cli import Cli, pycache  # noqa: F401 -- the CLI fixture's cache
 from .test_manager import MiB, assert_published, settings
 
@@ -226,6 +232,60 @@ async def test_three_worker_processes_one_killed_mid_transfer_the_others_finish_
         assert store.holders() == {}
     # About once: beyond one copy, only what was in flight when w1 died (it had at most two
     # throttled transfers, its last checkpoint at most 0.2 s old; the .part itself is resumed).
+    sent = cdn_bytes(hub)
+    extra = sum(sent.values()) - sum(sizes.values())
+    assert 0 <= extra <= 2 * rate
+
+
+async def test_worker_processes_ride_out_a_postgresql_restart_and_finish_every_file(
+    hub: FakeHub, tmp_path: Path, own_cluster: PgCluster
+) -> None:
+    url = own_cluster.url(TESTS_DB)
+    shards = [f"R-Q8_0-{i:05d}-of-00002.gguf" for i in range(1, 3)]
+    small = [f"small-{n}.json" for n in range(4)]
+    sizes = {p: 6 * MiB + i for i, p in enumerate(shards)} | {
+        p: 30_000 + n for n, p in enumerate(small)
+    }
+    hub.add_repo(
+        "o/r", [RepoFile(p, size=s, seed=i, lfs=True) for i, (p, s) in enumerate(sizes.items())]
+    )
+    rate = 2 * MiB
+    hub.add_fault(Fault("throttle", origin="cdn", rate=rate, path="gguf"))
+    models = tmp_path / "models"
+    dest = models / "o" / "r"
+    plan = write_plan(tmp_path / "plan.json", group_of(hub, "o/r", [*shards, *small], dest))
+    out: dict[str, list[dict[str, Any]]] = {"w1": [], "w2": []}
+    procs = [
+        await _spawn(tmp_path, "w1", url, models, plan),
+        await _spawn(tmp_path, "w2", url, models),
+    ]
+    readers = [asyncio.create_task(_read_lines(p, out[n])) for p, n in zip(procs, out, strict=True)]
+    try:
+        async with asyncio.timeout(30):
+            while not any(
+                e.get("type") == "file_progress" and e["name"] in shards and e["downloaded"] > MiB
+                for e in out["w1"] + out["w2"]
+            ):
+                await asyncio.sleep(0.05)
+        await asyncio.to_thread(own_cluster.stop, "fast")  # mid-transfer, under both workers
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(own_cluster.start)
+        async with asyncio.timeout(90):
+            codes = [await p.wait() for p in procs]
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+    await asyncio.gather(*readers, return_exceptions=True)
+    errors = [(await p.stderr.read()).decode() for p in procs if p.stderr is not None]
+    assert codes == [0, 0], errors
+    notices = [e["message"] for n in out for e in out[n] if e.get("type") == "notice"]
+    assert any("unreachable" in m for m in notices) and any("reachable again" in m for m in notices)
+    assert_published(hub, "o/r", [*shards, *small], dest)
+    with PostgresStore(url) as store:
+        assert {f.status for f in store.files()} == {FileStatus.COMPLETED}
+        assert store.holders() == {}
+    # The transfers stopped with their bytes and segment maps kept: about once on the wire.
     sent = cdn_bytes(hub)
     extra = sum(sent.values()) - sum(sizes.values())
     assert 0 <= extra <= 2 * rate

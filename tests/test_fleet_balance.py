@@ -8,18 +8,26 @@ managers in this process.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
+
 from modelfetch.core import events as ev
+from modelfetch.remote import connect
 from modelfetch.store.postgres import PostgresStore
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
+from modelfetch.views import FleetView
 
 from .conftest import group_of
 from .pg import pg_cluster_fixture, pg_url_fixture  # noqa: F401 -- the pg fixtures
+from .test_cli import Cli, pycache  # noqa: F401 -- the CLI fixture's cache
 from .test_fleet import cdn_bytes, worker
+from .test_fleet_policy import served_by
 from .test_manager import MiB, assert_published
+from .test_server_api import run_daemon
 
 SIZE = 8 * MiB
 
@@ -130,3 +138,66 @@ async def test_a_fleet_cap_on_connections_per_host_is_divided_among_the_workers(
         open_now += step
         most = max(most, open_now)
     assert most <= 2, most
+
+
+async def test_the_fleet_is_shown_and_capped_through_the_daemon_the_remote_client_and_the_cli(
+    hub: FakeHub,
+    tmp_path: Path,
+    pg_url: str,
+    pycache: Path,  # noqa: F811
+) -> None:
+    models = tmp_path / "models"
+    async with (
+        worker(tmp_path, "a", pg_url, models, max_active=2) as a,
+        worker(tmp_path, "b", pg_url, models, max_active=5) as b,
+    ):
+        assert a._fleet is not None and b._fleet is not None
+        async with served_by(a) as url, aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/api/fleet") as got:
+                assert got.status == 200
+                shown = await got.json()
+            assert {w["worker"]: w["max_active"] for w in shown["workers"]} == {
+                a._fleet.worker: 2,
+                b._fleet.worker: 5,
+            }
+            assert shown["max_active"] is None and shown["max_connections_per_host"] is None
+            async with http.put(f"{url}/api/fleet", json={"max_active": 4}) as put:
+                assert put.status == 200
+                assert (await put.json())["max_active"] == 4
+            async with http.put(f"{url}/api/fleet", json={"max_active": 0}) as bad:
+                assert bad.status == 422  # refused, nothing changed
+            remote = await connect(a.home)
+            assert remote is not None
+            async with remote:
+                view = await remote.set_fleet_limits(max_connections_per_host=6)
+                assert (view.max_active, view.max_connections_per_host) == (4, 6)  # kept, set
+                assert {w.host for w in view.workers} == {a._fleet.worker.split("/")[0]}
+                assert (await remote.set_fleet_limits(max_active=None)).max_active is None
+        # From a home with no daemon: the CLI reads and sets the same caps in the store.
+        cli = Cli(tmp_path / "cli", hub, pycache)
+        cli.env["MODELFETCH_MODELS_DIR"] = str(models)
+        listed = await cli("--store", pg_url, "fleet")
+        assert listed.code == 0, listed.err
+        assert "Connections to one host over the fleet: 6" in listed.out
+        assert f"{b._fleet.worker}  0 of 5 files" in listed.out
+        capped = await cli("--store", pg_url, "fleet", "--max-active", "3", "--json")
+        assert capped.code == 0, capped.err
+        assert json.loads(capped.out)["max_active"] == 3
+        assert (await b.fleet()).max_active == 3
+        wrong = await cli("--store", pg_url, "fleet", "--max-active", "zero")
+        assert wrong.code == 2 and "--max-active takes a number" in wrong.err
+        await cli(
+            "--store", pg_url, "fleet", "--max-active", "none", "--max-connections-per-host", "off"
+        )
+        assert await b.fleet() == FleetView(
+            workers=(await b.fleet()).workers, max_active=None, max_connections_per_host=None
+        )
+    private = await Cli(tmp_path / "private", hub, pycache)("fleet")
+    assert private.code != 0 and "postgresql://" in private.err
+
+
+async def test_a_private_daemon_answers_the_fleet_routes_with_a_conflict(tmp_path: Path) -> None:
+    async with run_daemon(tmp_path) as daemon:
+        status, body = await daemon.call("GET", "/api/fleet")
+        assert status == 409 and body["error"]["kind"] == "conflict"
+        assert "postgresql://" in body["error"]["message"]

@@ -9,28 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from modelfetch.core import events as ev
 from modelfetch.core.models import FileStatus
 from modelfetch.manager import DownloadManager
 from modelfetch.readonly import ReadOnlyBackend
+from modelfetch.server import serve
+from modelfetch.store import StoreUnavailableError
 from modelfetch.store.postgres import PostgresStore
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
 
 from .conftest import group_of, next_event
 from .pg import (
-    SKIP_REASON,
     TESTS_DB,
     PgCluster,
-    find_bin_dir,
-    pg_cluster_fixture,  # noqa: F401 -- the pg fixtures
+    own_cluster_fixture,  # noqa: F401 -- the pg fixtures
+    pg_cluster_fixture,  # noqa: F401
     pg_url_fixture,  # noqa: F401
-    start_cluster,
 )
 from .test_fleet import cdn_bytes, worker
 from .test_manager import MiB, assert_published
@@ -68,19 +69,21 @@ async def test_a_429_seen_by_one_worker_holds_the_host_for_every_worker(
         assert {f.status for f in store.files()} == {FileStatus.COMPLETED}
 
 
-@pytest.fixture
-async def own_cluster() -> AsyncIterator[PgCluster]:
-    """A cluster of this test's own, to stop and start under a running worker."""
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.skip(SKIP_REASON)
-    cluster = await asyncio.to_thread(start_cluster, bin_dir)
+@contextlib.asynccontextmanager
+async def served_by(m: DownloadManager) -> AsyncIterator[str]:
+    """`serve(m)` on a free loopback port; yields its URL."""
+    info = m.home / "daemon.json"
+    info.unlink(missing_ok=True)
+    task = asyncio.create_task(serve(m, host="127.0.0.1", port=0, token=None))
     try:
-        yield cluster
+        async with asyncio.timeout(10):
+            while not info.exists():
+                await asyncio.sleep(0.01)
+        yield str(json.loads(info.read_text())["url"])
     finally:
-        with contextlib.suppress(RuntimeError):  # already stopped
-            await asyncio.to_thread(cluster.stop, "immediate")
-        shutil.rmtree(cluster.base, ignore_errors=True)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_postgresql_restarting_mid_transfer_pauses_it_and_the_worker_carries_on(
@@ -113,6 +116,17 @@ async def test_postgresql_restarting_mid_transfer_pauses_it_and_the_worker_carri
             assert kept >= 2 * MiB  # ...keeping its bytes
             await asyncio.sleep(1.0)  # a few reconnection attempts fail meanwhile
             assert not a._running  # nothing starts while the queue cannot be read
+            # A change asked for meanwhile is refused at once, never made here alone and lost.
+            with pytest.raises(StoreUnavailableError, match="nothing changed"):
+                await a.pause(gid)
+            with pytest.raises(StoreUnavailableError, match="unreachable"):
+                await a.enqueue(group_of(hub, "o/big", ["small.bin"], models / "other"))
+            async with served_by(a) as daemon_url, aiohttp.ClientSession() as http:
+                async with http.post(f"{daemon_url}/api/downloads/{gid}/pause", json={}) as r:
+                    assert r.status == 503 and r.headers["Retry-After"] == "5"
+                    assert (await r.json())["error"]["kind"] == "store_unavailable"
+                async with http.get(f"{daemon_url}/api/downloads/{gid}") as r:
+                    assert r.status == 200  # reads are served from what the worker knows
             await asyncio.to_thread(own_cluster.start)
             back = await next_event(
                 events, lambda e: isinstance(e, ev.Notice) and "reachable again" in e.message

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
+from modelfetch.core.models import KEEP, Keep
+
 if TYPE_CHECKING:
     from modelfetch.core import events as ev
     from modelfetch.core.models import ItemRef
     from modelfetch.core.quant import QuantGroup
     from modelfetch.readonly import ReadOnlyBackend
-    from modelfetch.views import GroupView
+    from modelfetch.views import FleetView, GroupView
 
 Ref: TypeAlias = "str | int | ItemRef"
 
@@ -54,6 +56,13 @@ class Backend(Protocol):
         max_connections_per_host: int | None = None,
         connections_per_file: int | None = None,
     ) -> None: ...
+    async def fleet(self) -> FleetView: ...
+    async def set_fleet_limits(
+        self,
+        *,
+        max_active: int | Keep | None = KEEP,
+        max_connections_per_host: int | Keep | None = KEEP,
+    ) -> FleetView: ...
     async def set_rate_limit(self, ref: Ref, bytes_per_s: int | None) -> None: ...
     async def set_connections(self, ref: Ref, connections: int | None) -> None: ...
     async def orphan_partials(self) -> list[Path]: ...

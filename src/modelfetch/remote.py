@@ -23,17 +23,18 @@ from urllib.parse import urlsplit
 
 from modelfetch.core import events as ev
 from modelfetch.core.errors import StateError
-from modelfetch.core.models import ItemRef
+from modelfetch.core.models import KEEP, ItemRef, Keep
 from modelfetch.core.quant import QuantGroup
 from modelfetch.remote_codec import (
     HUB_TOKEN_HEADER,
     client_hub_token,
     error_from_response,
+    fleet_view_of,
     group_view_of,
     is_loopback_address,
     quant_group_of,
 )
-from modelfetch.views import GroupView
+from modelfetch.views import FleetView, GroupView
 
 if TYPE_CHECKING:
     import aiohttp
@@ -382,6 +383,19 @@ class RemoteManager:
     async def set_connections(self, ref: Ref, connections: int | None) -> None:
         """Connections per file for one download (None: the global setting)."""
         await self._download_limits(ref, {"connections": connections})
+
+    async def fleet(self) -> FleetView:
+        return fleet_view_of(await self._call("GET", "/api/fleet"))
+
+    async def set_fleet_limits(
+        self,
+        *,
+        max_active: int | Keep | None = KEEP,
+        max_connections_per_host: int | Keep | None = KEEP,
+    ) -> FleetView:
+        caps = {"max_active": max_active, "max_connections_per_host": max_connections_per_host}
+        body = {name: cap for name, cap in caps.items() if cap is not KEEP}
+        return fleet_view_of(await self._call("PUT", "/api/fleet", body=body))
 
     async def _download_limits(self, ref: Ref, body: dict[str, Any]) -> None:
         await self._call("PUT", f"/api/downloads/{_ref(ref).group_id}/limits", body=body)

@@ -14,12 +14,13 @@ from typing import Any
 
 from modelfetch.core.errors import ERROR_KINDS, ModelfetchError, StateError
 from modelfetch.core.quant import Quant, QuantGroup
-from modelfetch.views import FileView, GroupView
+from modelfetch.views import FileView, FleetView, GroupView, WorkerView
 
 __all__ = [
     "HUB_TOKEN_HEADER",
     "client_hub_token",
     "error_from_response",
+    "fleet_view_of",
     "group_view_of",
     "is_loopback_address",
     "quant_group_of",
@@ -84,6 +85,16 @@ def group_view_of(data: dict[str, Any]) -> GroupView:
         FileView(**{k: v for k, v in f.items() if k in file_fields}) for f in data.get("files", [])
     ]
     return GroupView(**{k: v for k, v in data.items() if k in group_fields}, files=files)
+
+
+def fleet_view_of(data: dict[str, Any]) -> FleetView:
+    names = {f.name for f in dataclasses.fields(WorkerView)}
+    workers = [WorkerView(**{k: v for k, v in w.items() if k in names}) for w in data["workers"]]
+    return FleetView(
+        workers=workers,
+        max_active=data.get("max_active"),
+        max_connections_per_host=data.get("max_connections_per_host"),
+    )
 
 
 def quant_group_of(data: dict[str, Any]) -> QuantGroup:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import typer
 
-from modelfetch.cli import demo, get, info, queue, run, serve
+from modelfetch.cli import demo, fleet, get, info, queue, run, serve
 from modelfetch.cli.errors import EXIT_FAILED, EXIT_OK
 from modelfetch.cli.options import global_options
 from modelfetch.cli.plain_values import PlainCommand, PlainGroup
@@ -44,6 +44,7 @@ COMMANDS = (
     ("move", queue.move),
     ("quants", info.quants),
     ("clean", queue.clean),
+    ("fleet", fleet.fleet),
     ("config", info.config_command),
     ("serve", serve.serve),
     ("demo", demo.demo),

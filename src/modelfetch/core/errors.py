@@ -83,6 +83,17 @@ class StateLockedError(StateError):
     kind = "state_locked"
 
 
+class StoreUnavailableError(StateError):
+    """The state database cannot be reached now: the connection broke (the server restarted,
+    the network dropped) or a new one is refused. Nothing of the failed call was kept (and a
+    batch open when it broke lost its writes); a later call reconnects, so a caller that can
+    wait (a fleet worker) pauses its writes and tries again with backoff. `retry_after`: the
+    seconds an API client is told to wait before asking again."""
+
+    kind = "store_unavailable"
+    retry_after = 5.0
+
+
 class ProxyConfigError(ModelfetchError):
     kind = "proxy_config"
 

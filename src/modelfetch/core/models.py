@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Final
 
 from modelfetch.core.errors import SpecError, UnknownItemError
+
+
+class Keep(enum.Enum):
+    """The "leave it as it is" default of optional setters (None means "clear")."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
 
 
 class FileStatus(enum.StrEnum):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from modelfetch.bus import EventBus, Subscription
 from modelfetch.core import events as ev
-from modelfetch.core.errors import UnknownItemError
+from modelfetch.core.errors import StoreUnavailableError, UnknownItemError
 from modelfetch.core.models import (
     FileRecord,
     FileStatus,
@@ -231,27 +231,34 @@ class DownloadManager:
     # ------------------------------------------------------------------ queue commands
 
     async def pause(self, ref: str | int | ItemRef) -> None:
+        self._require_store()
         await control.pause_files(self, self._files_of(ref), PauseReason.USER)
 
     async def resume(self, ref: str | int | ItemRef) -> None:
+        self._require_store()
         control.resume_files(self, self._files_of(ref))
 
     async def pause_all(self) -> None:
+        self._require_store()
         await control.pause_files(self, self._book.all_live_files(), PauseReason.USER)
 
     async def resume_all(self) -> None:
+        self._require_store()
         control.resume_files(self, self._book.all_live_files())
 
     async def cancel(self, ref: str | int | ItemRef) -> None:
+        self._require_store()
         await control.cancel(self, self._ref(ref))
 
     async def retry(self, ref: str | int | ItemRef) -> None:
         """Queue the failed (and cancelled) members again, from the bytes on disk; nothing of
         them to retry (all completed, or still live) is a ConflictError saying why."""
+        self._require_store()
         control.retry(self, self._ref(ref))
 
     async def move(self, ref: str | int | ItemRef, position: int) -> None:
         """Move a waiting download or file; one with nothing waiting is a ConflictError."""
+        self._require_store()
         control.move(self, self._ref(ref), position)
 
     async def interrupt(self, group_ids: Iterable[int] | None = None) -> list[int]:
@@ -269,6 +276,7 @@ class DownloadManager:
 
     async def set_priority(self, ref: str | int | ItemRef, priority: int) -> None:
         """Higher runs first; within a priority, first come first served."""
+        self._require_store()
         control.set_priority(self, ref, priority)
 
     async def orphan_partials(self) -> list[Path]:
@@ -281,9 +289,11 @@ class DownloadManager:
 
     async def forget(self, ref: str | int | ItemRef) -> None:
         """Drop a finished download from the history (files on disk are kept)."""
+        self._require_store()
         control.forget(self, self._ref(ref))
 
     async def forget_finished(self) -> list[int]:
+        self._require_store()
         return control.forget_finished(self)
 
     # ------------------------------------------------------------------ limits
@@ -395,6 +405,15 @@ class DownloadManager:
         if self._store is None or self._closing:
             raise RuntimeError("the manager is not running (use `async with DownloadManager()`)")
 
+    def _require_store(self) -> None:
+        """A change asked for while the shared queue's database is unreachable is refused at
+        once (the API: 503 with Retry-After), never made here alone and lost."""
+        if self._fleet is not None and self._fleet.down is not None:
+            raise StoreUnavailableError(
+                f"nothing changed: the shared queue's database is unreachable ({self._fleet.down});"
+                " try again once it is back"
+            )
+
     @staticmethod
     def _ref(ref: str | int | ItemRef) -> ItemRef:
         return ref if isinstance(ref, ItemRef) else ItemRef.parse(ref)
@@ -476,20 +495,3 @@ class DownloadManager:
 
     async def _pause_for_disk_full(self) -> None:
         await control.pause_files(self, self._book.all_live_files(), PauseReason.DISK_FULL)
-
-    async def _ticker(self) -> None:
-        last_checkpoint = time.monotonic()
-        last_disk_check = last_checkpoint
-        while not self._closing:
-            await asyncio.sleep(self.settings.progress_interval)
-            now = time.monotonic()
-            progress.emit_progress(self, now)
-            if self._tx.positions_dirty:
-                self._tx.positions_dirty = False
-                control.emit_positions(self)
-            if now - last_checkpoint >= self.settings.checkpoint_interval:
-                progress.checkpoint(self)
-                last_checkpoint = now
-            if now - last_disk_check >= self.settings.disk_check_interval:
-                control.resume_when_space_returns(self)
-                last_disk_check = now

@@ -120,6 +120,7 @@ async def add_with_hub_token(
     from modelfetch.planner import Planner
 
     m._require_running()
+    m._require_store()  # before planning: nothing could be queued
     session, client = _hub_parts(m, token)
     planner = Planner(session, client, hub_config=client.config, probe_session=m._session_or_fail())
     return await enqueue(m, await planner.plan(spec, options), hub_token=token)
@@ -131,6 +132,7 @@ async def enqueue(
     """Add a download; returns its group id. Asking again for something queued or active
     returns the existing id; for something failed or cancelled, re-queues it. `hub_token`: the
     Hub token its transfers carry instead of the manager's (memory only)."""
+    m._require_store()
     existing = m.store.find_group(request.dedupe_key())
     if existing is not None:
         group = m._groups.get(existing.id) or m._book.register(existing)

@@ -17,13 +17,13 @@ from modelfetch.core import events as ev
 from modelfetch.core.models import FileStatus, StopReason
 from modelfetch.core.network import NetworkSettings
 from modelfetch.core.queue import entries_of
-from modelfetch.manager import files
+from modelfetch.manager import control, files
 from modelfetch.manager.fleet import FleetWorker, listen, watch, worker_id
 from modelfetch.manager.fleet_balance import announce
 from modelfetch.manager.groups import WAITING
 from modelfetch.manager.intake import adopt_existing
 from modelfetch.manager.partials import on_disk
-from modelfetch.manager.progress import checkpoint
+from modelfetch.manager.progress import checkpoint, emit_progress
 from modelfetch.recovery import open_store
 from modelfetch.store import LeasingStore, StoreUnavailableError
 
@@ -59,7 +59,7 @@ async def start(m: DownloadManager) -> None:
     if m._workers:
         m._service_tasks = [
             m._tg.create_task(m._coordinate(), name="modelfetch-coordinator"),
-            m._tg.create_task(m._ticker(), name="modelfetch-ticker"),
+            m._tg.create_task(ticker(m), name="modelfetch-ticker"),
         ]
         if isinstance(m._store, LeasingStore):  # a queue shared with other workers
             fleet = m._fleet = FleetWorker(
@@ -72,6 +72,25 @@ async def start(m: DownloadManager) -> None:
                 m._tg.create_task(watch(m, fleet), name="modelfetch-fleet"),
                 m._tg.create_task(listen(m, fleet), name="modelfetch-fleet-listen"),
             ]
+
+
+async def ticker(m: DownloadManager) -> None:
+    """The manager's clock: progress events, queue positions, checkpoints, the disk check."""
+    last_checkpoint = time.monotonic()
+    last_disk_check = last_checkpoint
+    while not m._closing:
+        await asyncio.sleep(m.settings.progress_interval)
+        now = time.monotonic()
+        emit_progress(m, now)
+        if m._tx.positions_dirty:
+            m._tx.positions_dirty = False
+            control.emit_positions(m)
+        if now - last_checkpoint >= m.settings.checkpoint_interval:
+            checkpoint(m)
+            last_checkpoint = now
+        if now - last_disk_check >= m.settings.disk_check_interval:
+            control.resume_when_space_returns(m)
+            last_disk_check = now
 
 
 def _recover(m: DownloadManager) -> None:

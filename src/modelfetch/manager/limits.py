@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from modelfetch.core.errors import ConflictError
 from modelfetch.store import Keep, LeasingStore
 from modelfetch.transfer.limiter import TokenBucket
 from modelfetch.views import FleetView, WorkerView, worker_host
@@ -125,7 +126,7 @@ def set_fleet_limits(
 def _shared(m: DownloadManager) -> LeasingStore:
     store = m.store
     if not isinstance(store, LeasingStore):
-        raise ValueError(
+        raise ConflictError(
             "fleet limits need a queue shared by workers (a postgresql:// store);"
             " this one is private to this host"
         )

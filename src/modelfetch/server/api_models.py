@@ -127,6 +127,20 @@ class LimitsRequest(_Body):
     )
 
 
+class FleetLimitsRequest(_Body):
+    """Caps over every worker of a shared queue; an omitted field stays, null removes it."""
+
+    max_active: int | None = Field(
+        default=None, ge=1, le=1 << 20, description="files at once over the fleet; null: none"
+    )
+    max_connections_per_host: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 20,
+        description="connections to one upstream host over the fleet; null: none",
+    )
+
+
 class DownloadLimitsRequest(_Body):
     """Limits of one download; an omitted field stays as it is, null removes it."""
 
@@ -246,6 +260,24 @@ class LimitsResponse(BaseModel):
     max_connections: int
     max_connections_per_host: int = Field(description="0: no per-host cap")
     connections_per_file: int
+
+
+class FleetWorkerModel(BaseModel):
+    worker: str = Field(
+        description="lease holder id: host/pid/random", examples=["gpu-07/4242/a1b2c3"]
+    )
+    host: str
+    running: int = Field(description="files it holds under a live lease")
+    max_active: int
+    accepting: bool = Field(description="false: leaving, or cut off from the state database")
+
+
+class FleetResponse(BaseModel):
+    workers: list[FleetWorkerModel] = Field(description="the live workers, by id")
+    max_active: int | None = Field(description="files at once over the fleet; null: no cap")
+    max_connections_per_host: int | None = Field(
+        description="connections to one upstream host over the fleet; null: no cap"
+    )
 
 
 class QuantModel(BaseModel):

@@ -53,6 +53,8 @@ def _url(host: str, port: int) -> str:
 def _write_private(path: Path, data: dict[str, Any]) -> None:
     """Write `data` as JSON, readable by this user only, replacing any old file atomically."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A home whose queue lives in PostgreSQL has no state file: it may not exist yet.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed

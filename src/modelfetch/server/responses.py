@@ -22,6 +22,7 @@ from modelfetch.core.errors import (
     ModelfetchError,
     RateLimitedError,
     ServerBusyError,
+    StoreUnavailableError,
 )
 
 __all__ = [
@@ -50,6 +51,7 @@ STATUS_BY_KIND: dict[str, int] = {
     # The daemon's own state directory is unusable.
     "state": 503,
     "state_locked": 503,
+    "store_unavailable": 503,  # a shared queue's database, unreachable for now (Retry-After)
     # The Hub (or a URL's server) answered while planning a download.
     "not_found": 404,
     "auth_required": 403,  # not 401: that one means the daemon's own token is wrong
@@ -122,6 +124,8 @@ def _modelfetch_error_response(exc: ModelfetchError) -> web.Response:
         extra["error_code"] = exc.error_code
         if isinstance(exc, RateLimitedError | ServerBusyError):
             extra["retry_after"] = exc.retry_after
+    elif isinstance(exc, StoreUnavailableError):
+        extra["retry_after"] = exc.retry_after
     return error_response(status_for(exc), exc.kind, exc.message, **extra)
 
 

@@ -21,16 +21,15 @@ does not need it: its owner holds the whole state directory's lock.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Protocol, Self, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
-from modelfetch.core.errors import StateError
+from modelfetch.core.errors import StateError, StoreUnavailableError
 from modelfetch.core.fleet_share import WorkerLoad
-from modelfetch.core.models import FileRecord, FileStatus, GroupRecord
+from modelfetch.core.models import KEEP, FileRecord, FileStatus, GroupRecord, Keep
 from modelfetch.core.segments import SegmentRecord
 
 __all__ = [
@@ -42,17 +41,9 @@ __all__ = [
     "LeasingStore",
     "Store",
     "StoreReader",
+    "StoreUnavailableError",
     "WorkerLoad",
 ]
-
-
-class Keep(enum.Enum):
-    """The "leave it as it is" default of optional setters (None means "clear")."""
-
-    KEEP = "keep"
-
-
-KEEP: Final = Keep.KEEP
 
 
 class StoreReader(Protocol):
@@ -314,15 +305,6 @@ class LeaseLostError(StateError):
     def __init__(self, message: str, claims: Sequence[Claim] = ()) -> None:
         super().__init__(message)
         self.claims = tuple(claims)
-
-
-class StoreUnavailableError(StateError):
-    """The state database cannot be reached now: the connection broke (the server restarted,
-    the network dropped) or a new one is refused. Nothing of the failed call was kept (and a
-    batch open when it broke lost its writes); a later call reconnects, so a caller that can
-    wait (a fleet worker) pauses its writes and tries again with backoff."""
-
-    kind = "store_unavailable"
 
 
 @runtime_checkable

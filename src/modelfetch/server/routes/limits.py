@@ -1,4 +1,4 @@
-"""Routes of the bandwidth and connection limits: the daemon's and one download's."""
+"""Routes of the bandwidth and connection limits: the daemon's, one download's, the fleet's."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from aiohttp import web
 from modelfetch.manager import DownloadManager
 from modelfetch.server.api_models import (
     DownloadLimitsRequest,
+    FleetLimitsRequest,
+    FleetResponse,
     GroupViewModel,
     LimitsRequest,
     LimitsResponse,
@@ -54,6 +56,19 @@ async def set_download_limits(request: web.Request) -> web.StreamResponse:
     return json_response((await manager.group_view(ref)).to_dict())
 
 
+async def get_fleet(request: web.Request) -> web.StreamResponse:
+    return json_response((await manager_of(request).fleet()).to_dict())
+
+
+async def put_fleet(request: web.Request) -> web.StreamResponse:
+    body = await read_body(request, FleetLimitsRequest)
+    caps = {name: getattr(body, name) for name in body.model_fields_set}
+    view = await manager_of(request).set_fleet_limits(**caps)
+    return json_response(view.to_dict())
+
+
+_NOT_SHARED = (409,)  # the daemon's queue is private to its host (no postgresql:// store)
+
 OPERATIONS: list[tuple[Operation, Handler]] = [
     (
         Operation(
@@ -78,6 +93,29 @@ OPERATIONS: list[tuple[Operation, Handler]] = [
             body=LimitsRequest,
         ),
         put_limits,
+    ),
+    (
+        Operation(
+            "GET",
+            "/api/fleet",
+            "getFleet",
+            "The live workers of the shared queue and the caps over all of them",
+            FleetResponse,
+            errors=_NOT_SHARED,
+        ),
+        get_fleet,
+    ),
+    (
+        Operation(
+            "PUT",
+            "/api/fleet",
+            "setFleetLimits",
+            "Change the caps over every worker (omitted fields stay, null removes)",
+            FleetResponse,
+            body=FleetLimitsRequest,
+            errors=_NOT_SHARED,
+        ),
+        put_fleet,
     ),
 ]
 
