@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-mib", type=int, default=128)
     parser.add_argument("--connection-rate", type=float, default=40.0, help="MiB/s")
     parser.add_argument("--client-rate", type=float, default=60.0, help="MiB/s")
-    parser.add_argument("--max-active", type=int, default=1, help="files at once per worker")
+    parser.add_argument("--max-active", type=int, default=3, help="files at once per worker")
     parser.add_argument("--poll", type=float, default=0.25, help="fleet_poll_interval, s")
     parser.add_argument("--timeout", type=float, default=120.0, help="per row, seconds")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
