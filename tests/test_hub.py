@@ -311,10 +311,18 @@ async def test_a_long_retry_after_is_left_to_the_caller(
     with pytest.raises(RateLimitedError) as info:
         await client.revision_sha(REPO)
     assert info.value.retry_after == 120.0 and sleeps.delays == []
-    hub.add_fault(Fault("status", origin="api", status=503, retry_after=31, times=1))
-    with pytest.raises(ServerBusyError) as busy:
+    # The host is held now: the same client asks nothing more of it before the 120 s are up,
+    # and leaves that wait to its caller too.
+    asked = len(hub.requests(origin="hub"))
+    with pytest.raises(RateLimitedError, match=r"asked to wait 1[12][0-9] s more") as held:
         await client.revision_sha(REPO)
-    assert busy.value.retry_after == 31.0 and sleeps.delays == []
+    assert held.value.retry_after is not None and 100 < held.value.retry_after <= 120
+    assert len(hub.requests(origin="hub")) == asked and sleeps.delays == []
+    hub.add_fault(Fault("status", origin="api", status=503, retry_after=31, times=1))
+    other, other_sleeps = make_client(session, hub.endpoint)  # holds of its own
+    with pytest.raises(ServerBusyError) as busy:
+        await other.revision_sha(REPO)
+    assert busy.value.retry_after == 31.0 and other_sleeps.delays == []
 
 
 async def test_a_429_without_retry_after_is_not_retried(

@@ -37,6 +37,7 @@ from modelfetch.core.errors import (
     HubProtocolError,
     NetworkError,
     ProxyError,
+    RateLimitedError,
     SpecError,
     TooManyRedirectsError,
 )
@@ -47,6 +48,7 @@ from modelfetch.core.spec import validate_repo_id
 from modelfetch.hub_errors import hub_status_error
 from modelfetch.hub_session import USER_AGENT, make_api_session
 from modelfetch.hubconfig import HubConfig, hub_config_from_env
+from modelfetch.transfer.holds import HostHolds, host_key
 
 __all__ = [
     "HubClient",
@@ -152,8 +154,13 @@ class HubClient:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         proxies: ProxyRules | None = None,
+        holds: HostHolds | None = None,
     ) -> None:
+        """`holds`: the hosts that asked to wait, shared with the transfers (a 429/503 with
+        Retry-After on an API call holds its host for them too); its own when None."""
         self._session = session
+        self._holds = HostHolds() if holds is None else holds
+        self._waited: dict[str, float] = {}  # host -> the end of the hold this client slept out
         self._proxies = ProxyRules.from_env(os.environ) if proxies is None else proxies
         self._config = config
         self._origin = config.origin
@@ -255,6 +262,14 @@ class HubClient:
             try:
                 return await self._get_following_redirects(url, what)
             except (NetworkError, HTTPStatusError) as exc:
+                if isinstance(exc, HTTPStatusError) and exc.retry_after is not None:
+                    # Nothing more goes to that host before then: not this client's next try,
+                    # nor a transfer's request (the hold is shared).
+                    where = host_key(exc.url or url)
+                    until = self._clock() + exc.retry_after
+                    self._holds.hold(where, until, f"{exc.status} to a Hub API call")
+                    if exc.retry_after <= self._max_retry_after:
+                        self._waited[where] = until  # the retry below sleeps through it
                 delay = self._retry_delay(exc, attempt)
                 if delay is None:
                     raise
@@ -275,6 +290,7 @@ class HubClient:
     async def _get_following_redirects(self, url: str, what: _What) -> _Reply:
         current = URL(url, encoded=True)
         for _ in range(_MAX_REDIRECTS + 1):
+            await self._honour_hold(str(current))
             reply = await self._get_once(current)
             if reply.status in _REDIRECTS:
                 location = reply.headers.get("Location")
@@ -293,6 +309,24 @@ class HubClient:
         raise TooManyRedirectsError(
             f"more than {_MAX_REDIRECTS} redirects fetching {what.description}", url=url
         )
+
+    async def _honour_hold(self, url: str) -> None:
+        """Wait out a hold on the URL's host (a 429/503 asked for it, to this client or to a
+        transfer); a wait longer than `max_retry_after` is left to the caller, at once."""
+        host = host_key(url)
+        until = self._holds.until(host, self._clock())
+        if until is None or until <= self._waited.get(host, 0.0):
+            return
+        remaining = until - self._clock()
+        if remaining > self._max_retry_after:
+            raise RateLimitedError(
+                f"{host} asked to wait {remaining:.0f} s more before the next request",
+                status=429,
+                url=url,
+                retry_after=remaining,
+            )
+        await self._sleep(remaining)
+        self._waited[host] = until
 
     async def _get_once(self, url: URL) -> _Reply:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin, urlsplit
 
 from modelfetch.core.errors import (
     AuthRequiredError,
@@ -29,12 +28,13 @@ from modelfetch.core.errors import (
     NotFoundError,
     SpecError,
 )
-from modelfetch.core.headers import content_disposition_filename, parse_content_length
 from modelfetch.core.paths import safe_join, sanitize_filename
 from modelfetch.core.quant import QuantGroup, choose_quant
-from modelfetch.core.spec import HubSpec, UrlSpec, filename_from_url, parse_spec
+from modelfetch.core.spec import HubSpec, UrlSpec, parse_spec
 from modelfetch.layout import Layout, place, repo_folder_name
+from modelfetch.probe import HEAD_SECONDS, UrlProber, hold_if_asked
 from modelfetch.requests import FileRequest, GroupRequest
+from modelfetch.transfer.holds import HostHolds, host_key
 
 if TYPE_CHECKING:
     import aiohttp
@@ -49,10 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["PLAN_CONCURRENCY", "PlanOptions", "Planner"]
 
 PLAN_CONCURRENCY = 16  # specs of one list planned at once (each is a HEAD or a few Hub calls)
-_HEAD_SECONDS = 15.0  # one probe request, connecting included
-_PROBE_REQUESTS = 10  # the first HEAD and up to 9 redirects
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_PROBE_SCHEMES = frozenset({"http", "https"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +74,17 @@ class Planner:
         *,
         probe_session: TransferSession | None = None,
         hub_config: HubConfig | None = None,
+        holds: HostHolds | None = None,
     ) -> None:
         """`session` and `hub`: the aiohttp session (Hub calls, the gated-repo check and,
         without `probe_session`, plain-URL probes) and the Hub client on it; or `session`
         None and `hub` a function making both on first use, with `hub_config` (parsing a spec
         needs the endpoint before any Hub call). `probe_session`: the transfers' HTTP client
-        (`modelfetch.transfer.make_session()`; not closed here) for plain-URL probes."""
-        self._probe_session = probe_session
+        (`modelfetch.transfer.make_session()`; not closed here) for plain-URL probes. `holds`:
+        the hosts that asked to wait, shared with the transfers (its own when None): every
+        probe waits out its host's hold, and a 429/503 with Retry-After holds it."""
+        self._holds = HostHolds() if holds is None else holds
+        self._prober = UrlProber(lambda: self._api()[0], probe_session, self._holds)
         self._session = session
         self._hub_client: HubClient | None = None
         self._make_hub: HubFactory | None = None
@@ -242,13 +242,15 @@ class Planner:
         if hub.config.token:
             headers["Authorization"] = f"Bearer {hub.config.token}"
         try:
+            await self._holds.wait(host_key(url))
             async with self._api()[0].head(
                 url,
                 headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=_HEAD_SECONDS),
+                timeout=aiohttp.ClientTimeout(total=HEAD_SECONDS),
             ) as resp:
                 status, code = resp.status, resp.headers.get("X-Error-Code")
+                hold_if_asked(self._holds, url, status, resp.headers, "the Hub's gated check")
         except (aiohttp.ClientError, TimeoutError):
             return  # unknown: the transfer will find out and say so
         page = f"{hub.config.endpoint}/{resolved.repo_id}"
@@ -271,7 +273,7 @@ class Planner:
     # -- plain URLs ------------------------------------------------------------------------------
 
     async def _plan_url(self, spec: UrlSpec, options: PlanOptions) -> GroupRequest:
-        filename, size = await self._probe(spec.url)
+        filename, size = await self._prober.probe(spec.url)
         dest_dir = options.dest_dir or options.models_dir
         path = sanitize_filename(filename)
         dest = Path(safe_join(dest_dir, path))
@@ -282,73 +284,6 @@ class Planner:
             spec=spec.canonical(),
             priority=options.priority,
         )
-
-    async def _probe(self, url: str) -> tuple[str, int | None]:
-        """HEAD the URL (following redirects) for its file name and size. No token is sent:
-        a plain URL is not the Hub's, and a redirect may lead anywhere."""
-        fallback = filename_from_url(url)
-        if self._probe_session is not None:
-            return await self._probe_with_wire(self._probe_session, url, fallback)
-        return await self._probe_with_aiohttp(url, fallback)
-
-    async def _probe_with_wire(
-        self, session: TransferSession, url: str, fallback: str
-    ) -> tuple[str, int | None]:
-        from modelfetch.transfer.wire import WireError
-
-        current = url
-        try:
-            for _ in range(_PROBE_REQUESTS):
-                if urlsplit(current).scheme.lower() not in _PROBE_SCHEMES:
-                    break  # not ours to follow; the transfer refuses it with a clear error
-                async with asyncio.timeout(_HEAD_SECONDS):
-                    response = await session.request("HEAD", current)
-                response.release()  # a HEAD has no body: the connection goes back at once
-                hop = _probe_answer(url, current, response.status, response.headers)
-                if isinstance(hop, str):
-                    current = urljoin(current, hop)
-                    continue
-                return hop
-        except (WireError, OSError, TimeoutError):
-            pass  # unknown: the transfer will find out and say so
-        return fallback, None
-
-    async def _probe_with_aiohttp(self, url: str, fallback: str) -> tuple[str, int | None]:
-        import aiohttp
-        from yarl import URL
-
-        timeout = aiohttp.ClientTimeout(total=_HEAD_SECONDS)
-        current = url
-        try:
-            for _ in range(_PROBE_REQUESTS):
-                async with self._api()[0].head(
-                    current, allow_redirects=False, timeout=timeout
-                ) as resp:
-                    hop = _probe_answer(url, current, resp.status, resp.headers)
-                    if isinstance(hop, str):
-                        current = str(resp.url.join(URL(hop)))
-                        continue
-                    return hop
-        except (aiohttp.ClientError, TimeoutError):
-            pass
-        return fallback, None
-
-
-def _probe_answer(
-    url: str, current: str, status: int, headers: Mapping[str, str]
-) -> str | tuple[str, int | None]:
-    """What one probe response says: where to go next (a Location, not yet joined), or the
-    file name and size. 404 and 410 are definite: NotFoundError naming the URL asked for."""
-    if status in _REDIRECTS and "Location" in headers:
-        return headers["Location"].strip()
-    if status in (404, 410):
-        raise NotFoundError(f"{url} was not found ({status})", status=status, url=url)
-    fallback = filename_from_url(url)
-    if status >= 400:
-        return fallback, None  # let the transfer and the policy judge it
-    name = content_disposition_filename(headers.get("Content-Disposition"))
-    size = parse_content_length(headers.get("Content-Length"))
-    return (name or filename_from_url(current) or fallback), size
 
 
 def _refuse_shared_destinations(files: tuple[FileRequest, ...]) -> None:

@@ -36,7 +36,7 @@ from modelfetch.core.queue import FileKey, SchedulingQueue
 from modelfetch.core.rate import RateEstimator
 from modelfetch.hubconfig import HubConfig, hub_config_from_env
 from modelfetch.layout import Layout
-from modelfetch.manager import control, files, intake, lifecycle, limits, progress
+from modelfetch.manager import control, files, holds, intake, lifecycle, limits, progress
 from modelfetch.manager.groups import GroupBook, group_done, wait_settled
 from modelfetch.manager.partials import partial_files_unowned, remove_paths
 from modelfetch.manager.scheduling import due_retries, next_wake_in
@@ -121,9 +121,10 @@ class DownloadManager:
         self._running: dict[FileKey, RunningFile] = {}
         self._histories: dict[FileKey, AttemptHistory] = {}
         self._group_rates: dict[int, RateEstimator] = {}
-        self._holds: dict[str, float] = {}
-        # Fleet mode: which worker holds each active file (the store's leases, as of the last
-        # sync), for the views; empty on a store of one process.
+        # Hosts that asked to wait (429/503): every request to one waits, and the hold is kept.
+        self._host_holds = holds.host_holds(self)
+        self._holds = self._host_holds.holds  # the mapping the scheduling step reads
+        # Fleet mode: who holds each active file (the leases at the last sync), for the views.
         self._holders: dict[FileKey, str] = {}
         self._finish_held: set[int] = set()
         self._wake = asyncio.Event()
@@ -136,7 +137,9 @@ class DownloadManager:
         # Shared by every transfer: the connection caps and the global bandwidth bucket; each
         # download (group) also gets its own bucket, unlimited until set_rate_limit.
         self._slots = ConnectionSlots(
-            self.settings.max_connections, self.settings.max_connections_per_host
+            self.settings.max_connections,
+            self.settings.max_connections_per_host,
+            holds=self._host_holds,
         )
         self._bandwidth = TokenBucket(self.settings.rate_limit)
         self._group_bandwidth: dict[int, TokenBucket] = {}
@@ -406,8 +409,7 @@ class DownloadManager:
             raise RuntimeError("the manager is not running (use `async with DownloadManager()`)")
 
     def _require_store(self) -> None:
-        """A change asked for while the shared queue's database is unreachable is refused at
-        once (the API: 503 with Retry-After), never made here alone and lost."""
+        """Refuse a change while the shared queue's database is unreachable (never lost)."""
         if self._fleet is not None and self._fleet.down is not None:
             raise StoreUnavailableError(
                 f"nothing changed: the shared queue's database is unreachable ({self._fleet.down});"

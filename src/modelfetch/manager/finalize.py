@@ -209,9 +209,7 @@ def finalize_failed(m: DownloadManager, run: RunningFile, exc: Exception) -> Non
             bytes_on_disk = 0
         if decision.hold_host:
             for host in {host_of(f.url), host_of(getattr(exc, "url", None) or f.url)}:
-                m._holds[host] = until = max(m._holds.get(host, 0.0), decision.at)
-                # Stored: a restart, and every worker of a shared queue, waits for it too.
-                (m._fleet or m.store).hold_host(host, until)
+                m._host_holds.hold(host, decision.at)  # stored, and held for every request
         m._transition(
             f,
             FileStatus.WAITING_RETRY,

@@ -127,7 +127,7 @@ def sync(m: DownloadManager, fleet: FleetWorker) -> bool:
             stored[gid] = group
     m._holders = holder_ids(fleet.store)
     for host, until in store.host_holds(time.time()).items():  # a 429/503 another worker saw
-        m._holds[host] = max(m._holds.get(host, 0.0), until)
+        m._host_holds.hold(host, until, announce=False)  # (stored already)
     changed = False
     for gid in [g for g in m._groups if g not in stored]:
         m._queue.remove_group(gid)

@@ -67,6 +67,7 @@ def make_planner(m: DownloadManager) -> Planner:
         lambda: _hub_parts(m),
         hub_config=m.hub_config,
         probe_session=m._session_or_fail(),
+        holds=m._host_holds,
     )
 
 
@@ -81,7 +82,8 @@ def _hub_parts(
         m._api_session = m._external_api_session or make_api_session(network=m._network)
     proxies = m._network.proxies if m._network is not None else None
     config = m.hub_config if token is None else HubConfig(m.hub_config.endpoint, token)
-    return m._api_session, HubClient(m._api_session, config, proxies=proxies)
+    hub = HubClient(m._api_session, config, proxies=proxies, holds=m._host_holds)
+    return m._api_session, hub
 
 
 def plan_options(
@@ -122,7 +124,13 @@ async def add_with_hub_token(
     m._require_running()
     m._require_store()  # before planning: nothing could be queued
     session, client = _hub_parts(m, token)
-    planner = Planner(session, client, hub_config=client.config, probe_session=m._session_or_fail())
+    planner = Planner(
+        session,
+        client,
+        hub_config=client.config,
+        probe_session=m._session_or_fail(),
+        holds=m._host_holds,
+    )
     return await enqueue(m, await planner.plan(spec, options), hub_token=token)
 
 

@@ -111,16 +111,11 @@ def set_fleet_limits(
     max_active: int | Keep | None,
     max_connections_per_host: int | Keep | None,
 ) -> None:
-    for name, cap in (
-        ("max_active", max_active),
-        ("max_connections_per_host", max_connections_per_host),
-    ):
-        if isinstance(cap, int) and cap < 1:
-            raise ValueError(f"the fleet's {name} must be at least 1 (or None: no cap)")
-    store = _shared(m)
-    store.set_fleet_limits(max_active=max_active, max_connections_per_host=max_connections_per_host)
+    caps = _shared(m).set_fleet_limits(  # ValueError for a cap below 1, nothing changed
+        max_active=max_active, max_connections_per_host=max_connections_per_host
+    )
     if m._fleet is not None:  # this worker's share at once; the others' at their next beat
-        m._fleet.limits = store.fleet_limits()
+        m._fleet.limits = caps
 
 
 def _shared(m: DownloadManager) -> LeasingStore:

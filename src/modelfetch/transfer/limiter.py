@@ -15,7 +15,8 @@ down: the kernel's receive window closes and the server waits.
 Connections. `ConnectionSlots` bounds concurrent requests in total and per host. A slot is held
 for the lifetime of one response body (a segment's request, or a whole single-stream transfer).
 Waiters are served first come, first served, except that a waiter for a host at its cap does not
-block a waiter for another host.
+block a waiter for another host. A host that asked to wait (`HostHolds`, a 429/503 with
+Retry-After) gets no new connection until its hold ends; connections already open go on.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+
+from modelfetch.transfer.holds import HostHolds
 
 __all__ = ["DEFAULT_BURST", "ConnectionSlots", "Slot", "TokenBucket", "read_size_for"]
 
@@ -131,7 +134,12 @@ class ConnectionSlots:
     `per_host` to any one host (None: no per-host cap). Limits may change at any time; lowering
     one never interrupts a connection, it only holds back new ones."""
 
-    def __init__(self, total: int, per_host: int | None = None) -> None:
+    def __init__(
+        self, total: int, per_host: int | None = None, *, holds: HostHolds | None = None
+    ) -> None:
+        # Hosts that asked to wait (429/503): no new connection to one until its hold ends.
+        self._holds = holds
+        self._hold_timers: dict[str, asyncio.TimerHandle] = {}
         self._total = 0
         self._per_host: int | None = None
         # This worker's share of a fleet-wide per-host cap (`core/fleet_share.py`); None: none.
@@ -207,8 +215,34 @@ class ConnectionSlots:
     def _fits(self, host: str) -> bool:
         if self._used >= self._total:
             return False
+        if self._holds is not None and (until := self._holds.until(host)) is not None:
+            self._grant_when_released(host, until)
+            return False
         cap = self.host_cap
         return cap is None or self._by_host[host] < cap
+
+    def hold(self, host: str, seconds: float, why: str) -> bool:
+        """A server asked `host` to be left alone for `seconds` (429/503 with Retry-After): no
+        new connection to it before then, here and for everything sharing the holds. False
+        when these slots keep no holds (the caller waits as it can)."""
+        if self._holds is None:
+            return False
+        self._holds.hold(host, time.time() + seconds, why)
+        return True
+
+    def _grant_when_released(self, host: str, until: float) -> None:
+        """Wake the waiters for `host` when its hold ends (one timer per host, the latest)."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(0.0, until - time.time())
+        timer = self._hold_timers.get(host)
+        if timer is None or timer.when() < when:
+            if timer is not None:
+                timer.cancel()
+            self._hold_timers[host] = loop.call_at(when, self._hold_ended, host)
+
+    def _hold_ended(self, host: str) -> None:
+        self._hold_timers.pop(host, None)
+        self._grant()
 
     def _grant(self) -> None:
         for entry in list(self._waiters):

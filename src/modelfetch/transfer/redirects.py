@@ -104,6 +104,9 @@ class RequestingTransfer(TransferState):
             if 300 <= response.status < 400 and response.status != 304:
                 location = response.headers.get("Location")
                 response.release()
+                # The Hub's hop already says what file it is: a contradiction of the plan fails
+                # here, before a request to the CDN starts sending the body.
+                self._cross_check_plan()
                 if not location:
                     raise NetworkError(
                         f"HTTP {response.status} redirect without a Location", url=redact_url(url)

@@ -93,6 +93,8 @@ OpenRange = Callable[[int, int], Awaitable[Response]]
 
 # A connection that breaks after delivering bytes is reopened rather than failing the transfer.
 _REOPENABLE = (IncompleteBodyError, ServerDisconnectedError, ConnectError, ConnectionError)
+# A piece whose server asks to wait longer than this fails its transfer (the policy waits).
+_ASK_AGAIN_MAX_WAIT = 60.0
 
 
 def piece_size(total: int, connections: int, min_segment: int) -> int:
@@ -302,8 +304,8 @@ class SegmentedFetch:
                 if response is None:
                     try:
                         response = await self._open(segment)
-                    except HTTPStatusError:
-                        if asked_again:
+                    except HTTPStatusError as exc:
+                        if asked_again or not self._may_ask_again(exc):
                             raise
                         asked_again = True  # one odd answer (a busy CDN node): ask once more
                         continue
@@ -334,6 +336,17 @@ class SegmentedFetch:
                 if slot is not None:
                     slot.release()
                     slot = None
+
+    def _may_ask_again(self, exc: HTTPStatusError) -> bool:
+        """After one odd answer a piece is asked for once more, but a 429/503 that says how
+        long to wait is waited out first: its host is held (the next slot waits), or, when the
+        wait is long or nothing here keeps holds, the transfer fails and the policy waits."""
+        wait: float | None = getattr(exc, "retry_after", None)
+        if wait is None:
+            return exc.status != 429  # too many requests: never asked again at once
+        if wait > _ASK_AGAIN_MAX_WAIT or self.slots is None:
+            return False
+        return self.slots.hold(self.host, wait, f"{exc.status} to a ranged request")
 
     async def _open(self, segment: Segment) -> Response:
         try:
