@@ -27,7 +27,6 @@ from modelfetch.core.models import (
     GroupRecord,
     ItemRef,
     PauseReason,
-    StopReason,
 )
 from modelfetch.core.network import NetworkSettings
 from modelfetch.core.policy import AttemptHistory
@@ -36,16 +35,17 @@ from modelfetch.core.queue import FileKey, SchedulingQueue
 from modelfetch.core.rate import RateEstimator
 from modelfetch.hubconfig import HubConfig, hub_config_from_env
 from modelfetch.layout import Layout
-from modelfetch.manager import control, files, holds, intake, lifecycle, limits, progress
+from modelfetch.manager import control, files, holds, intake, lifecycle, progress
 from modelfetch.manager.groups import GroupBook, group_done, wait_settled
+from modelfetch.manager.limits_commands import LimitsCommands
 from modelfetch.manager.partials import partial_files_unowned, remove_paths
 from modelfetch.manager.scheduling import due_retries, next_wake_in
 from modelfetch.manager.settings import ManagerSettings, default_home
 from modelfetch.manager.transitions import Transitions
 from modelfetch.requests import GroupRequest
-from modelfetch.store import KEEP, Keep, Store
+from modelfetch.store import Store
 from modelfetch.transfer.limiter import ConnectionSlots, TokenBucket
-from modelfetch.views import FleetView, GroupView
+from modelfetch.views import GroupView
 
 if TYPE_CHECKING:
     # The Hub client and the planner (and aiohttp under them) are imported when a spec must be
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from modelfetch.transfer.session import TransferSession
 
 
-class DownloadManager:
+class DownloadManager(LimitsCommands):
     """Owns a state directory and works its queue while entered (`async with`)."""
 
     def __init__(
@@ -298,69 +298,6 @@ class DownloadManager:
     async def forget_finished(self) -> list[int]:
         self._require_store()
         return control.forget_finished(self)
-
-    # ------------------------------------------------------------------ limits
-
-    async def set_limits(
-        self,
-        *,
-        max_active: int | None = None,
-        rate_limit: int | None = None,
-        max_connections: int | None = None,
-        max_connections_per_host: int | None = None,
-        connections_per_file: int | None = None,
-    ) -> None:
-        """Change limits while running; None leaves a limit as it is. `rate_limit` is bytes/s
-        over every download (0: unlimited) and applies at once, also to running transfers, as
-        do the connection caps (for new connections). `connections_per_file` applies to files
-        that start from now on."""
-        excess = limits.set_limits(
-            self,
-            max_active=max_active,
-            rate_limit=rate_limit,
-            max_connections=max_connections,
-            max_connections_per_host=max_connections_per_host,
-            connections_per_file=connections_per_file,
-        )
-        await asyncio.gather(*(files.stop(self, r, StopReason.SHUTDOWN) for r in excess))
-        self._wake.set()
-
-    async def fleet(self) -> FleetView:
-        """On a queue shared by workers: the live workers and the caps over all of them."""
-        return limits.fleet_view(self)
-
-    async def set_fleet_limits(
-        self,
-        *,
-        max_active: int | Keep | None = KEEP,
-        max_connections_per_host: int | Keep | None = KEEP,
-    ) -> FleetView:
-        """Caps over every worker of a shared queue: files active at once, connections to one
-        host (None: none beyond each worker's own; KEEP: as it is). Stored with the queue, so
-        they hold for every worker; what runs beyond them finishes. ValueError on a private
-        store."""
-        limits.set_fleet_limits(
-            self, max_active=max_active, max_connections_per_host=max_connections_per_host
-        )
-        self._wake.set()
-        return limits.fleet_view(self)
-
-    async def set_rate_limit(self, ref: str | int | ItemRef, bytes_per_s: int | None) -> None:
-        """Cap one download's bandwidth (bytes/s over all its files and connections; None or
-        0: no cap of its own). `ref` names the download (for `12.3`, its download 12). Applies
-        at once, also while it runs, and is remembered across restarts."""
-        if bytes_per_s is not None and bytes_per_s < 0:
-            raise ValueError("bytes_per_s must be >= 0 (0 or None: unlimited)")
-        group = self._group(self._ref(ref).group_id)
-        limits.set_group_rate(self, group.id, bytes_per_s or None)
-
-    async def set_connections(self, ref: str | int | ItemRef, connections: int | None) -> None:
-        """Connections per file for one download (1: a single stream each; None: back to the
-        global setting). Remembered across restarts; applies to its files that start next."""
-        if connections is not None and connections < 1:
-            raise ValueError("connections must be at least 1 (or None for the default)")
-        group = self._group(self._ref(ref).group_id)
-        limits.set_group_connections(self, group.id, connections)
 
     # ------------------------------------------------------------------ reading
 
