@@ -64,23 +64,27 @@ def make_planner(m: DownloadManager) -> Planner:
 
     return Planner(
         None,
-        lambda: _hub_parts(m),
+        lambda: hub_parts(m),
         hub_config=m.hub_config,
         probe_session=m._session_or_fail(),
     )
 
 
-def _hub_parts(
-    m: DownloadManager, token: str | None = None
+def hub_parts(
+    m: DownloadManager, token: str | None = None, *, anonymous: bool = False
 ) -> tuple[aiohttp.ClientSession, HubClient]:
-    """The shared API session and a Hub client on it: with the manager's token, or `token`."""
+    """The shared API session and a Hub client on it: with the manager's token, or `token`,
+    or none at all (`anonymous`)."""
     from modelfetch.hub import HubClient, make_api_session
     from modelfetch.hubconfig import HubConfig
 
     if m._api_session is None:
         m._api_session = m._external_api_session or make_api_session(network=m._network)
     proxies = m._network.proxies if m._network is not None else None
-    config = m.hub_config if token is None else HubConfig(m.hub_config.endpoint, token)
+    if anonymous:
+        config = HubConfig(m.hub_config.endpoint, None)
+    else:
+        config = m.hub_config if token is None else HubConfig(m.hub_config.endpoint, token)
     return m._api_session, HubClient(m._api_session, config, proxies=proxies)
 
 
@@ -120,7 +124,7 @@ async def add_with_hub_token(
     from modelfetch.planner import Planner
 
     m._require_running()
-    session, client = _hub_parts(m, token)
+    session, client = hub_parts(m, token)
     planner = Planner(session, client, hub_config=client.config, probe_session=m._session_or_fail())
     return await enqueue(m, await planner.plan(spec, options), hub_token=token)
 
