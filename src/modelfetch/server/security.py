@@ -63,6 +63,9 @@ class ServerConfig:
     keepalive: float = 15.0
     allowed_hosts: frozenset[str] = frozenset()
     started_at: float = field(default_factory=time.time)
+    # Routes that carry someone else's bearer token (the Hub mirror's: a client's Hub token)
+    # and read-only form posts: the daemon's token and the JSON-body rule do not apply to them.
+    open_routes: set[str] = field(default_factory=set)
 
     @property
     def cookie_name(self) -> str:
@@ -149,6 +152,8 @@ def security_middleware(config: ServerConfig) -> Middleware:
                 "forbidden_host",
                 "this daemon does not answer to that Host header (see --host / allowed hosts)",
             )
+        if request.match_info.route.name in config.open_routes:
+            return await handler(request)
         if config.token is not None:
             if not _token_ok(request, config):
                 return error_response(

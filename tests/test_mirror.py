@@ -1,0 +1,132 @@
+"""The mirror's read side and pull-through, with huggingface_hub itself as the client."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import aiohttp
+import pytest
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+from modelfetch.testing.fakehub import FakeHub, RepoFile
+from tests.mirror_env import in_thread, running_mirror
+
+REPO = "team/model-GGUF"
+BIG = "model-Q4_K_M.gguf"
+SIZE = 3 << 20
+
+
+@pytest.fixture(autouse=True)
+def _hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+def _add_repo(hub: FakeHub) -> str:
+    return hub.add_repo(
+        REPO,
+        [
+            RepoFile(BIG, size=SIZE, seed=7),
+            RepoFile("README.md", content=b"# a model\n"),
+            RepoFile("sub/config.json", content=b'{"a": 1}\n'),
+        ],
+    )
+
+
+def _cdn_bytes(hub: FakeHub, path: str) -> int:
+    return sum(r.bytes_sent for r in hub.requests("cdn", path_contains=path))
+
+
+async def test_hf_hub_download_pulls_through_and_is_byte_exact(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    commit = _add_repo(hub)
+    async with running_mirror(hub, tmp_path / "mirror-home") as mirror:
+        got = await in_thread(
+            hf_hub_download, REPO, BIG, endpoint=mirror.endpoint, cache_dir=tmp_path / "c1"
+        )
+        assert Path(got).read_bytes() == hub.content(REPO, BIG)
+        assert f"/snapshots/{commit}/" in got
+        small = await in_thread(
+            hf_hub_download, REPO, "README.md", endpoint=mirror.endpoint, cache_dir=tmp_path / "c1"
+        )
+        assert Path(small).read_bytes() == b"# a model\n"
+        # The download shows on the mirror's own queue, completed and verified.
+        views = await mirror.manager.snapshot()
+        names = {v.name: v for v in views}
+        assert names[f"{REPO}/{BIG}"].status == "completed"
+        assert names[f"{REPO}/{BIG}"].files[0].verified
+    assert _cdn_bytes(hub, BIG) == SIZE
+
+
+async def test_snapshot_download_and_repo_info_through_the_mirror(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    commit = _add_repo(hub)
+    async with running_mirror(hub, tmp_path / "mirror-home") as mirror:
+        api = HfApi(endpoint=mirror.endpoint)
+        info = await in_thread(api.model_info, REPO, files_metadata=True)
+        assert info.sha == commit
+        by_name = {s.rfilename: s for s in info.siblings or []}
+        assert set(by_name) == {BIG, "README.md", "sub/config.json"}
+        hub_info = hub.file(REPO, BIG)
+        assert by_name[BIG].size == SIZE
+        assert by_name[BIG].lfs is not None and by_name[BIG].lfs.sha256 == hub_info.sha256
+        assert by_name[BIG].blob_id == hub_info.git_oid  # the pointer's blob, as the Hub says
+        folder = await in_thread(
+            snapshot_download, REPO, endpoint=mirror.endpoint, cache_dir=tmp_path / "c2"
+        )
+        for path in (BIG, "README.md", "sub/config.json"):
+            assert (Path(folder) / path).read_bytes() == hub.content(REPO, path)
+        entries = await in_thread(api.get_paths_info, REPO, ["sub", "README.md", "nope"])
+        assert sorted(e.path for e in entries) == ["README.md", "sub"]
+
+
+async def test_resolve_headers_are_what_huggingface_hub_reads(hub: FakeHub, tmp_path: Path) -> None:
+    commit = _add_repo(hub)
+    info = hub.file(REPO, BIG)
+    small = hub.file(REPO, "README.md")
+    async with (
+        running_mirror(hub, tmp_path / "mirror-home") as mirror,
+        aiohttp.ClientSession() as http,
+    ):
+        url = f"{mirror.endpoint}/{REPO}/resolve/main/{BIG}"
+        async with http.head(url, allow_redirects=False) as r:
+            assert r.status == 200
+            assert r.headers["X-Repo-Commit"] == commit
+            assert r.headers["X-Linked-Etag"] == f'"{info.sha256}"'
+            assert r.headers["ETag"] == f'"{info.sha256}"'
+            assert r.headers["X-Linked-Size"] == str(SIZE)
+            assert r.headers["Content-Length"] == str(SIZE)
+            assert r.headers["Accept-Ranges"] == "bytes"
+        async with http.head(f"{mirror.endpoint}/{REPO}/resolve/main/README.md") as r:
+            assert r.headers["ETag"] == f'"{small.git_oid}"'
+            assert "X-Linked-Etag" not in r.headers
+            assert r.headers["Content-Length"] == str(small.size)
+        async with http.get(url, headers={"Range": "bytes=100-199"}) as r:
+            assert r.status == 206
+            assert r.headers["Content-Range"] == f"bytes 100-199/{SIZE}"
+            assert await r.read() == hub.content(REPO, BIG, start=100, end=200)
+        async with http.get(url, headers={"Range": "bytes=-10"}) as r:
+            assert r.status == 206
+            assert await r.read() == hub.content(REPO, BIG, start=SIZE - 10)
+        async with http.get(url, headers={"Range": f"bytes={SIZE}-"}) as r:
+            assert r.status == 416
+            assert r.headers["Content-Range"] == f"bytes */{SIZE}"
+        async with http.get(url, headers={"Range": "bytes=5-1"}) as r:  # invalid: ignored
+            assert r.status == 200
+            assert hashlib.sha256(await r.read()).hexdigest() == info.sha256
+        async with http.head(f"{mirror.endpoint}/{REPO}/resolve/main/missing.bin") as r:
+            assert r.status == 404
+            assert r.headers["X-Error-Code"] == "EntryNotFound"
+            assert r.headers["X-Repo-Commit"] == commit
+        async with http.get(f"{mirror.endpoint}/api/models/{REPO}/revision/nope") as r:
+            assert r.status == 404
+            assert r.headers["X-Error-Code"] == "RevisionNotFound"
+        async with http.get(f"{mirror.endpoint}/api/models/team/absent") as r:
+            assert r.status in (401, 404)
+            assert r.headers["X-Error-Code"] == "RepoNotFound"
