@@ -7,6 +7,10 @@ redirect: the bytes are here), so the size is the `Content-Length` as well. `Ran
 with `Content-Range` for one satisfiable range, 416 with `Content-Range: bytes */size` past the
 end, and the whole file when malformed, multi-range or an `If-Range` that is not our ETag.
 
+A client whose stream was cut (the file failed verification) gets the whole file for its next
+ranged request of it: huggingface_hub resumes a cut body with a bare `Range` (no `If-Range`),
+and a 200 is its signal to start the file over instead of keeping the suspect prefix.
+
 A GET for a file the mirror does not hold queues it (pull-through, `pull.py`) and streams it as
 it arrives (`stream.py`); a HEAD answers from the listing and fetches nothing.
 """
@@ -14,6 +18,7 @@ it arrives (`stream.py`); a HEAD answers from the listing and fetches nothing.
 from __future__ import annotations
 
 import logging
+import time
 
 from aiohttp import web
 
@@ -22,12 +27,13 @@ from modelfetch.mirror.held import HeldFile
 from modelfetch.mirror.lookup import HubReply, Looked, files_at, hub_error, look_up, path_of
 from modelfetch.mirror.meta import FileMeta
 from modelfetch.mirror.ranges import UNSATISFIABLE, parse_range
-from modelfetch.mirror.state import MIRROR, MirrorState
+from modelfetch.mirror.state import MIRROR, CutKey, MirrorState
 from modelfetch.mirror.stream import Cut, send_body
 
 __all__ = ["resolve"]
 
 log = logging.getLogger("modelfetch.mirror")
+_CUT_MEMORY = 600.0  # seconds a cut client's ranged requests of that file get the whole file
 
 
 def _headers(meta: FileMeta, commit: str) -> dict[str, str]:
@@ -92,8 +98,11 @@ async def resolve(request: web.Request) -> web.StreamResponse:
     wanted = None
     range_header = request.headers.get("Range")
     if_range = request.headers.get("If-Range")
+    cut_key = (request.remote or "", looked.repo_id, looked.commit, path)
     if range_header is not None and (if_range is None or if_range.strip() == meta.etag):
         wanted = parse_range(range_header, size)
+        if isinstance(wanted, tuple) and wanted[0] > 0 and _was_cut(state, cut_key):
+            wanted = None  # the whole file: this client's earlier bytes of it are suspect
     if wanted == UNSATISFIABLE:
         headers["Content-Range"] = f"bytes */{size}"
         return web.Response(status=416, headers=headers)
@@ -111,6 +120,7 @@ async def resolve(request: web.Request) -> web.StreamResponse:
         with state.serving.reading(held.dest):
             await send_body(response, state.manager, held, start, end)
     except Cut:
+        state.cut_clients[cut_key] = time.monotonic() + _CUT_MEMORY
         log.warning(
             "mirror: %s of %s cut mid-body (its bytes failed verification or were dropped)",
             path,
@@ -118,6 +128,18 @@ async def resolve(request: web.Request) -> web.StreamResponse:
         )
         if request.transport is not None:
             request.transport.abort()  # a truncated body, never one that passes as complete
-        raise ConnectionResetError("stream cut") from None
+        return response
+    if start == 0 and end == size:
+        state.cut_clients.pop(cut_key, None)  # it has the whole file from a good stream now
     await response.write_eof()
     return response
+
+
+def _was_cut(state: MirrorState, key: CutKey) -> bool:
+    until = state.cut_clients.get(key)
+    if until is None:
+        return False
+    if until <= time.monotonic():
+        del state.cut_clients[key]
+        return False
+    return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -15,6 +15,9 @@ from modelfetch.mirror.upstream import Upstream
 __all__ = ["MIRROR", "MirrorState"]
 
 
+CutKey = tuple[str, str, str, str]  # (client address, repo, commit, path)
+
+
 @dataclass(eq=False)
 class MirrorState:
     manager: DownloadManager
@@ -22,6 +25,10 @@ class MirrorState:
     puller: Puller
     public: PublicRepos
     serving: Serving
+    # Clients whose stream of a file was cut (its bytes failed verification), until when: their
+    # next ranged request of it gets the whole file (200), which huggingface_hub takes as "start
+    # over" (it resumes a cut body with a bare Range, no If-Range, and would keep the bad prefix).
+    cut_clients: dict[CutKey, float] = field(default_factory=dict)
 
 
 MIRROR: web.AppKey[MirrorState] = web.AppKey("modelfetch_mirror", MirrorState)
