@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -234,11 +234,17 @@ class DownloadManager:
         self._require_running()
         return await intake.enqueue(self, request, hub_token=hub_token)
 
-    def hub_client(self, token: str | None = None, *, anonymous: bool = False) -> HubClient:
+    def hub_client(
+        self,
+        token: str | None = None,
+        *,
+        anonymous: bool = False,
+        retry_delays: Sequence[float] | None = None,
+    ) -> HubClient:
         """A Hub API client on the manager's API session: with its own token, with `token`
         instead (sent to the Hub's origin only, kept nowhere), or with none (`anonymous`)."""
         self._require_running()
-        return intake.hub_parts(self, token, anonymous=anonymous)[1]
+        return intake.hub_parts(self, token, anonymous=anonymous, retry_delays=retry_delays)[1]
 
     def file_record(self, group_id: int, index: int) -> FileRecord | None:
         """The live record of one file (status, bytes, destination), or None if unknown."""

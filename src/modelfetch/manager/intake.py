@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,10 +71,14 @@ def make_planner(m: DownloadManager) -> Planner:
 
 
 def hub_parts(
-    m: DownloadManager, token: str | None = None, *, anonymous: bool = False
+    m: DownloadManager,
+    token: str | None = None,
+    *,
+    anonymous: bool = False,
+    retry_delays: Sequence[float] | None = None,
 ) -> tuple[aiohttp.ClientSession, HubClient]:
     """The shared API session and a Hub client on it: with the manager's token, or `token`,
-    or none at all (`anonymous`)."""
+    or none at all (`anonymous`); `retry_delays` as HubClient takes them (None: its own)."""
     from modelfetch.hub import HubClient, make_api_session
     from modelfetch.hubconfig import HubConfig
 
@@ -85,7 +89,10 @@ def hub_parts(
         config = HubConfig(m.hub_config.endpoint, None)
     else:
         config = m.hub_config if token is None else HubConfig(m.hub_config.endpoint, token)
-    return m._api_session, HubClient(m._api_session, config, proxies=proxies)
+    if retry_delays is None:
+        return m._api_session, HubClient(m._api_session, config, proxies=proxies)
+    client = HubClient(m._api_session, config, proxies=proxies, retry_delays=retry_delays)
+    return m._api_session, client
 
 
 def plan_options(

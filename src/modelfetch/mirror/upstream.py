@@ -30,6 +30,9 @@ __all__ = ["Upstream"]
 
 T = TypeVar("T")
 _MAX_LISTINGS = 256
+# A client is waiting (huggingface_hub gives a HEAD 10 s): one quick retry, then the mirror
+# answers from what it holds rather than keep it waiting on an upstream that is down.
+_RETRIES = (0.25,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +67,8 @@ class Upstream:
     def _client(self, token: str | None) -> HubClient:
         """For metadata and downloads: the mirror's own token if it has one, else the client's."""
         if self.own_token:
-            return self._manager.hub_client()
-        return self._manager.hub_client(token, anonymous=token is None)
+            return self._manager.hub_client(retry_delays=_RETRIES)
+        return self._manager.hub_client(token, anonymous=token is None, retry_delays=_RETRIES)
 
     async def _once(self, key: object, make: Callable[[], Awaitable[T]]) -> T:
         """One upstream request per key at a time; concurrent askers share its answer."""
@@ -154,7 +157,7 @@ class Upstream:
     async def _ask(
         self, repo_id: str, commit: str, path: str | None, token: str | None
     ) -> _Decision:
-        client = self._manager.hub_client(token, anonymous=token is None)
+        client = self._manager.hub_client(token, anonymous=token is None, retry_delays=_RETRIES)
         try:
             if path is None:
                 await client.revision_sha(repo_id, commit)
