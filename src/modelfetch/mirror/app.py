@@ -47,6 +47,7 @@ def make_state(manager: DownloadManager, options: MirrorOptions) -> MirrorState:
         puller=Puller(manager, cache_dir),
         public=PublicRepos(cache_dir / "public.json"),
         serving=Serving(),
+        cache_max=options.cache_max,
     )
 
 

@@ -23,6 +23,7 @@ import time
 from aiohttp import web
 
 from modelfetch.core.errors import ModelfetchError
+from modelfetch.mirror.evict import touch_served
 from modelfetch.mirror.held import HeldFile
 from modelfetch.mirror.lookup import HubReply, Looked, files_at, hub_error, look_up, path_of
 from modelfetch.mirror.meta import FileMeta
@@ -131,6 +132,7 @@ async def resolve(request: web.Request) -> web.StreamResponse:
         return response
     if start == 0 and end == size:
         state.cut_clients.pop(cut_key, None)  # it has the whole file from a good stream now
+    touch_served(held.dest)
     await response.write_eof()
     return response
 

@@ -29,6 +29,8 @@ class MirrorState:
     # next ranged request of it gets the whole file (200), which huggingface_hub takes as "start
     # over" (it resumes a cut body with a bare Range, no If-Range, and would keep the bad prefix).
     cut_clients: dict[CutKey, float] = field(default_factory=dict)
+    public_port: int | None = None  # the network listener's bound port, once it listens
+    cache_max: int | None = None  # bytes (`--cache-max`); None: no limit
 
 
 MIRROR: web.AppKey[MirrorState] = web.AppKey("modelfetch_mirror", MirrorState)
