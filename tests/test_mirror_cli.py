@@ -85,3 +85,32 @@ async def test_mirror_flags_without_mirror_are_refused(hub: FakeHub, tmp_path: P
     result = await cli("serve", "--mirror", "--cache-max", "lots")
     assert result.code == 2
     assert "not a size" in result.err
+
+
+def test_the_mirror_table_of_config_toml_is_read_and_checked(tmp_path: Path) -> None:
+    from modelfetch.cli.serve_mirror import MirrorFlags, mirror_plan_of
+    from modelfetch.config import ConfigError, load_config
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"MODELFETCH_HOME": str(home), "HOME": str(tmp_path)}
+    (home / "config.toml").write_text(
+        '[mirror]\nenabled = true\nhost = "0.0.0.0"\nport = 9000\ncache_max = "2G"\n'
+    )
+    cfg = load_config(environ=env)
+    plan = mirror_plan_of(cfg, MirrorFlags(None, None, None, None))
+    assert plan is not None
+    assert (plan.host, plan.port, plan.cache_max) == ("0.0.0.0", 9000, 2 << 30)
+    # Flags win over the file.
+    plan = mirror_plan_of(cfg, MirrorFlags(None, "127.0.0.1", 0, "1M"))
+    assert plan is not None and (plan.host, plan.port, plan.cache_max) == ("127.0.0.1", 0, 1 << 20)
+    assert mirror_plan_of(cfg, MirrorFlags(False, None, None, None)) is None
+    for bad, says in [
+        ("[mirror]\nport = 70000\n", "mirror.port"),
+        ("[mirror]\ncache = 1\n", "mirror.cache: unknown"),
+        ("[mirror]\ncache_max = 'big'\n", "mirror.cache_max"),
+        ("mirror = true\n", "must be a table"),
+    ]:
+        (home / "config.toml").write_text(bad)
+        with pytest.raises(ConfigError, match=says):
+            load_config(environ=env)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -63,6 +62,8 @@ async def serve_with_mirror(
     port: int,
     token: str | None,
 ) -> None:
+    import asyncio
+
     from modelfetch.mirror import MirrorOptions, make_state, mount
     from modelfetch.mirror.service import run_mirror
 

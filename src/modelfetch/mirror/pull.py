@@ -16,7 +16,7 @@ from modelfetch.core.paths import safe_join
 from modelfetch.core.queue import FileKey
 from modelfetch.hub import RepoFileEntry
 from modelfetch.manager import DownloadManager
-from modelfetch.requests import FileRequest, GroupRequest
+from modelfetch.requests import MIRROR_SPEC_PREFIX, FileRequest, GroupRequest
 
 __all__ = ["Puller"]
 
@@ -63,7 +63,7 @@ class Puller:
                 ),
             ),
             dest_dir=safe_join(self.cache_dir, f"{repo_id}/{commit}"),
-            spec=f"mirror {repo_id}@{commit}/{entry.path}",
+            spec=f"{MIRROR_SPEC_PREFIX}{repo_id}@{commit}/{entry.path}",
             priority=self._priority,
             repo_id=repo_id,
             revision=commit,
