@@ -124,9 +124,86 @@ async def test_resolve_headers_are_what_huggingface_hub_reads(hub: FakeHub, tmp_
             assert r.status == 404
             assert r.headers["X-Error-Code"] == "EntryNotFound"
             assert r.headers["X-Repo-Commit"] == commit
+        # A missing file or commit is about that file or commit: the repo stays readable.
+        async with http.head(f"{mirror.endpoint}/{REPO}/resolve/main/README.md") as r:
+            assert r.status == 200
+        async with http.head(f"{mirror.endpoint}/{REPO}/resolve/{'0' * 40}/README.md") as r:
+            assert r.status == 404
+            assert r.headers["X-Error-Code"] == "RevisionNotFound"
+        async with http.head(f"{mirror.endpoint}/{REPO}/resolve/{commit}/README.md") as r:
+            assert r.status == 200
         async with http.get(f"{mirror.endpoint}/api/models/{REPO}/revision/nope") as r:
             assert r.status == 404
             assert r.headers["X-Error-Code"] == "RevisionNotFound"
         async with http.get(f"{mirror.endpoint}/api/models/team/absent") as r:
             assert r.status in (401, 404)
             assert r.headers["X-Error-Code"] == "RepoNotFound"
+
+
+async def test_the_daemons_token_does_not_guard_the_mirror_but_its_api_stays_guarded(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    _add_repo(hub)
+    async with (
+        running_mirror(hub, tmp_path / "m", daemon_token="daemon-secret") as mirror,
+        aiohttp.ClientSession() as http,
+    ):
+        # A Hub client sends its Hub token (or none), never the daemon's.
+        async with http.head(
+            f"{mirror.endpoint}/{REPO}/resolve/main/README.md",
+            headers={"Authorization": "Bearer not-the-daemon-token"},
+        ) as r:
+            assert r.status == 401  # the upstream's answer to a token it does not know
+        async with http.head(f"{mirror.endpoint}/{REPO}/resolve/main/README.md") as r:
+            assert r.status == 200
+        async with http.get(f"{mirror.endpoint}/api/downloads") as r:
+            assert r.status == 401  # the control API still wants the daemon's token
+        async with http.get(
+            f"{mirror.endpoint}/api/downloads", headers={"Authorization": "Bearer daemon-secret"}
+        ) as r:
+            assert r.status == 200
+
+
+def _lan_address() -> str | None:
+    """This machine's address on a non-loopback interface, if it has one (no packet is sent)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+async def test_at_a_daemon_open_to_the_network_the_mirror_answers_this_machine_only(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    """`--host 0.0.0.0 --token T --mirror`: the Hub paths at the daemon's origin are not on
+    the network by that side effect; only `--mirror-host`'s listener opens them."""
+    lan = _lan_address()
+    if lan is None:
+        pytest.skip("no non-loopback address to reach the daemon from")
+    from modelfetch.mirror import make_state, mount
+    from modelfetch.mirror.app import MirrorOptions
+    from modelfetch.server.app import create_app
+    from modelfetch.server.state import STATE
+    from tests.mirror_env import _start
+
+    _add_repo(hub)
+    async with running_mirror(hub, tmp_path / "m") as mirror:
+        app = create_app(mirror.manager, token="daemon-secret", host="0.0.0.0")
+        app[STATE].config.open_routes.update(
+            mount(app, make_state(mirror.manager, MirrorOptions()))
+        )
+        runner, port = await _start(app, "0.0.0.0")
+        app[STATE].config.port = port
+        try:
+            async with aiohttp.ClientSession() as http:
+                for host, expected in ((lan, 403), ("127.0.0.1", 200)):
+                    url = f"http://{host}:{port}/{REPO}/resolve/main/README.md"
+                    async with http.head(url) as r:
+                        assert r.status == expected, host
+        finally:
+            await runner.cleanup()

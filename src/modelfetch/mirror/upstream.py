@@ -33,6 +33,8 @@ _MAX_LISTINGS = 256
 # A client is waiting (huggingface_hub gives a HEAD 10 s): one quick retry, then the mirror
 # answers from what it holds rather than keep it waiting on an upstream that is down.
 _RETRIES = (0.25,)
+# A repo readable by the token answers these for a commit or file it lacks: not a refusal.
+_NOT_ABOUT_ACCESS = frozenset({"EntryNotFound", "RevisionNotFound"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,5 +168,7 @@ class Upstream:
         except HTTPStatusError as exc:
             if exc.status >= 500 or exc.status == 429:
                 raise  # the upstream is unwell: no answer about access
+            if exc.error_code in _NOT_ABOUT_ACCESS:
+                raise  # about this commit or file, not the repo: forwarded, never kept
             return _Decision(self._clock() + self._access_ttl, exc)
         return _Decision(self._clock() + self._access_ttl, None)

@@ -153,6 +153,12 @@ def security_middleware(config: ServerConfig) -> Middleware:
                 "this daemon does not answer to that Host header (see --host / allowed hosts)",
             )
         if request.match_info.route.name in config.open_routes:
+            if not is_loopback(config.host) and not is_loopback(request.remote or ""):
+                # Opening them to the network takes a flag of their own (a listener that
+                # answers nothing else), not a side effect of where the control API listens.
+                return error_response(
+                    403, "forbidden", "these routes answer this machine only here"
+                )
             return await handler(request)
         if config.token is not None:
             if not _token_ok(request, config):
