@@ -113,7 +113,10 @@ async def send_body(
 
 
 async def _send_complete(response: web.StreamResponse, dest: Path, start: int, end: int) -> None:
-    fd = await asyncio.to_thread(os.open, dest, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = await asyncio.to_thread(os.open, dest, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # evicted or removed since it was looked up: the response cannot be whole
+        raise Cut from None
     try:
         pos = start
         while pos < end:
