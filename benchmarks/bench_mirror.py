@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -54,6 +55,7 @@ class Row:
     upstream: int
     size: int
     server_cpu: float | None = None  # the mirror daemon's CPU seconds (user + system)
+    clients_cpu: float = 0.0  # every client process's CPU seconds together
 
 
 def _env(scratch: Path) -> dict[str, str]:
@@ -126,23 +128,33 @@ async def _mirror(hub: FakeHub, home: Path) -> tuple[asyncio.subprocess.Process,
             await asyncio.sleep(0.05)
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def _row(hub: FakeHub, mode: str, n: int, size: int, sha256: str, scratch: Path) -> Row:
     hub.log.clear()
     work = scratch / f"{mode}-{n}"
     work.mkdir()
     try:
+        cpu: float | None = None
         if mode == "direct":
+            before = _children_cpu()
             wall, paths = await _clients(hub.endpoint, n, work)
         else:
             proc, url = await _mirror(hub, work / "mirror-home")
             try:
+                before = _children_cpu()  # (the daemon is counted when it is waited for)
                 wall, paths = await _clients(url, n, work)
                 cpu = _cpu_seconds(proc.pid)
             finally:
                 proc.send_signal(signal.SIGTERM)
+                clients_done = _children_cpu()
                 await proc.wait()
+        clients = (_children_cpu() if mode == "direct" else clients_done) - before
         _check(paths, sha256)
-        return Row(mode, n, wall, _cdn_bytes(hub), size, cpu if mode == "mirror" else None)
+        return Row(mode, n, wall, _cdn_bytes(hub), size, cpu, clients)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -160,14 +172,15 @@ def _table(rows: list[Row]) -> str:
     one_direct = next((r.wall for r in rows if r.mode == "direct" and r.clients == 1), None)
     lines = [
         "| clients | via | wall s | upstream bytes / file | wall / one direct download "
-        "| mirror CPU s |",
+        "| CPU s: mirror / clients |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = f"{r.wall / one_direct:.2f}x" if one_direct else "-"
         cpu = f"{r.server_cpu:.1f}" if r.server_cpu is not None else "-"
+        cpu += f" / {r.clients_cpu:.1f}"
         lines.append(
-            f"| {r.clients} | {r.mode} | {r.wall:.1f} | {r.upstream / r.size:.2f}x | {ratio} "
+            f"| {r.clients} | {r.mode} | {r.wall:.1f} | {r.upstream / r.size:.3f}x | {ratio} "
             f"| {cpu} |"
         )
     return "\n".join(lines)
@@ -191,7 +204,7 @@ async def main(args: argparse.Namespace) -> None:
                     rows.append(row)
                     print(
                         f"{mode:6} N={n}: {row.wall:6.1f} s, upstream "
-                        f"{row.upstream / size:.2f}x the file",
+                        f"{row.upstream / size:.3f}x the file",
                         flush=True,
                     )
     header = (

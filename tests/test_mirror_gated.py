@@ -92,3 +92,26 @@ async def test_the_clients_token_goes_to_the_upstream_only_and_is_not_kept(
     for path in home.rglob("*"):
         if path.is_file() and path.stat().st_size < (1 << 20):
             assert ALICE.encode() not in path.read_bytes(), path
+
+
+async def test_with_the_upstream_stopped_a_gated_file_goes_only_to_a_token_it_accepted(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    import aiohttp
+
+    _repos(hub)
+    expected = hub.content(GATED, FILE)
+    async with running_mirror(hub, tmp_path / "mirror") as mirror:
+        # Anyone may read a gated repo's listing; that must not make its files public.
+        await in_thread(HfApi(endpoint=mirror.endpoint).model_info, GATED, token=False)
+        await in_thread(_download, mirror.endpoint, tmp_path / "a", GATED, ALICE)
+        await hub.close()
+        url = f"{mirror.endpoint}/{GATED}/resolve/main/{FILE}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as r:
+                assert r.status == 504  # no upstream to ask, and nobody vouched for "anyone"
+            async with http.get(url, headers={"Authorization": f"Bearer {BOB}"}) as r:
+                assert r.status == 504
+            async with http.get(url, headers={"Authorization": f"Bearer {ALICE}"}) as r:
+                assert r.status == 200
+                assert await r.read() == expected

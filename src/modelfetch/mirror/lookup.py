@@ -136,7 +136,9 @@ async def look_up(
         commit = found
     try:
         await state.upstream.check(repo_id, commit, path, token)
-        if token is None:
+        if token is None and path is not None:
+            # Its files download without a token: anyone may have them, also offline (the
+            # metadata alone would not say so: a gated repo shows it to anyone).
             state.public.add(repo_id)
     except HTTPStatusError as exc:
         raise _forwarded(exc) from None
