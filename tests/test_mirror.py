@@ -207,3 +207,30 @@ async def test_at_a_daemon_open_to_the_network_the_mirror_answers_this_machine_o
                         assert r.status == expected, host
         finally:
             await runner.cleanup()
+
+
+async def test_hf_download_command_through_the_mirror(hub: FakeHub, tmp_path: Path) -> None:
+    """`hf download` (huggingface_hub's CLI): a whole repo with --include, and one file."""
+    import asyncio
+    import os
+    import sys
+
+    _add_repo(hub)
+    hf = Path(sys.executable).with_name("hf")
+    if not hf.exists():
+        pytest.skip("the hf command is not installed")
+    async with running_mirror(hub, tmp_path / "mirror-home") as mirror:
+        env = {**os.environ, "HF_ENDPOINT": mirror.endpoint, "HF_HUB_DISABLE_XET": "1"}
+        for args in (
+            [REPO, "--include", "sub/*", "--local-dir", str(tmp_path / "out")],
+            [REPO, BIG, "--local-dir", str(tmp_path / "out")],
+        ):
+            proc = await asyncio.create_subprocess_exec(
+                str(hf), "download", *args, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()[-2000:]
+    assert (tmp_path / "out" / "sub" / "config.json").read_bytes() == b'{"a": 1}\n'
+    assert (tmp_path / "out" / BIG).read_bytes() == hub.content(REPO, BIG)
+    assert not (tmp_path / "out" / "README.md").exists()  # --include kept to what it names

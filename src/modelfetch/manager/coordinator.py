@@ -250,9 +250,7 @@ class DownloadManager:
         """The live record of one file (status, bytes, destination), or None if unknown."""
         self._require_running()
         group = self._groups.get(group_id) or self.store.get_group(group_id)
-        if group is None:
-            return None
-        return next((f for f in group.files if f.index == index), None)
+        return next((f for f in group.files if f.index == index), None) if group else None
 
     def groups(self) -> list[GroupRecord]:
         """Every stored download with its files (the store's rows, the live ones as in memory)."""
