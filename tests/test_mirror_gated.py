@@ -81,14 +81,22 @@ async def test_a_private_repo_is_not_found_without_a_token_that_sees_it(
 
 
 async def test_the_clients_token_goes_to_the_upstream_only_and_is_not_kept(
-    hub: FakeHub, tmp_path: Path
+    hub: FakeHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     _repos(hub)
     home = tmp_path / "mirror"
     async with running_mirror(hub, home) as mirror:
         await in_thread(_download, mirror.endpoint, tmp_path / "c", GATED, ALICE)
+        with pytest.raises(GatedRepoError):
+            await in_thread(_download, mirror.endpoint, tmp_path / "d", GATED, BOB)
         views = [v.to_dict() for v in await mirror.manager.snapshot()]
     assert ALICE not in repr(views)
+    assert ALICE not in caplog.text and BOB not in caplog.text  # never logged
+    # Sent to the upstream's origin and nowhere else: the CDN saw no Authorization.
+    assert all(not r.authorization for r in hub.requests("cdn"))
     for path in home.rglob("*"):
         if path.is_file() and path.stat().st_size < (1 << 20):
             assert ALICE.encode() not in path.read_bytes(), path
