@@ -206,3 +206,34 @@ async def test_huggingface_hub_cut_by_a_failed_digest_ends_with_the_right_file(
         )
         assert Path(got).read_bytes() == expected
     assert _cdn_bytes(slow_hub) == 2 * SIZE  # the bad body, then the good one
+
+
+async def test_a_pull_cut_by_a_daemon_restart_resumes_from_its_part(
+    slow_hub: FakeHub, tmp_path: Path
+) -> None:
+    expected = slow_hub.content(REPO, BIG)
+    home = tmp_path / "mirror"
+    url_path = f"/{REPO}/resolve/main/{BIG}"
+    received = bytearray()
+    async with (
+        running_mirror(slow_hub, home, settings=_settings(False)) as mirror,
+        aiohttp.ClientSession() as http,
+        http.get(mirror.endpoint + url_path) as r,
+    ):
+        key = await _key_of(mirror.manager)
+        while len(received) < SIZE // 4:
+            received += await r.content.readany()
+        at_stop = mirror.manager.arrivals.get(key).prefix
+    assert 0 < at_stop < SIZE  # stopped mid-file; the `.part` stays
+    async with (
+        running_mirror(slow_hub, home, settings=_settings(False)) as mirror,
+        aiohttp.ClientSession() as http,
+        http.get(mirror.endpoint + url_path, headers={"Range": f"bytes={len(received)}-"}) as r,
+    ):
+        assert r.status == 206
+        rest = await r.read()
+    assert bytes(received) + rest == expected
+    # The second daemon resumed the `.part` rather than fetching from zero.
+    assert _cdn_bytes(slow_hub) < SIZE + at_stop
+    resumed = slow_hub.requests("cdn", path_contains=BIG)[-1].range or ""
+    assert resumed.startswith("bytes=") and int(resumed[6:].split("-")[0]) >= at_stop
