@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from modelfetch.config_mirror import MirrorFileSettings, mirror_settings
 from modelfetch.core.errors import ModelfetchError, SpecError
 from modelfetch.core.network import NetworkSettings
 
@@ -116,6 +117,7 @@ class FileSettings:
     proxy: str | None = None
     ca_bundle: Path | None = None
     store: str | None = None
+    mirror: MirrorFileSettings | None = None  # the [mirror] table (config_mirror.py)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -148,6 +150,8 @@ class FileSettings:
         for name in ("proxy", "store"):
             if name in raw:
                 values[name] = _string(raw, name)
+        if "mirror" in raw:
+            values["mirror"] = mirror_settings(raw["mirror"])
         if "stall_timeout" in raw:
             value = raw["stall_timeout"]
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -199,6 +203,7 @@ class Config:
     hf_cache_from: str = "default"  # what set hf_cache_dir: --cache-dir or a variable
     offline: bool = False
     store_url: str | None = None  # None: SQLite in `home` (config_store.py)
+    mirror: MirrorFileSettings = field(default_factory=MirrorFileSettings)
     config_file: Path
     config_file_found: bool = False
     sources: dict[str, str] = field(default_factory=dict)
@@ -469,6 +474,7 @@ def load_config(
         hf_cache_from=hf_cache_from,
         offline=offline,
         store_url=store_url,
+        mirror=file.mirror or MirrorFileSettings(),
         config_file=config_file,
         config_file_found=found,
         sources=sources,

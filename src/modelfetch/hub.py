@@ -233,6 +233,22 @@ class HubClient:
             f"{quote(commit, safe='')}/{quote(path, safe='/')}"
         )
 
+    async def check_file_access(self, repo_id: str, commit: str, path: str) -> None:
+        """Whether this client's token (or none) may download `path`: a HEAD of its resolve
+        URL, redirects not followed (the answer to the first hop says it). An error status
+        raises the typed error with the Hub's `status` and `error_code` (e.g. 403 GatedRepo)."""
+        _check_repo_id(repo_id)
+        what = _What(repo_id, commit, path)
+        url = URL(self.resolve_url(repo_id, commit, path), encoded=True)
+        await self._honour_hold(str(url))
+        reply = await self._get_once(url, method="HEAD")
+        if reply.status >= 400:
+            error = self._status_error(reply, what)
+            if error.retry_after is not None:  # held for every request, this client's too
+                until = self._clock() + error.retry_after
+                self._holds.hold(host_key(str(url)), until, f"{reply.status} to an access check")
+            raise error
+
     async def quants(self, repo_id: str, revision: str = "main") -> list[QuantGroup]:
         """The quantizations `revision` offers, with sizes and shard counts."""
         return (await self.resolve(repo_id, revision)).quant_groups()
@@ -328,7 +344,7 @@ class HubClient:
         await self._sleep(remaining)
         self._waited[host] = until
 
-    async def _get_once(self, url: URL) -> _Reply:
+    async def _get_once(self, url: URL, method: str = "GET") -> _Reply:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         proxy = self._proxies.proxy_for(str(url))
         # Through a proxy, plain http is readable by it: the token goes only inside a tunnel.
@@ -345,8 +361,8 @@ class HubClient:
             if proxy.username is not None:
                 via["proxy_auth"] = aiohttp.BasicAuth(proxy.username, proxy.password or "")
         try:
-            async with self._session.get(
-                url, headers=headers, allow_redirects=False, timeout=self._timeout, **via
+            async with self._session.request(
+                method, url, headers=headers, allow_redirects=False, timeout=self._timeout, **via
             ) as resp:
                 body = await _read_capped(resp)
                 if proxy is not None and resp.status == 407:  # (plain http: the proxy answers)

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+MIRROR_SPEC_PREFIX = "mirror "
+"""How a download the Hub mirror pulled through is told apart in the queue (its `spec`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class FileRequest:

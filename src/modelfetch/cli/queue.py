@@ -39,6 +39,10 @@ def ls_command(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         from modelfetch.render import queue_table
 
         stdout_console().print(queue_table(views, time.time()))
+        from modelfetch.render.mirrored import mirror_summary
+
+        if (held := mirror_summary(views, cfg.mirror.cache_max)) is not None:
+            stdout_console().print(held)
         return EXIT_OK
 
     execute(state.debug, go)

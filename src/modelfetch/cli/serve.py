@@ -15,6 +15,7 @@ from modelfetch.cli.consoles import stderr_console
 from modelfetch.cli.errors import EXIT_FAILED, EXIT_OK, execute
 from modelfetch.cli.interrupts import race
 from modelfetch.cli.options import app_state
+from modelfetch.cli.serve_mirror import MirrorFlags, mirror_plan_of, serve_with_mirror
 
 
 def serve(
@@ -29,11 +30,39 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    mirror: Annotated[
+        bool | None,
+        typer.Option(
+            "--mirror/--no-mirror",
+            help="Also serve the Hub's read side (point HF_ENDPOINT here); see docs/mirror.md.",
+            show_default=False,
+        ),
+    ] = None,
+    mirror_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Open the mirror (read-only, Hub paths only) on this address too, e.g. 0.0.0.0; "
+            "the control API stays on --host.",
+            show_default=False,
+        ),
+    ] = None,
+    mirror_port: Annotated[
+        int | None,
+        typer.Option(help="Port of --mirror-host's listener (default 8766).", show_default=False),
+    ] = None,
+    cache_max: Annotated[
+        str | None,
+        typer.Option(
+            help="Evict the least recently served mirrored files above this size (e.g. 500G).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the queue as a daemon with an HTTP API until stopped (Ctrl-C or SIGTERM).
 
     While it runs, the other commands talk to it instead of opening the state themselves."""
     state = app_state(ctx)
+    flags = MirrorFlags(mirror, mirror_host, mirror_port, cache_max)
 
     async def go() -> int:
         import asyncio
@@ -53,8 +82,14 @@ def serve(
         refuse_offline(cfg, "serve the queue (its workers download)")
         from modelfetch.manager import DownloadManager
 
+        mirror_plan = mirror_plan_of(cfg, flags)
         async with DownloadManager(**cfg.manager_kwargs()) as manager:
-            task = asyncio.create_task(serve_fn(manager, host=host, port=port, token=token))
+            if mirror_plan is None:
+                task = asyncio.create_task(serve_fn(manager, host=host, port=port, token=token))
+            else:
+                task = asyncio.create_task(
+                    serve_with_mirror(serve_fn, manager, mirror_plan, host, port, token)
+                )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):

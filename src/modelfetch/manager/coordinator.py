@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -36,6 +36,7 @@ from modelfetch.core.rate import RateEstimator
 from modelfetch.hubconfig import HubConfig, hub_config_from_env
 from modelfetch.layout import Layout
 from modelfetch.manager import control, files, holds, intake, lifecycle, progress
+from modelfetch.manager.arrivals import Arrivals
 from modelfetch.manager.groups import GroupBook, group_done, wait_settled
 from modelfetch.manager.limits_commands import LimitsCommands
 from modelfetch.manager.partials import partial_files_unowned, remove_paths
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     # resolved, not when the manager is: a queue of plain requests never needs them.
     import aiohttp
 
+    from modelfetch.hub import HubClient
     from modelfetch.manager.files import RunningFile
     from modelfetch.manager.fleet_worker import FleetWorker
     from modelfetch.planner import Planner
@@ -92,6 +94,8 @@ class DownloadManager(LimitsCommands):
         self._network: NetworkSettings | None = None  # resolved at start (settings or env)
         self._rng = rng or random.Random()
         self.bus = EventBus()
+        # The contiguous bytes of each active file on disk, for readers that stream it (mirror).
+        self.arrivals = Arrivals()
         self._queue = SchedulingQueue()
         book = self._book = GroupBook()
         # The book's tables under the names the rest of the package (and the tests) read.
@@ -225,11 +229,36 @@ class DownloadManager(LimitsCommands):
         self._require_running()
         return await self.planner.quants(repo, revision)
 
-    async def enqueue(self, request: GroupRequest) -> int:
+    async def enqueue(self, request: GroupRequest, *, hub_token: str | None = None) -> int:
         """Add a download; returns its group id. Asking again for something queued or active
-        returns the existing id; for something failed or cancelled, re-queues it."""
+        returns the existing id; for something failed or cancelled, re-queues it. `hub_token`:
+        a Hub token its transfers to the Hub's origin carry instead of the manager's own
+        (memory only, never stored)."""
         self._require_running()
-        return await intake.enqueue(self, request)
+        return await intake.enqueue(self, request, hub_token=hub_token)
+
+    def hub_client(
+        self,
+        token: str | None = None,
+        *,
+        anonymous: bool = False,
+        retry_delays: Sequence[float] | None = None,
+    ) -> HubClient:
+        """A Hub API client on the manager's API session: with its own token, with `token`
+        instead (sent to the Hub's origin only, kept nowhere), or with none (`anonymous`)."""
+        self._require_running()
+        return intake.hub_parts(self, token, anonymous=anonymous, retry_delays=retry_delays)[1]
+
+    def file_record(self, group_id: int, index: int) -> FileRecord | None:
+        """The live record of one file (status, bytes, destination), or None if unknown."""
+        self._require_running()
+        group = self._groups.get(group_id) or self.store.get_group(group_id)
+        return next((f for f in group.files if f.index == index), None) if group else None
+
+    def groups(self) -> list[GroupRecord]:
+        """Every stored download with its files (the store's rows, the live ones as in memory)."""
+        self._require_running()
+        return [self._groups.get(g.id, g) for g in self.store.groups()]
 
     # ------------------------------------------------------------------ queue commands
 

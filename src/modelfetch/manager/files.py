@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelfetch.core import events as ev
+from modelfetch.core.errors import IntegrityError
 from modelfetch.core.headers import origin_of
 from modelfetch.core.models import FileRecord, FileStatus, StopReason
 from modelfetch.core.queue import FileKey
@@ -133,6 +134,9 @@ async def run_file(m: DownloadManager, run: RunningFile) -> None:
             else:
                 m._segmented.discard(key)
 
+        def on_prefix(prefix: int) -> None:
+            m.arrivals.report(key, prefix, run.total)
+
         from modelfetch.transfer.fetch import fetch_file  # only a working manager needs it
 
         result = await fetch_file(
@@ -143,14 +147,19 @@ async def run_file(m: DownloadManager, run: RunningFile) -> None:
             on_segments=on_segments,
             limits=(group_bucket(m, f.group_id), m._bandwidth),
             slots=m._slots,
+            on_prefix=on_prefix,
         )
     except asyncio.CancelledError:
         with m._batch():
             finalize_stopped(m, run)
+        if run.stop.reason is StopReason.CANCEL:
+            m.arrivals.broken(key)
         raise
     except Exception as exc:  # every failure goes to the policy; a bug is a GiveUp there
         with m._deferred():
             finalize_failed(m, run, exc)
+            if isinstance(exc, IntegrityError) or f.status is FileStatus.FAILED:
+                m.arrivals.broken(key)  # a reader streaming it must not finish with these bytes
             if f.status is not FileStatus.PAUSED:  # a full disk pauses everything first
                 hand_over(m, key)
     else:
@@ -159,6 +168,7 @@ async def run_file(m: DownloadManager, run: RunningFile) -> None:
         with m._deferred():
             finalize_completed(m, run, result)
             hand_over(m, key)
+        m.arrivals.completed(key, result.size)
         handed_over = True  # nothing for the coordinator: no retry or hold changed
     finally:
         m._running.pop(key, None)

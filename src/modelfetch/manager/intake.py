@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,25 +64,37 @@ def make_planner(m: DownloadManager) -> Planner:
 
     return Planner(
         None,
-        lambda: _hub_parts(m),
+        lambda: hub_parts(m),
         hub_config=m.hub_config,
         probe_session=m._session_or_fail(),
         holds=m._host_holds,
     )
 
 
-def _hub_parts(
-    m: DownloadManager, token: str | None = None
+def hub_parts(
+    m: DownloadManager,
+    token: str | None = None,
+    *,
+    anonymous: bool = False,
+    retry_delays: Sequence[float] | None = None,
 ) -> tuple[aiohttp.ClientSession, HubClient]:
-    """The shared API session and a Hub client on it: with the manager's token, or `token`."""
+    """The shared API session and a Hub client on it: with the manager's token, or `token`,
+    or none at all (`anonymous`); `retry_delays` as HubClient takes them (None: its own)."""
     from modelfetch.hub import HubClient, make_api_session
     from modelfetch.hubconfig import HubConfig
 
     if m._api_session is None:
         m._api_session = m._external_api_session or make_api_session(network=m._network)
     proxies = m._network.proxies if m._network is not None else None
-    config = m.hub_config if token is None else HubConfig(m.hub_config.endpoint, token)
-    hub = HubClient(m._api_session, config, proxies=proxies, holds=m._host_holds)
+    if anonymous:
+        config = HubConfig(m.hub_config.endpoint, None)
+    else:
+        config = m.hub_config if token is None else HubConfig(m.hub_config.endpoint, token)
+    # Every client shares the manager's host holds: a 429 to one holds the host for all.
+    holds = m._host_holds
+    if retry_delays is None:
+        return m._api_session, HubClient(m._api_session, config, proxies=proxies, holds=holds)
+    hub = HubClient(m._api_session, config, proxies=proxies, holds=holds, retry_delays=retry_delays)
     return m._api_session, hub
 
 
@@ -123,7 +135,7 @@ async def add_with_hub_token(
 
     m._require_running()
     m._require_store()  # before planning: nothing could be queued
-    session, client = _hub_parts(m, token)
+    session, client = hub_parts(m, token)
     planner = Planner(
         session,
         client,

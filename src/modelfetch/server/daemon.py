@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,13 @@ async def serve(
     token: str | None = None,
     keepalive: float = 15.0,
     allowed_hosts: tuple[str, ...] = (),
+    extend: Callable[[web.Application], Iterable[str]] | None = None,
 ) -> None:
     """Serve `manager` on `host:port` until cancelled; then close the site and its open event
     streams cleanly (the caller shuts the manager down). `port=0` picks a free port: read it
     from `daemon.json`. `token` defaults to $MODELFETCH_TOKEN. Listening anywhere but loopback
-    without a token is refused with a SpecError."""
+    without a token is refused with a SpecError. `extend(app)` adds routes of another face
+    (the Hub mirror) and returns the names of those the daemon's token does not guard."""
     token = (token or os.environ.get(TOKEN_ENV) or "").strip() or None
     if not is_loopback(host) and token is None:
         raise SpecError(
@@ -101,6 +104,8 @@ async def serve(
         keepalive=keepalive,
         allowed_hosts=allowed_hosts,
     )
+    if extend is not None:
+        app[STATE].config.open_routes.update(extend(app))
     runner = web.AppRunner(
         app,
         handle_signals=False,

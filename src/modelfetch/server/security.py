@@ -63,6 +63,9 @@ class ServerConfig:
     keepalive: float = 15.0
     allowed_hosts: frozenset[str] = frozenset()
     started_at: float = field(default_factory=time.time)
+    # Routes that carry someone else's bearer token (the Hub mirror's: a client's Hub token)
+    # and read-only form posts: the daemon's token and the JSON-body rule do not apply to them.
+    open_routes: set[str] = field(default_factory=set)
 
     @property
     def cookie_name(self) -> str:
@@ -149,6 +152,14 @@ def security_middleware(config: ServerConfig) -> Middleware:
                 "forbidden_host",
                 "this daemon does not answer to that Host header (see --host / allowed hosts)",
             )
+        if request.match_info.route.name in config.open_routes:
+            if not is_loopback(config.host) and not is_loopback(request.remote or ""):
+                # Opening them to the network takes a flag of their own (a listener that
+                # answers nothing else), not a side effect of where the control API listens.
+                return error_response(
+                    403, "forbidden", "these routes answer this machine only here"
+                )
+            return await handler(request)
         if config.token is not None:
             if not _token_ok(request, config):
                 return error_response(

@@ -20,6 +20,12 @@ ProgressCallback = Callable[[int, "int | None"], None]
 at most ~10 times a second while bytes move, and once at the end with the exact final count.
 In segmented mode bytes_on_disk is the sum over the segment map, not a prefix."""
 
+PrefixCallback = Callable[[int], None]
+"""on_prefix(contiguous_bytes): the bytes [0, n) are on disk in the `.part` (written, so another
+file descriptor reads them), reported with each progress report. Unlike on_progress it is the
+same in segmented mode: the segment map's prefix. A smaller n than before means the `.part`
+started over. Not called while a small body is held in memory (nothing is on disk then)."""
+
 SegmentsCallback = Callable[["tuple[SegmentRecord, ...] | None"], None]
 """on_segments(records_or_None): persist the segment map of a segmented `.part` (records), or
 forget it (None: the partial is gone, or is a plain front-to-back prefix again). The caller

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from modelfetch.core.segments import SegmentMap
 from modelfetch.transfer.api import (
+    PrefixCallback,
     ProgressCallback,
     SegmentsCallback,
     StopSignal,
@@ -49,6 +50,7 @@ async def fetch_file(
     on_segments: SegmentsCallback | None = None,
     limits: Sequence[TokenBucket] = (),
     slots: ConnectionSlots | None = None,
+    on_prefix: PrefixCallback | None = None,
 ) -> TransferResult:
     """Download `request.url` to `request.dest`, resuming from `<dest>.part` when it is still the
     beginning of the same file. Returns only after the verified file is under its final name;
@@ -61,6 +63,7 @@ async def fetch_file(
     processes; without it a stopped segmented `.part` cannot be resumed by a later call."""
     transfer = _Transfer(session, request, on_progress, stop)
     transfer.on_segments = on_segments
+    transfer.on_prefix = on_prefix
     transfer.limits = tuple(limits)
     transfer.slots = slots
     return await transfer.run()

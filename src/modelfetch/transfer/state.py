@@ -21,6 +21,7 @@ from modelfetch.core.headers import origin_of, parse_content_range
 from modelfetch.core.paths import part_path, sidecar_path
 from modelfetch.core.segments import SegmentMap
 from modelfetch.transfer.api import (
+    PrefixCallback,
     ProgressCallback,
     SegmentsCallback,
     StopSignal,
@@ -86,6 +87,7 @@ class TransferState:
         self.resumed_from = 0
         self.last_report = -math.inf
         self.on_segments: SegmentsCallback | None = None
+        self.on_prefix: PrefixCallback | None = None
         self.limits: tuple[TokenBucket, ...] = ()
         self.slots: ConnectionSlots | None = None
         self.resume_map: SegmentMap | None = None  # the segmented partial found on disk
@@ -203,10 +205,13 @@ class TransferState:
 
     def _report(self, done: int, total: int | None, *, force: bool = False) -> None:
         now = time.monotonic()
-        if self.on_progress is None or (not force and now - self.last_report < PROGRESS_INTERVAL):
+        if not force and now - self.last_report < PROGRESS_INTERVAL:
             return
         self.last_report = now
-        self.on_progress(done, total)
+        if self.on_progress is not None:
+            self.on_progress(done, total)
+        if self.on_prefix is not None and self.held is None:
+            self.on_prefix(self.segmap.prefix if self.segmap is not None else done)
 
     def _report_done(self, done: int) -> None:
         self._report(done, self.total)

@@ -426,7 +426,18 @@
     document.getElementById('empty').hidden = state.groups.size !== 0;
     const totals = document.getElementById('totals');
     const rate = speed === null ? '' : ` \u00b7 ${formatRate(speed)}`;
-    setText(totals, active ? `${active} active${rate}` : '');
+    // What the Hub mirror holds: its pulled files are downloads whose spec says so.
+    let held = 0;
+    let heldBytes = 0;
+    for (const g of state.groups.values()) {
+      if (g.status === 'completed' && typeof g.spec === 'string' && g.spec.startsWith('mirror ')) {
+        held += 1;
+        heldBytes += g.total || g.downloaded || 0;
+      }
+    }
+    const mirror = held ? `mirror holds ${held} file${held === 1 ? '' : 's'}, ${formatBytes(heldBytes)}` : '';
+    const moving = active ? `${active} active${rate}` : '';
+    setText(totals, [moving, mirror].filter(Boolean).join(' \u00b7 '));
   }
 
   function scheduleRender() {
