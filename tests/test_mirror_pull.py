@@ -237,3 +237,42 @@ async def test_a_pull_cut_by_a_daemon_restart_resumes_from_its_part(
     assert _cdn_bytes(slow_hub) < SIZE + at_stop
     resumed = slow_hub.requests("cdn", path_contains=BIG)[-1].range or ""
     assert resumed.startswith("bytes=") and int(resumed[6:].split("-")[0]) >= at_stop
+
+
+async def test_files_clients_wait_on_start_at_once_beyond_max_active(
+    tmp_path: Path,
+) -> None:
+    """A Hub client gives up on a body silent for 10 s; a pulled file queued behind max_active
+    is silent. Files a client waits on start at once (up to max_expedited more)."""
+    names = [f"part-{n}.bin" for n in range(3)]
+    async with FakeHub(connection_rate=2 << 20) as hub:
+        hub.add_repo(REPO, [RepoFile(n, size=2 << 20, seed=n, lfs=True) for n in names])
+        settings = ManagerSettings(allowed_hosts=LOCAL, max_active=1, connections_per_file=1)
+        async with running_mirror(hub, tmp_path / "mirror", settings=settings) as mirror:
+            most = 0
+
+            async def watch() -> None:
+                nonlocal most
+                while True:
+                    most = max(most, len(mirror.manager._running))
+                    await asyncio.sleep(0.02)
+
+            watcher = asyncio.create_task(watch())
+            try:
+                paths = await asyncio.gather(
+                    *(
+                        in_thread(
+                            hf_hub_download,
+                            REPO,
+                            name,
+                            endpoint=mirror.endpoint,
+                            cache_dir=tmp_path / f"client-{name}",
+                        )
+                        for name in names
+                    )
+                )
+            finally:
+                watcher.cancel()
+    assert most == 3  # all three at once, though max_active is 1
+    for name, path in zip(names, paths, strict=True):
+        assert Path(path).read_bytes() == hub.content(REPO, name)

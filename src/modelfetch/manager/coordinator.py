@@ -123,6 +123,7 @@ class DownloadManager(LimitsCommands):
         self._emit = self._tx.emit
         self._transition = self._tx.transition
         self._running: dict[FileKey, RunningFile] = {}
+        self._expedited: set[FileKey] = set()  # queued files a client waits on (`expedite`)
         self._histories: dict[FileKey, AttemptHistory] = {}
         self._group_rates: dict[int, RateEstimator] = {}
         # Hosts that asked to wait (429/503): every request to one waits, and the hold is kept.
@@ -248,6 +249,13 @@ class DownloadManager(LimitsCommands):
         instead (sent to the Hub's origin only, kept nowhere), or with none (`anonymous`)."""
         self._require_running()
         return intake.hub_parts(self, token, anonymous=anonymous, retry_delays=retry_delays)[1]
+
+    def expedite(self, group_id: int, index: int) -> None:
+        """A client is waiting for this file's bytes now: start it at once if it is queued,
+        beyond `max_active` (up to `max_expedited` more files at a time)."""
+        self._require_running()
+        self._expedited.add((group_id, index))
+        self._wake.set()
 
     def file_record(self, group_id: int, index: int) -> FileRecord | None:
         """The live record of one file (status, bytes, destination), or None if unknown."""

@@ -21,11 +21,11 @@ from modelfetch.core.queue import FileKey
 from modelfetch.core.rate import RateEstimator
 from modelfetch.core.segments import SegmentRecord
 from modelfetch.manager.finalize import finalize_completed, finalize_failed, finalize_stopped
-from modelfetch.manager.groups import file_ref, group_done
+from modelfetch.manager.groups import file_ref, group_done, member
 from modelfetch.manager.intake import group_token
 from modelfetch.manager.limits import group_bucket, group_limits
 from modelfetch.manager.partials import partial_paths, segments_of
-from modelfetch.manager.scheduling import choose_starts
+from modelfetch.manager.scheduling import choose_starts, is_held
 from modelfetch.transfer.api import Credentials, StopSignal, TransferRequest
 
 if TYPE_CHECKING:
@@ -65,7 +65,23 @@ def fill_from_queue(m: DownloadManager, now: float) -> None:
             if not start(m, f, now):
                 refused += 1
         if not refused:
-            return
+            break
+    if m._expedited:
+        _start_expedited(m, now)
+
+
+def _start_expedited(m: DownloadManager, now: float) -> None:
+    """Files a client waits on start beyond `max_active`, up to `max_expedited` more."""
+    ceiling = m.settings.max_active + m.settings.max_expedited
+    for key in sorted(m._expedited):
+        group = m._groups.get(key[0])
+        f = None if group is None else member(group, key[1])
+        if f is None or f.status not in (FileStatus.QUEUED, FileStatus.WAITING_RETRY):
+            m._expedited.discard(key)  # running, finished, paused or gone: nothing to speed up
+            continue
+        startable = f.status is FileStatus.QUEUED and not is_held(m._holds, f.url, now)
+        if startable and len(m._running) < ceiling:
+            start(m, f, now)
 
 
 def start(m: DownloadManager, f: FileRecord, now: float) -> bool:

@@ -45,6 +45,10 @@ class ManagerSettings:
     # A queue several workers share (PostgreSQL, manager/fleet.py): how long a claim on a file
     # lasts unless renewed (renewed every third of it), and how often the in-memory mirror
     # follows what the other workers committed.
+    # Files a client is waiting on right now (the mirror's pulls, `DownloadManager.expedite`)
+    # start at once, beyond max_active, up to this many more at a time: a Hub client that
+    # hears nothing for 10 s gives up, and it cannot hear anything while the file is queued.
+    max_expedited: int = 8
     lease_seconds: float = 30.0
     fleet_poll_interval: float = 1.0
     # A worker running two files more than an idle one hands one back to the queue for it
