@@ -87,6 +87,17 @@ async def test_mirror_flags_without_mirror_are_refused(hub: FakeHub, tmp_path: P
     assert "not a size" in result.err
 
 
+async def test_a_mirror_on_a_shared_queue_is_refused_before_anything_opens(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    cli = Cli(tmp_path, hub)
+    # Nothing listens on port 1: the refusal comes before any connection is tried.
+    result = await cli("--store", "postgresql://mf:pw@127.0.0.1:1/queue", "serve", "--mirror")
+    assert result.code == 2, result.err
+    assert "this host's own queue" in result.err and "pw" not in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
 def test_the_mirror_table_of_config_toml_is_read_and_checked(tmp_path: Path) -> None:
     from modelfetch.cli.serve_mirror import MirrorFlags, mirror_plan_of
     from modelfetch.config import ConfigError, load_config

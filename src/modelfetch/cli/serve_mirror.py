@@ -44,6 +44,15 @@ def mirror_plan_of(cfg: Config, flags: MirrorFlags) -> MirrorPlan | None:
         if flags.host is not None or flags.cache_max is not None or flags.port is not None:
             raise SpecError("--mirror-host, --mirror-port and --cache-max need --mirror")
         return None
+    from modelfetch.core.store_url import store_engine
+
+    if store_engine(cfg.store_url) == "postgres":
+        where = cfg.sources.get("store", "the store URL")
+        raise SpecError(
+            f"--mirror serves this host's own queue, not one shared over PostgreSQL ({where}):"
+            " run the mirror with a home of its own (its SQLite queue) and point the fleet's"
+            " HF_ENDPOINT at it"
+        )
     try:
         cache_max = cache_max_of(flags.cache_max) if flags.cache_max is not None else file.cache_max
     except ValueError as exc:

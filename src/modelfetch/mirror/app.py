@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from modelfetch.core.errors import ConflictError
 from modelfetch.manager import DownloadManager
 from modelfetch.mirror import api, resolve
 from modelfetch.mirror.public import PublicRepos
@@ -40,6 +41,8 @@ class MirrorOptions:
 
 
 def make_state(manager: DownloadManager, options: MirrorOptions) -> MirrorState:
+    if manager.shares_queue:  # streams what this process's transfers report: see docs/mirror.md
+        raise ConflictError("the mirror serves a queue of this host's own, not a shared one")
     cache_dir = (options.cache_dir or manager.home / "mirror").expanduser().absolute()
     return MirrorState(
         manager=manager,
