@@ -125,3 +125,17 @@ def test_the_mirror_table_of_config_toml_is_read_and_checked(tmp_path: Path) -> 
         (home / "config.toml").write_text(bad)
         with pytest.raises(ConfigError, match=says):
             load_config(environ=env)
+
+
+async def test_config_shows_the_mirror_as_config_toml_sets_it(hub: FakeHub, tmp_path: Path) -> None:
+    cli = Cli(tmp_path, hub)
+    shown = await cli("config")
+    assert shown.code == 0, shown.err
+    assert "off (serve --mirror turns it on)" in shown.out
+    config = Path(cli.env["MODELFETCH_HOME"]) / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[mirror]\nenabled = true\nhost = "0.0.0.0"\ncache_max = "2G"\n')
+    shown = await cli("config")
+    assert shown.code == 0, shown.err
+    (row,) = [line for line in shown.out.splitlines() if line.startswith("mirror")]
+    assert "read-only on 0.0.0.0:8766" in row and "cache max 2.0 GiB" in row

@@ -269,12 +269,26 @@ class Config:
 
         rows.append(("store", shown_store(self.store_url, str(self.home))))
         shown = [(name, value, self.sources.get(name, "default")) for name, value in rows]
+        from_file = self.mirror != MirrorFileSettings()
+        where = self.sources.get("mirror", "config.toml" if from_file else "default")
+        shown.append(("mirror", _describe_mirror(self.mirror), where))
         # Where `--layout hf-cache` writes, and so where huggingface_hub will look for it.
         cache_root = self.download_root("hf-cache")
         from_dir = cache_root != self.hf_cache_dir
         cache_source = "--dir" if from_dir else self.hf_cache_from
         shown.append(("hf_cache_dir", str(cache_root), cache_source))
         return shown
+
+
+def _describe_mirror(mirror: MirrorFileSettings) -> str:
+    """`serve`'s mirror as `[mirror]` of config.toml sets it (flags of `serve` come on top)."""
+    from modelfetch.core.format import format_bytes
+
+    if not mirror.enabled and mirror.host is None:
+        return "off (serve --mirror turns it on)"
+    opened = f", read-only on {mirror.host}:{mirror.port or 8766}" if mirror.host else ""
+    cap = f", cache max {format_bytes(mirror.cache_max)}" if mirror.cache_max else ""
+    return f"on with serve{opened}{cap}"
 
 
 def mask_token(token: str | None) -> str:
