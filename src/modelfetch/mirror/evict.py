@@ -91,6 +91,7 @@ async def evict(state: MirrorState, cache_max: int) -> list[Path]:
             continue
         total -= h.meta.size
         removed.append(h.dest)
+        state.held = None
         with contextlib.suppress(ModelfetchError):  # forgotten already, or live again
             await state.manager.forget(ItemRef(h.key[0]))
         log.info("mirror: evicted %s of %s (last served longest ago)", h.meta.path, h.repo_id)

@@ -15,6 +15,7 @@ in the cache directory (so a restart with the upstream down still serves public 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -105,6 +106,21 @@ def path_of(raw: str) -> str:
         raise _bad_name(exc) from None
 
 
+# Seconds a read of the held index serves requests: a team's clients ask for each file twice
+# (HEAD, GET) and many at once, and each read is a pass over the whole queue.
+_HELD_FRESH_FOR = 1.0
+
+
+def current_held(state: MirrorState) -> HeldIndex:
+    """The held index, read again when it is over a second old or was dropped. A stale one
+    costs little: a file not yet listed is pulled again (the manager returns the same
+    download), one listed as downloading that has finished is found finished by the stream."""
+    now = time.monotonic()
+    if state.held is None or now - state.held_at >= _HELD_FRESH_FOR:
+        state.held, state.held_at = held_index(state.manager), now
+    return state.held
+
+
 async def look_up(
     state: MirrorState, request: web.Request, revision: str, path: str | None
 ) -> Looked:
@@ -116,7 +132,7 @@ async def look_up(
     except names.BadName as exc:
         raise _bad_name(exc) from None
     token = client_token(request)
-    held = held_index(state.manager)
+    held = current_held(state)
     online = True
     try:
         commit = await state.upstream.pin(repo_id, rev, token)

@@ -77,6 +77,7 @@ async def _pulled(state: MirrorState, looked: Looked, meta: FileMeta) -> HeldFil
     token = None if state.upstream.own_token else looked.token
     try:
         key = await state.puller.pull(looked.repo_id, looked.commit, entry, token)
+        state.held = None  # the next request sees the new download at once
     except ModelfetchError as exc:
         raise hub_error(500, f"the mirror cannot fetch {meta.path}: {exc}") from None
     dest = state.puller.dest_of(looked.repo_id, looked.commit, meta.path)
@@ -121,6 +122,7 @@ async def resolve(request: web.Request) -> web.StreamResponse:
         with state.serving.reading(held.dest):
             await send_body(response, state.manager, held, start, end)
     except Cut:
+        state.held = None  # what is held changed under this reader: read it again
         state.cut_clients[cut_key] = time.monotonic() + _CUT_MEMORY
         log.warning(
             "mirror: %s of %s cut mid-body (its bytes failed verification or were dropped)",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from modelfetch.manager import DownloadManager
+from modelfetch.mirror.held import HeldIndex
 from modelfetch.mirror.public import PublicRepos
 from modelfetch.mirror.pull import Puller
 from modelfetch.mirror.stream import Serving
@@ -31,6 +32,11 @@ class MirrorState:
     cut_clients: dict[CutKey, float] = field(default_factory=dict)
     public_port: int | None = None  # the network listener's bound port, once it listens
     cache_max: int | None = None  # bytes (`--cache-max`); None: no limit
+    # The held index as last read (`lookup.current_held`) and when (time.monotonic()): read at
+    # most once a second, not once per request; dropped when a pull, a cut or an eviction
+    # changes what is held.
+    held: HeldIndex | None = None
+    held_at: float = 0.0
 
 
 MIRROR: web.AppKey[MirrorState] = web.AppKey("modelfetch_mirror", MirrorState)
