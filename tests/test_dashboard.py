@@ -221,3 +221,49 @@ async def test_an_active_file_shows_the_host_that_holds_it(tmp_path: Path) -> No
                 assert problems == []
             finally:
                 await browser.close()
+
+
+async def test_the_header_says_what_the_hub_mirror_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file pulled through the mirror by a real huggingface_hub client is counted in the
+    header: what the mirror holds, and how much."""
+    from huggingface_hub import hf_hub_download
+
+    from modelfetch.manager import ManagerSettings
+    from modelfetch.testing.fakehub import FakeHub, RepoFile
+
+    from .mirror_env import in_thread, running_mirror
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    expect = playwright_api.expect
+    settings = ManagerSettings(allowed_hosts=frozenset({"127.0.0.1", "localhost"}))
+    async with FakeHub() as hub:
+        hub.add_repo("team/m-GGUF", [RepoFile("m-Q4_K_M.gguf", size=3 * (1 << 20), seed=2)])
+        async with (
+            running_mirror(hub, tmp_path / "mirror", settings=settings) as mirror,
+            playwright_api.async_playwright() as p,
+        ):
+            browser = await p.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1180, "height": 860})
+                problems: list[str] = []
+                page.on("pageerror", lambda error: problems.append(str(error)))
+                await page.goto(mirror.endpoint)
+                await expect(page.locator("#connection")).to_have_text("live")
+                await expect(page.locator("#totals")).not_to_contain_text("mirror")
+                path = await in_thread(
+                    hf_hub_download,
+                    "team/m-GGUF",
+                    "m-Q4_K_M.gguf",
+                    endpoint=mirror.endpoint,
+                    cache_dir=tmp_path / "client",
+                )
+                assert Path(path).read_bytes() == hub.content("team/m-GGUF", "m-Q4_K_M.gguf")
+                await expect(page.locator("#totals")).to_have_text("mirror holds 1 file, 3.0 MiB")
+                assert problems == []
+            finally:
+                await browser.close()
