@@ -11,7 +11,9 @@ bucket as a team behind one NAT would). The mirror is the real daemon, `modelfet
 client is a separate `python -c "hf_hub_download(...)"` process with its own HF cache (as N
 machines would be), HF_HUB_DISABLE_XET=1. Per row: wall seconds from the first client's spawn
 to the last exit, what the hub's CDN sent against the file size, and the wall time against one
-direct download. Every client's file is checked (SHA-256) after its row.
+direct download. Every client's file is checked (SHA-256) after its row. `--modes warm` adds
+rows through a mirror that already holds the file (one client pulled it first, untimed): N
+clients on one machine cost that much whatever the mirror does, the floor of its row.
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ async def _row(hub: FakeHub, mode: str, n: int, size: int, sha256: str, scratch:
         else:
             proc, url = await _mirror(hub, work / "mirror-home")
             try:
+                if mode == "warm":  # the file held already: what N clients cost on their own
+                    await _clients(url, 1, work / "warm-up")
+                    hub.log.clear()
                 before = _children_cpu()  # (the daemon is counted when it is waited for)
                 wall, paths = await _clients(url, n, work)
                 cpu = _cpu_seconds(proc.pid)
@@ -224,5 +229,10 @@ if __name__ == "__main__":
     parser.add_argument("--connection-rate", type=float, default=50.0)
     parser.add_argument("--client-rate", type=float, default=100.0)
     parser.add_argument("--markdown")
-    parser.add_argument("--modes", default="direct,mirror", help="which rows: direct, mirror")
+    parser.add_argument(
+        "--modes",
+        default="direct,mirror",
+        help="which rows: direct, mirror, warm (through a mirror that holds the file already:"
+        " the clients' own cost on this machine, the floor of a mirror row)",
+    )
     asyncio.run(main(parser.parse_args()))
