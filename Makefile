@@ -34,7 +34,7 @@ test: lint typecheck
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_transfer.py
 	$(BIN)/python benchmarks/bench_fleet.py
-	$(BIN)/python benchmarks/bench_mirror.py
+	$(BIN)/python benchmarks/bench_mirror.py --modes direct,mirror,warm
 
 # The long chaos soak (a bounded ~20 s version runs inside `make test`). SOAK_SECONDS sets its length.
 SOAK_SECONDS ?= 600
