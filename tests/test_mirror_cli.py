@@ -15,20 +15,15 @@ import pytest
 from huggingface_hub import hf_hub_download
 
 from modelfetch.testing.fakehub import FakeHub, RepoFile
-from tests.mirror_env import in_thread
+from tests.mirror_env import (
+    hf_env_fixture,  # noqa: F401 -- autouse
+    in_thread,
+)
 from tests.test_cli import Cli
 
 REPO = "team/served-GGUF"
 GGUF = "served-Q4_K_M.gguf"
 SIZE = 2 << 20
-
-
-@pytest.fixture(autouse=True)
-def _hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
 async def _line_matching(stream: asyncio.StreamReader, pattern: str) -> re.Match[str]:

@@ -10,7 +10,11 @@ from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
 from modelfetch.testing.fakehub import FakeHub, RepoFile
-from tests.mirror_env import in_thread, running_mirror
+from tests.mirror_env import (
+    hf_env_fixture,  # noqa: F401 -- autouse
+    in_thread,
+    running_mirror,
+)
 
 GATED = "corp/gated-GGUF"
 PRIVATE = "corp/private-GGUF"
@@ -18,14 +22,6 @@ FILE = "model-Q4_K_M.gguf"
 ALICE = "hf_alice_granted"
 BOB = "hf_bob_not_granted"
 MIRROR_TOKEN = "hf_mirror_own"
-
-
-@pytest.fixture(autouse=True)
-def _hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
 def _repos(hub: FakeHub) -> None:

@@ -16,7 +16,11 @@ from modelfetch.core.queue import FileKey
 from modelfetch.manager import DownloadManager, ManagerSettings
 from modelfetch.testing.fakehub import FakeHub, RepoFile
 from modelfetch.testing.fakehub.faults import Fault
-from tests.mirror_env import in_thread, running_mirror
+from tests.mirror_env import (
+    hf_env_fixture,  # noqa: F401 -- autouse
+    in_thread,
+    running_mirror,
+)
 
 REPO = "team/big-GGUF"
 BIG = "big-Q8_0.gguf"
@@ -24,14 +28,6 @@ SIZE = 6 << 20
 RATE = 12 << 20  # bytes/s per upstream connection: the fetch takes about half a second
 
 LOCAL = frozenset({"127.0.0.1", "localhost"})
-
-
-@pytest.fixture(autouse=True)
-def _hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
 @pytest.fixture

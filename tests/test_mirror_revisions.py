@@ -6,23 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-import pytest
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
 from modelfetch.mirror import MirrorOptions
 from modelfetch.testing.fakehub import FakeHub, RepoFile
-from tests.mirror_env import in_thread, running_mirror
+from tests.mirror_env import (
+    hf_env_fixture,  # noqa: F401 -- autouse
+    in_thread,
+    running_mirror,
+)
 
 REPO = "team/model-GGUF"
 GGUF = "model-Q4_K_M.gguf"
-
-
-@pytest.fixture(autouse=True)
-def _hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
 def _revision_asks(hub: FakeHub) -> int:
