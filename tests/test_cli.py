@@ -511,6 +511,26 @@ async def test_get_through_a_proxy_given_by_flag_and_a_bad_proxy_is_one_line(
     assert_no_traceback(bad)
 
 
+async def test_a_malformed_proxy_in_the_environment_fails_only_what_would_connect_out(
+    cli: Cli, hub: FakeHub
+) -> None:
+    """HTTPS_PROXY is shared with other tools: one modelfetch cannot parse stops the commands
+    that would leave the machine (they would otherwise go out without it), not `ls`."""
+    env = {"HTTPS_PROXY": "http://[bad", "HTTP_PROXY": "http://[bad", "NO_PROXY": ""}
+    for quiet in (("ls",), ("status",), ("config",)):
+        result = await cli(*quiet, env=env)
+        assert result.code == 0, (quiet, result.err)
+    shown = await cli("config", env=env)
+    assert "unusable" in shown.out and "cannot parse proxy" in " ".join(shown.out.split())
+    for loud in (("get", f"{TEST_REPO}:Q8_0"), ("add", f"{TEST_REPO}:Q8_0"), ("run",)):
+        result = await cli(*loud, env=env)
+        assert result.code == 2, (loud, result.err)
+        assert "_PROXY: cannot parse proxy URL" in result.err
+        assert len(result.err.strip().splitlines()) == 1
+        assert_no_traceback(result)
+    assert hub.requests() == []  # nothing went out without the proxy
+
+
 async def test_clean_shows_then_removes_orphan_partials(cli: Cli) -> None:
     got = await cli("get", f"{TEST_REPO}:Q8_0")
     assert got.code == 0, got.err

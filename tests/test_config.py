@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from modelfetch.config import ConfigError, Overrides, load_config, mask_token
+from modelfetch.core.errors import ProxyConfigError
 from modelfetch.core.spec import DEFAULT_ENDPOINT
 
 TOKEN = "hf_abcdefghijklmnopqrstuvwxyz0123"
@@ -176,7 +177,13 @@ def test_proxy_flag_beats_file_beats_environment(tmp_path: Path) -> None:
 
 def test_an_unusable_proxy_or_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="socks5 proxies are not supported"):
-        load_config(environ=base_env(tmp_path, ALL_PROXY="socks5://p:1080"))
+        load_config(Overrides(proxy="socks5://p:1080"), environ=base_env(tmp_path))
+    # From the environment (shared with other tools) it is kept as unusable instead: only what
+    # would connect out refuses it.
+    kept = load_config(environ=base_env(tmp_path, ALL_PROXY="socks5://p:1080")).network
+    assert kept.error is not None and "socks5 proxies are not supported" in kept.error
+    with pytest.raises(ProxyConfigError, match="socks5 proxies are not supported"):
+        kept.usable()
     with pytest.raises(ConfigError, match=r"--ca-bundle: the CA bundle .* is not a readable file"):
         load_config(Overrides(ca_bundle=tmp_path / "missing.pem"), environ=base_env(tmp_path))
 

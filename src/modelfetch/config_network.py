@@ -57,7 +57,12 @@ def network_settings(
             env, proxy=proxy, ca_bundle=str(bundle) if bundle is not None else None
         )
     except ProxyConfigError as exc:
-        raise ConfigError(exc.message) from None
+        if proxy is not None:  # --proxy or config.toml: modelfetch's own setting, wrong now
+            raise ConfigError(exc.message) from None
+        # From the environment, which other tools share (a socks5 proxy for curl, say): kept,
+        # not raised. A command that never leaves the machine still runs; one that would
+        # connect out fails with this message (`NetworkSettings.usable`).
+        return NetworkSettings.unusable(exc.message)
 
 
 def check_endpoint(endpoint: str, where: str) -> None:

@@ -23,7 +23,7 @@ def make_api_session(
     Bytes as served (`Accept-Encoding: identity`, no decompression) and no cookies, like the
     transfer session. `network` (default: from the environment) gives the CA bundle; the
     proxy is chosen per request by `HubClient`, which knows NO_PROXY."""
-    network = network or NetworkSettings.from_env(os.environ)
+    network = (network or NetworkSettings.from_env(os.environ)).usable()
     connector = None
     if network.ca_bundle is not None:
         connector = aiohttp.TCPConnector(ssl=_trusting(network.ca_bundle))

@@ -26,12 +26,26 @@ async def command_backend(cfg: Config, *, workers: bool = True) -> AsyncIterator
 
     if workers:
         refuse_offline(cfg, "work the queue (it downloads)")
+        refuse_unusable_network(cfg)
 
     # The manager's arguments are built only when no daemon serves this home.
     async with open_backend(
         home=cfg.home, lazy_kwargs=lambda: cfg.manager_kwargs(workers=workers)
     ) as backend:
         yield backend
+
+
+def refuse_unusable_network(cfg: Config) -> None:
+    """A command that downloads cannot start without the proxy the user set (a malformed
+    HTTPS_PROXY, say): one line naming it, before anything is opened. Commands that stay on
+    this machine (`ls`, `status`, `pause`) are not refused."""
+    from modelfetch.config import ConfigError
+    from modelfetch.core.errors import ProxyConfigError
+
+    try:
+        cfg.network.usable()
+    except ProxyConfigError as exc:
+        raise ConfigError(exc.message) from None
 
 
 def refuse_offline(cfg: Config, what: str) -> None:

@@ -49,9 +49,10 @@ def explain(error: BaseException) -> str:
 
 def exit_code_for(error: BaseException) -> int:
     from modelfetch.config import ConfigError
+    from modelfetch.core.errors import ProxyConfigError
     from modelfetch.core.messages import is_file_error
 
-    if isinstance(error, SpecError | ConfigError) or (
+    if isinstance(error, SpecError | ConfigError | ProxyConfigError) or (
         isinstance(error, OSError) and is_file_error(error)
     ):
         return EXIT_USAGE  # a DestinationError is a SpecError; a raw disk-side OSError alike

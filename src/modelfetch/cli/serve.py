@@ -77,9 +77,10 @@ def serve(
             )
             return EXIT_FAILED
         cfg = state.config()
-        from modelfetch.cli.backends import refuse_offline
+        from modelfetch.cli.backends import refuse_offline, refuse_unusable_network
 
         refuse_offline(cfg, "serve the queue (its workers download)")
+        refuse_unusable_network(cfg)
         from modelfetch.manager import DownloadManager
 
         mirror_plan = mirror_plan_of(cfg, flags)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from modelfetch.core.errors import ProxyConfigError
 from modelfetch.core.proxy import NO_PROXIES, ProxyRules
 
 __all__ = ["DIRECT", "NetworkSettings"]
@@ -26,6 +27,21 @@ _CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 class NetworkSettings:
     proxies: ProxyRules = NO_PROXIES
     ca_bundle: str | None = None  # a PEM file of trusted CAs; None: the system's store
+    # Why these settings cannot be used (a proxy URL that does not parse), or None. Commands
+    # that never leave the machine (`ls`, `status`, `pause`) still run; whatever would make a
+    # connection outside asks `usable()` first and fails with this message, rather than going
+    # out without the proxy the user set.
+    error: str | None = None
+
+    @classmethod
+    def unusable(cls, error: str) -> NetworkSettings:
+        return cls(error=error)
+
+    def usable(self) -> NetworkSettings:
+        """These settings; ProxyConfigError when they cannot be used."""
+        if self.error is not None:
+            raise ProxyConfigError(self.error)
+        return self
 
     @classmethod
     def from_env(
@@ -44,6 +60,12 @@ class NetworkSettings:
 
     def describe(self) -> list[tuple[str, str]]:
         """(setting, value) lines for `modelfetch config`: never a proxy password."""
+        if self.error is not None:
+            return [
+                ("https proxy", f"unusable: {self.error}"),
+                ("http proxy", "unusable"),
+                ("ca bundle", self.ca_bundle or "system store"),
+            ]
         rules = self.proxies
         lines = []
         for name, proxy in (("https proxy", rules.https), ("http proxy", rules.http)):

@@ -28,7 +28,7 @@ def make_session(
     environment, as every Hub client reads them)."""
     from modelfetch._version import __version__
 
-    network = network or NetworkSettings.from_env(os.environ)
+    network = (network or NetworkSettings.from_env(os.environ)).usable()
     return Session(
         headers={"User-Agent": f"modelfetch/{__version__}", "Accept-Encoding": "identity"},
         connect_timeout=connect_timeout,
