@@ -212,6 +212,29 @@ async def test_list_filters_by_status_and_text(daemon: Daemon) -> None:
     assert (status, error["error"]["kind"]) == (422, "invalid")
 
 
+async def test_the_list_comes_in_pages_that_follow_next(daemon: Daemon) -> None:
+    slow_cdn(daemon.hub, rate=64 * 1024)
+    ids = []
+    for spec in (SAMPLE_REPO, f"{SAMPLE_REPO}:Q8_0", f"{SAMPLE_REPO}/mmproj-tiny-F16.gguf"):
+        _, view = await daemon.call("POST", "/api/downloads", {"spec": spec})
+        ids.append(view["id"])
+    await daemon.call("POST", f"/api/downloads/{ids[1]}/pause")
+    _, first = await daemon.call("GET", "/api/downloads?limit=2")
+    assert [g["id"] for g in first["downloads"]] == ids[:2] and first["next"] == ids[1]
+    _, rest = await daemon.call("GET", f"/api/downloads?limit=2&after={first['next']}")
+    assert [g["id"] for g in rest["downloads"]] == ids[2:] and rest["next"] is None
+    _, whole = await daemon.call("GET", "/api/downloads")  # one page of up to 1000
+    assert [g["id"] for g in whole["downloads"]] == ids and whole["next"] is None
+    # A filter fills its page from as many store pages as it takes.
+    _, unpaused = await daemon.call("GET", "/api/downloads?limit=1&status=queued,active")
+    assert [g["id"] for g in unpaused["downloads"]] == ids[:1]
+    after = unpaused["next"]
+    _, more = await daemon.call("GET", f"/api/downloads?limit=1&status=queued,active&after={after}")
+    assert [g["id"] for g in more["downloads"]] == ids[2:]
+    status, error = await daemon.call("GET", "/api/downloads?limit=0")
+    assert (status, error["error"]["kind"]) == (422, "invalid")
+
+
 async def test_pause_resume_cancel_retry(daemon: Daemon) -> None:
     slow_cdn(daemon.hub, rate=256 * 1024)
     _, view = await daemon.call("POST", "/api/downloads", {"spec": SAMPLE_Q8})

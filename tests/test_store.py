@@ -126,6 +126,18 @@ def test_groups_lists_by_id_and_live_only_filters(store: Store) -> None:
     ]
 
 
+def test_groups_are_read_a_page_at_a_time(store: Store) -> None:
+    ids = [store.add_group(plain_group(f"g{n}", files=2)).id for n in range(5)]
+    first = store.groups(limit=2)
+    assert [g.id for g in first] == ids[:2]
+    assert all(len(g.files) == 2 for g in first)  # a page carries its groups' files, whole
+    assert [g.id for g in store.groups(added_after=first[-1].id, limit=2)] == ids[2:4]
+    assert [g.id for g in store.groups(added_after=ids[3], limit=2)] == ids[4:]
+    assert store.groups(added_after=ids[4], limit=2) == []
+    with pytest.raises(ValueError, match="at least 1"):
+        store.groups(limit=0)
+
+
 def test_files_filters_by_status(store: Store) -> None:
     group = store.add_group(plain_group(files=3))
     store.transition(group.id, 2, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED})

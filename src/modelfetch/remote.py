@@ -409,8 +409,16 @@ class RemoteManager:
         return [Path(p) for p in data["paths"]]
 
     async def snapshot(self) -> list[GroupView]:
-        data = await self._call("GET", "/api/downloads")
-        return [group_view_of(g) for g in data["downloads"]]
+        """Every download, page by page as the daemon lists them."""
+        views: list[GroupView] = []
+        path = "/api/downloads"
+        while True:
+            data = await self._call("GET", path)
+            views += [group_view_of(g) for g in data["downloads"]]
+            after = data.get("next")
+            if after is None:
+                return views
+            path = f"/api/downloads?after={int(after)}"
 
     async def group_view(self, ref: Ref) -> GroupView:
         return group_view_of(await self._call("GET", f"/api/downloads/{_ref(ref)}"))

@@ -338,8 +338,11 @@ class DownloadManager(LimitsCommands):
 
     # ------------------------------------------------------------------ reading
 
-    async def snapshot(self) -> list[GroupView]:
-        """Every group the manager knows, in id order, with positions, speed and ETA."""
+    async def snapshot(
+        self, *, after: int | None = None, limit: int | None = None
+    ) -> list[GroupView]:
+        """Every group the manager knows, in id order, with positions, speed and ETA; a page
+        of them with `after` (the previous page's last id) and `limit` (at most that many)."""
         self._require_running()
         positions = self._queue.positions()
         group_positions = self._queue.group_positions()
@@ -348,7 +351,7 @@ class DownloadManager(LimitsCommands):
             progress.group_view_of(
                 self, self._groups.get(group.id, group), positions, group_positions, holders
             )
-            for group in self.store.groups()
+            for group in self.store.groups(added_after=after, limit=limit)
         ]
 
     async def group_view(self, ref: str | int | ItemRef) -> GroupView:

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from modelfetch.core.models import MAX_ID
+
 __all__ = [
     "GROUP_STATUSES",
     "ActionRequest",
@@ -43,6 +45,11 @@ GROUP_STATUSES: tuple[str, ...] = get_args(GroupStatusName)
 
 PRIORITY_LIMIT = 1_000_000
 """Priorities and positions are bounded so they always fit the store's 64-bit integers."""
+
+LIST_PAGE = 1000
+"""Downloads in one page of `GET /api/downloads` unless `limit` says otherwise: a home with a
+long history answers its first page in milliseconds, and clients follow `next`."""
+LIST_PAGE_MAX = 10_000
 
 
 def _absolute_path(value: str) -> str:
@@ -161,6 +168,12 @@ class ListQuery(_Body):
     q: str | None = Field(
         default=None, max_length=512, description="case-insensitive text in the name, spec or files"
     )
+    after: int | None = Field(
+        default=None, ge=0, le=MAX_ID, description="the previous page's `next`: list after it"
+    )
+    limit: int = Field(
+        default=LIST_PAGE, ge=1, le=LIST_PAGE_MAX, description="at most this many downloads"
+    )
 
 
 class QuantsQuery(_Body):
@@ -222,6 +235,10 @@ class GroupViewModel(BaseModel):
 class DownloadList(BaseModel):
     seq: int = Field(description="the last event seq this list reflects (for /api/events?since=)")
     downloads: list[GroupViewModel]
+    next: int | None = Field(
+        description="ask again with `after` set to this for the rest (which may be empty);"
+        " null: that was the last page"
+    )
 
 
 class ErrorBody(BaseModel):

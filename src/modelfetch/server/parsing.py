@@ -62,12 +62,18 @@ def read_query(request: web.Request, model: type[M]) -> M:
             continue
         if _is_list(info.annotation):
             data[name] = [part.strip() for v in values for part in v.split(",")]
-        else:
+        elif _is_int(info.annotation) and values[-1].isascii() and values[-1].isdigit():
+            data[name] = int(values[-1])  # the strict model takes no "5" for 5; anything else
+        else:  # (a sign, a space, "5.0") stays text and is refused as no integer
             data[name] = values[-1]
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc, "query") from None
+
+
+def _is_int(annotation: Any) -> bool:
+    return annotation is int or int in typing.get_args(annotation)
 
 
 def _is_list(annotation: Any) -> bool:

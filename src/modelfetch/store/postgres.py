@@ -176,16 +176,24 @@ class PostgresStore(PostgresLeases):
         return found[0] if found else None
 
     def groups(
-        self, *, live_only: bool = False, added_after: int | None = None
+        self,
+        *,
+        live_only: bool = False,
+        added_after: int | None = None,
+        limit: int | None = None,
     ) -> list[GroupRecord]:
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
         live = "id IN (SELECT group_id FROM files WHERE status = ANY(%s))"
         if live_only and added_after is not None:
-            return self._load_groups(f"WHERE id > %s OR {live}", [added_after, list(LIVE)])
+            return self._load_groups(
+                f"WHERE id > %s OR {live}", [added_after, list(LIVE)], limit=limit
+            )
         if live_only:
-            return self._load_groups(f"WHERE {live}", [list(LIVE)])
+            return self._load_groups(f"WHERE {live}", [list(LIVE)], limit=limit)
         if added_after is not None:
-            return self._load_groups("WHERE id > %s", [added_after])
-        return self._load_groups("", [])
+            return self._load_groups("WHERE id > %s", [added_after], limit=limit)
+        return self._load_groups("", [], limit=limit)
 
     def find_group(self, key: str) -> GroupRecord | None:
         found = self._load_groups("WHERE id = (SELECT max(id) FROM groups WHERE key = %s)", [key])
@@ -396,11 +404,14 @@ class PostgresStore(PostgresLeases):
         with self._errors():
             return db.execute(sql, params, prepare=True).fetchone()
 
-    def _load_groups(self, where: str, values: Sequence[object]) -> list[GroupRecord]:
-        group_rows = self._read(f"SELECT {GROUP_SELECT} FROM groups {where} ORDER BY id", values)
+    def _load_groups(
+        self, where: str, values: Sequence[object], *, limit: int | None = None
+    ) -> list[GroupRecord]:
+        page = f" ORDER BY id LIMIT {int(limit)}" if limit is not None else " ORDER BY id"
+        group_rows = self._read(f"SELECT {GROUP_SELECT} FROM groups {where}{page}", values)
         file_rows = self._read(
             f"SELECT {FILE_SELECT} FROM files"
-            f" WHERE group_id IN (SELECT id FROM groups {where}) ORDER BY group_id, idx",
+            f" WHERE group_id IN (SELECT id FROM groups {where}{page}) ORDER BY group_id, idx",
             values,
         )
         groups = [decode_group(row) for row in group_rows]

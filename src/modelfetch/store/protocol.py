@@ -79,12 +79,17 @@ class StoreReader(Protocol):
         ...
 
     def groups(
-        self, *, live_only: bool = False, added_after: int | None = None
+        self,
+        *,
+        live_only: bool = False,
+        added_after: int | None = None,
+        limit: int | None = None,
     ) -> list[GroupRecord]:
         """Every group with its files, by id; `live_only`: only groups with a non-terminal file
         (`core.models.LIVE_STATUSES`); `added_after`: only groups with a larger id (with
-        `live_only`: those as well as the live ones). A group added while this runs may be
-        left out."""
+        `live_only`: those as well as the live ones); `limit`: the first that many of those
+        (`added_after` the last id of a page: the next page). A group added while this runs
+        may be left out."""
         ...
 
     def find_group(self, key: str) -> GroupRecord | None:

@@ -163,18 +163,24 @@ class SqliteStore(SqliteTransactions):
         return found[0] if found else None
 
     def groups(
-        self, *, live_only: bool = False, added_after: int | None = None
+        self,
+        *,
+        live_only: bool = False,
+        added_after: int | None = None,
+        limit: int | None = None,
     ) -> list[GroupRecord]:
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
         """Every group with its files, by id; `live_only`: only groups with a non-terminal file;
         `added_after`: only (or, with `live_only`, also) groups with a larger id."""
         live = f"id IN (SELECT group_id FROM files WHERE status IN ({marks(LIVE)}))"
         if live_only and added_after is not None:
-            return self._load_groups(f"WHERE id > ? OR {live}", [added_after, *LIVE])
+            return self._load_groups(f"WHERE id > ? OR {live}", [added_after, *LIVE], limit=limit)
         if live_only:
-            return self._load_groups(f"WHERE {live}", LIVE)
+            return self._load_groups(f"WHERE {live}", LIVE, limit=limit)
         if added_after is not None:
-            return self._load_groups("WHERE id > ?", [added_after])
-        return self._load_groups("", [])
+            return self._load_groups("WHERE id > ?", [added_after], limit=limit)
+        return self._load_groups("", [], limit=limit)
 
     def find_group(self, key: str) -> GroupRecord | None:
         """The newest group with this dedupe key."""
@@ -429,15 +435,18 @@ class SqliteStore(SqliteTransactions):
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _load_groups(self, where: str, values: Sequence[object]) -> list[GroupRecord]:
+    def _load_groups(
+        self, where: str, values: Sequence[object], *, limit: int | None = None
+    ) -> list[GroupRecord]:
+        page = f" ORDER BY id LIMIT {int(limit)}" if limit is not None else " ORDER BY id"
         db = self._conn
         with self._errors():
             group_rows = db.execute(
-                f"SELECT {GROUP_SELECT} FROM groups {where} ORDER BY id", values
+                f"SELECT {GROUP_SELECT} FROM groups {where}{page}", values
             ).fetchall()
             file_rows = db.execute(
                 f"SELECT {FILE_SELECT} FROM files"
-                f" WHERE group_id IN (SELECT id FROM groups {where}) ORDER BY group_id, idx",
+                f" WHERE group_id IN (SELECT id FROM groups {where}{page}) ORDER BY group_id, idx",
                 values,
             ).fetchall()
         groups = [decode_group(row) for row in group_rows]

@@ -29,28 +29,44 @@ from modelfetch.server.parsing import (
 )
 from modelfetch.server.responses import Handler, HTTPError, json_response
 from modelfetch.server.security import is_loopback
+from modelfetch.views import GroupView
 
 __all__ = ["HUB_TOKEN_HEADER", "OPERATIONS", "PLAIN_ROUTES"]
 
 
 async def list_downloads(request: web.Request) -> web.StreamResponse:
+    """One page of downloads in id order: those after `after` that match, at most `limit`;
+    `next` says where the following page starts (null: none). The store is read a page at a
+    time, so a home with a long history answers its first page at once."""
     query = read_query(request, ListQuery)
     manager = manager_of(request)
     seq = manager.bus.last_seq
-    views = await manager.snapshot()
-    if query.status:
-        wanted = set(query.status)
-        views = [v for v in views if v.status in wanted]
-    if query.q:
-        needle = query.q.casefold()
-        views = [
-            v
-            for v in views
-            if needle in v.name.casefold()
-            or needle in v.spec.casefold()
-            or any(needle in f.name.casefold() for f in v.files)
-        ]
-    return json_response({"seq": seq, "downloads": [v.to_dict() for v in views]})
+    wanted: set[str] | None = set(query.status) if query.status else None
+    needle = query.q.casefold() if query.q else None
+    found: list[dict[str, object]] = []
+    after = query.after
+    exhausted = False  # the store has nothing after `after`
+    while len(found) < query.limit and not exhausted:
+        page = await manager.snapshot(after=after, limit=query.limit)
+        exhausted = len(page) < query.limit
+        for view in page:
+            if len(found) == query.limit:
+                exhausted = False  # unread downloads remain
+                break
+            after = view.id
+            if _matches(view, wanted, needle):
+                found.append(view.to_dict())
+    return json_response({"seq": seq, "downloads": found, "next": None if exhausted else after})
+
+
+def _matches(view: GroupView, wanted: set[str] | None, needle: str | None) -> bool:
+    if wanted is not None and view.status not in wanted:
+        return False
+    return needle is None or (
+        needle in view.name.casefold()
+        or needle in view.spec.casefold()
+        or any(needle in f.name.casefold() for f in view.files)
+    )
 
 
 async def get_download(request: web.Request) -> web.StreamResponse:

@@ -19,6 +19,7 @@ __all__ = ["OPERATIONS", "PLAIN_ROUTES", "close_streams", "sse_frame"]
 _SSE_WRITE_TIMEOUT = 30.0
 _SSE_BUFFER = 1024
 _SNAPSHOT_REUSE = 1.0  # seconds a snapshot frame may be shared by connecting clients
+_SLICE = 64 << 10  # bytes of a large frame written at a time
 _PROGRESS_EVENTS = (ev.FileProgress, ev.GroupProgress)
 
 
@@ -102,7 +103,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         await _send(response, b"retry: 2000\n\n")
         if snapshot is not None:
-            await _send(response, snapshot)
+            await _send_large(response, snapshot)
         await _pump(request, response, stream, state)
     except _ClientGone:
         # It stopped reading: drop the connection (a graceful close would wait for it to
@@ -143,16 +144,25 @@ async def _pump(
             if stream.closing or manager.bus.closed:
                 return
             stream.subscription = manager.bus.subscribe(maxsize=_SSE_BUFFER)
-            await _send(response, sse_frame(await _snapshot_event(manager)))
+            await _send_large(response, sse_frame(await _snapshot_event(manager)))
 
 
-async def _send(response: web.StreamResponse, data: bytes) -> None:
+async def _send(response: web.StreamResponse, data: bytes | memoryview) -> None:
     """Write, but never wait forever on a client that stopped reading."""
     try:
         async with asyncio.timeout(_SSE_WRITE_TIMEOUT):
             await response.write(data)
     except TimeoutError:
         raise _ClientGone from None
+
+
+async def _send_large(response: web.StreamResponse, data: bytes) -> None:
+    """A snapshot frame (megabytes on a long queue, one object shared by every client that
+    connects within a second) in slices, each written once the last has drained: a client
+    that reads slowly holds a slice in its buffers, not its own copy of the whole frame."""
+    view = memoryview(data)
+    for start in range(0, len(view), _SLICE):
+        await _send(response, view[start : start + _SLICE])
 
 
 async def close_streams(app: web.Application) -> None:

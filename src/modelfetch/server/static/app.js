@@ -469,6 +469,19 @@
     refreshTimer = setTimeout(runRefresh, 80);
   }
 
+  // Every download the list answers, page by page (it sends `next` while more may follow).
+  async function listAll(query) {
+    const found = [];
+    let after = null;
+    for (;;) {
+      const params = [query, after === null ? '' : `after=${after}`].filter(Boolean).join('&');
+      const data = await api('GET', `/api/downloads${params ? `?${params}` : ''}`);
+      found.push(...data.downloads);
+      if (data.next === null || data.next === undefined) return found;
+      after = data.next;
+    }
+  }
+
   async function runRefresh() {
     refreshTimer = null;
     const all = state.refreshAll;
@@ -479,10 +492,9 @@
     state.pending.clear();
     try {
       if (all) {
-        const data = await api('GET', '/api/downloads');
-        state.groups = new Map(data.downloads.map((g) => [g.id, g]));
+        state.groups = new Map((await listAll('')).map((g) => [g.id, g]));
       } else {
-        const waiting = queued ? api('GET', '/api/downloads?status=queued') : null;
+        const waiting = queued ? listAll('status=queued') : null;
         await Promise.all(ids.map(async (id) => {
           try {
             state.groups.set(id, await api('GET', `/api/downloads/${id}`));
@@ -492,7 +504,7 @@
           }
         }));
         if (waiting) {
-          for (const g of (await waiting).downloads) state.groups.set(g.id, g);
+          for (const g of await waiting) state.groups.set(g.id, g);
         }
       }
     } catch (error) {
