@@ -5,6 +5,7 @@ complete, and save a screenshot for the README (docs/dashboard.png)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -52,6 +53,24 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     settings = fast_settings(progress_interval=0.2, policy=RetryPolicy(base_delay=30, max_delay=30))
     async with run_daemon(tmp_path, settings=settings) as running:
         yield running
+
+
+@contextlib.asynccontextmanager
+async def live_page(url: str) -> AsyncIterator[tuple[Page, list[str]]]:
+    """Headless Chromium on the dashboard at `url`, connected (the page's own errors listed)."""
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1180, "height": 860})
+            problems: list[str] = []
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            await page.goto(url)
+            await playwright_api.expect(page.locator("#connection")).to_have_text("live")
+            yield page, problems
+        finally:
+            await browser.close()
 
 
 async def bar_width(card: Locator) -> float:
@@ -198,29 +217,18 @@ async def test_an_active_file_shows_the_host_that_holds_it(tmp_path: Path) -> No
     expect = playwright_api.expect
     async with run_daemon(tmp_path, settings=fast_settings(), manager_setup=plant) as daemon:
         daemon.hub.add_fault(Fault("throttle", origin="cdn", rate=256 * KiB))
-        async with playwright_api.async_playwright() as p:
-            browser = await p.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
-            )
-            try:
-                page = await browser.new_page(viewport={"width": 1180, "height": 860})
-                problems: list[str] = []
-                page.on("pageerror", lambda error: problems.append(str(error)))
-                await page.goto(daemon.url)
-                await expect(page.locator("#connection")).to_have_text("live")
-                held = await daemon.manager.add(f"{SAMPLE_REPO}/mmproj-tiny-F16.gguf")
-                label = page.locator(f'.card[data-id="{held}"] .file-worker')
-                await expect(label).to_be_visible()
-                await expect(label).to_have_text("on gpu-07")
-                await expect(label).to_have_attribute("title", f"held by worker {holder}")
-                daemon.hub.clear_faults()
-                card = page.locator(f'.card[data-id="{held}"]')
-                await expect(card.locator(".state")).to_have_text("done", timeout=20_000)
-                await expect(label).to_be_hidden()  # a finished file is held by no one
-                await expect(card.locator(".file-state")).to_have_text("done")
-                assert problems == []
-            finally:
-                await browser.close()
+        async with live_page(daemon.url) as (page, problems):
+            held = await daemon.manager.add(f"{SAMPLE_REPO}/mmproj-tiny-F16.gguf")
+            label = page.locator(f'.card[data-id="{held}"] .file-worker')
+            await expect(label).to_be_visible()
+            await expect(label).to_have_text("on gpu-07")
+            await expect(label).to_have_attribute("title", f"held by worker {holder}")
+            daemon.hub.clear_faults()
+            card = page.locator(f'.card[data-id="{held}"]')
+            await expect(card.locator(".state")).to_have_text("done", timeout=20_000)
+            await expect(label).to_be_hidden()  # a finished file is held by no one
+            await expect(card.locator(".file-state")).to_have_text("done")
+            assert problems == []
 
 
 async def test_the_header_says_what_the_hub_mirror_holds(
@@ -243,27 +251,16 @@ async def test_the_header_says_what_the_hub_mirror_holds(
         hub.add_repo("team/m-GGUF", [RepoFile("m-Q4_K_M.gguf", size=3 * (1 << 20), seed=2)])
         async with (
             running_mirror(hub, tmp_path / "mirror", settings=settings) as mirror,
-            playwright_api.async_playwright() as p,
+            live_page(mirror.endpoint) as (page, problems),
         ):
-            browser = await p.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
+            await expect(page.locator("#totals")).not_to_contain_text("mirror")
+            path = await in_thread(
+                hf_hub_download,
+                "team/m-GGUF",
+                "m-Q4_K_M.gguf",
+                endpoint=mirror.endpoint,
+                cache_dir=tmp_path / "client",
             )
-            try:
-                page = await browser.new_page(viewport={"width": 1180, "height": 860})
-                problems: list[str] = []
-                page.on("pageerror", lambda error: problems.append(str(error)))
-                await page.goto(mirror.endpoint)
-                await expect(page.locator("#connection")).to_have_text("live")
-                await expect(page.locator("#totals")).not_to_contain_text("mirror")
-                path = await in_thread(
-                    hf_hub_download,
-                    "team/m-GGUF",
-                    "m-Q4_K_M.gguf",
-                    endpoint=mirror.endpoint,
-                    cache_dir=tmp_path / "client",
-                )
-                assert Path(path).read_bytes() == hub.content("team/m-GGUF", "m-Q4_K_M.gguf")
-                await expect(page.locator("#totals")).to_have_text("mirror holds 1 file, 3.0 MiB")
-                assert problems == []
-            finally:
-                await browser.close()
+            assert Path(path).read_bytes() == hub.content("team/m-GGUF", "m-Q4_K_M.gguf")
+            await expect(page.locator("#totals")).to_have_text("mirror holds 1 file, 3.0 MiB")
+            assert problems == []
