@@ -32,6 +32,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -458,25 +459,6 @@ async def http_phase(
             timeout=aiohttp.ClientTimeout(total=None, sock_read=None)
         ) as session:
 
-            async def sse_client(stats: SubscriberStats) -> None:
-                """Counts SSE messages; a `snapshot` (every download, megabytes) is not parsed."""
-                async with session.get(f"{url}/api/events") as resp:
-                    pending = b""
-                    kind = ""
-                    async for chunk in resp.content.iter_any():
-                        *lines, pending = (pending + chunk).split(b"\n")
-                        for line in lines:
-                            if line.startswith(b"event:"):
-                                kind = line[6:].strip().decode()
-                                stats.events += 1
-                            elif line.startswith(b"data:") and kind != "snapshot":
-                                with contextlib.suppress(ValueError):
-                                    data = json.loads(line[5:])
-                                    if kind == "missed":
-                                        stats.missed += int(data.get("count", 0))
-                                    elif data.get("ts"):
-                                        stats.lag.add(max(0.0, time.time() - float(data["ts"])))
-
             async def fetch(target: str, samples: Samples) -> int:
                 began = time.perf_counter()
                 async with session.get(target) as resp:
@@ -486,7 +468,17 @@ async def http_phase(
                 samples.add(time.perf_counter() - began)
                 return len(body)
 
-            clients = [asyncio.create_task(sse_client(s)) for s in sse]
+            # The SSE clients run in a process of their own: what this process's RSS shows is
+            # then the daemon (and the pollers), not fifty clients' copies of the snapshot.
+            clients = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(Path(__file__).with_name("sse_clients.py")),
+                url,
+                str(args.subscribers),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert clients.stdout is not None
+            await clients.stdout.readline()  # "ready": connecting
 
             async def poll() -> None:
                 while True:
@@ -499,7 +491,15 @@ async def http_phase(
             speed = await download_speed(
                 manager, big_group(base, work / "http-out", size, sha, name, "c"), size
             )
-            await stop_all([poller, *clients])
+            await stop_all([poller])
+            clients.send_signal(signal.SIGTERM)
+            report = json.loads((await clients.stdout.read()).decode().strip().splitlines()[-1])
+            await clients.wait()
+            for stats, events in zip(sse, report["events"], strict=False):
+                stats.events = int(events)
+            sse[0].missed = int(report["missed"])
+            for lag in report["lags"]:
+                sse[0].lag.add(lag)
         results.add(
             "HTTP: GET /api/downloads", f"{listing.ms()}, {size_of_listing / MiB:.1f} MiB body"
         )
