@@ -54,6 +54,7 @@ from modelfetch.store.rows import (
     decode_file,
     decode_group,
     encode,
+    groups_where,
     set_clause,
 )
 from modelfetch.store.schema import SCHEMA_VERSION
@@ -182,18 +183,13 @@ class PostgresStore(PostgresLeases):
         added_after: int | None = None,
         limit: int | None = None,
     ) -> list[GroupRecord]:
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
-        live = "id IN (SELECT group_id FROM files WHERE status = ANY(%s))"
-        if live_only and added_after is not None:
-            return self._load_groups(
-                f"WHERE id > %s OR {live}", [added_after, list(LIVE)], limit=limit
-            )
-        if live_only:
-            return self._load_groups(f"WHERE {live}", [list(LIVE)], limit=limit)
-        if added_after is not None:
-            return self._load_groups("WHERE id > %s", [added_after], limit=limit)
-        return self._load_groups("", [], limit=limit)
+        where, values = groups_where(
+            live_only=live_only,
+            added_after=added_after,
+            limit=limit,
+            live=("id IN (SELECT group_id FROM files WHERE status = ANY(?))", [list(LIVE)]),
+        )
+        return self._load_groups(where.replace("?", "%s"), values, limit=limit)
 
     def find_group(self, key: str) -> GroupRecord | None:
         found = self._load_groups("WHERE id = (SELECT max(id) FROM groups WHERE key = %s)", [key])

@@ -48,6 +48,27 @@ def marks(values: Sized) -> str:
     return ", ".join(["?"] * len(values))
 
 
+def groups_where(
+    *,
+    live_only: bool,
+    added_after: int | None,
+    limit: int | None,
+    live: tuple[str, Sequence[object]],
+) -> tuple[str, list[object]]:
+    """The WHERE clause (with `?` marks) and its parameters of `Store.groups`: `live` is the
+    engine's own test for a group with a live file, and its parameters."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    live_sql, live_values = live
+    if live_only and added_after is not None:
+        return f"WHERE id > ? OR {live_sql}", [added_after, *live_values]
+    if live_only:
+        return f"WHERE {live_sql}", list(live_values)
+    if added_after is not None:
+        return "WHERE id > ?", [added_after]
+    return "", []
+
+
 def set_clause(
     fields: Mapping[str, object], allowed: frozenset[str], record: str
 ) -> tuple[str, list[object]]:

@@ -48,6 +48,7 @@ from modelfetch.store.rows import (
     decode_file,
     decode_group,
     encode,
+    groups_where,
     marks,
     set_clause,
 )
@@ -169,18 +170,14 @@ class SqliteStore(SqliteTransactions):
         added_after: int | None = None,
         limit: int | None = None,
     ) -> list[GroupRecord]:
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
         """Every group with its files, by id; `live_only`: only groups with a non-terminal file;
-        `added_after`: only (or, with `live_only`, also) groups with a larger id."""
+        `added_after`: only (or, with `live_only`, also) groups with a larger id; `limit`: the
+        first that many."""
         live = f"id IN (SELECT group_id FROM files WHERE status IN ({marks(LIVE)}))"
-        if live_only and added_after is not None:
-            return self._load_groups(f"WHERE id > ? OR {live}", [added_after, *LIVE], limit=limit)
-        if live_only:
-            return self._load_groups(f"WHERE {live}", LIVE, limit=limit)
-        if added_after is not None:
-            return self._load_groups("WHERE id > ?", [added_after], limit=limit)
-        return self._load_groups("", [], limit=limit)
+        where, values = groups_where(
+            live_only=live_only, added_after=added_after, limit=limit, live=(live, LIVE)
+        )
+        return self._load_groups(where, values, limit=limit)
 
     def find_group(self, key: str) -> GroupRecord | None:
         """The newest group with this dedupe key."""
