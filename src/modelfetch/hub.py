@@ -244,9 +244,7 @@ class HubClient:
         reply = await self._get_once(url, method="HEAD")
         if reply.status >= 400:
             error = self._status_error(reply, what)
-            if error.retry_after is not None:  # held for every request, this client's too
-                until = self._clock() + error.retry_after
-                self._holds.hold(host_key(str(url)), until, f"{reply.status} to an access check")
+            self._hold_as_asked(error, str(url), "an access check")
             raise error
 
     async def quants(self, repo_id: str, revision: str = "main") -> list[QuantGroup]:
@@ -278,14 +276,11 @@ class HubClient:
             try:
                 return await self._get_following_redirects(url, what)
             except (NetworkError, HTTPStatusError) as exc:
-                if isinstance(exc, HTTPStatusError) and exc.retry_after is not None:
-                    # Nothing more goes to that host before then: not this client's next try,
-                    # nor a transfer's request (the hold is shared).
-                    where = host_key(exc.url or url)
-                    until = self._clock() + exc.retry_after
-                    self._holds.hold(where, until, f"{exc.status} to a Hub API call")
-                    if exc.retry_after <= self._max_retry_after:
-                        self._waited[where] = until  # the retry below sleeps through it
+                if isinstance(exc, HTTPStatusError):
+                    held = self._hold_as_asked(exc, exc.url or url, "a Hub API call")
+                    wait = exc.retry_after
+                    if held is not None and wait is not None and wait <= self._max_retry_after:
+                        self._waited[held[0]] = held[1]  # the retry below sleeps it out
                 delay = self._retry_delay(exc, attempt)
                 if delay is None:
                     raise
@@ -325,6 +320,17 @@ class HubClient:
         raise TooManyRedirectsError(
             f"more than {_MAX_REDIRECTS} redirects fetching {what.description}", url=url
         )
+
+    def _hold_as_asked(
+        self, error: HTTPStatusError, url: str, what: str
+    ) -> tuple[str, float] | None:
+        """A status that says how long to wait holds the URL's host that long, for every
+        request sharing the holds (this client's next try, the transfers'); (host, until)."""
+        if error.retry_after is None:
+            return None
+        host, until = host_key(url), self._clock() + error.retry_after
+        self._holds.hold(host, until, f"{error.status} to {what}")
+        return host, until
 
     async def _honour_hold(self, url: str) -> None:
         """Wait out a hold on the URL's host (a 429/503 asked for it, to this client or to a

@@ -341,7 +341,7 @@ class SegmentedFetch:
         """After one odd answer a piece is asked for once more, but a 429/503 that says how
         long to wait is waited out first: its host is held (the next slot waits), or, when the
         wait is long or nothing here keeps holds, the transfer fails and the policy waits."""
-        wait: float | None = getattr(exc, "retry_after", None)
+        wait = exc.retry_after
         if wait is None:
             return exc.status != 429  # too many requests: never asked again at once
         if wait > _ASK_AGAIN_MAX_WAIT or self.slots is None:
