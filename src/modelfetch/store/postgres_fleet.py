@@ -59,6 +59,7 @@ class PostgresFleet(PostgresTransactions):
         super().__init__(url, read_only=read_only)
         self._peers = 0  # other live workers at the last heartbeat
         self._offset: float | None = None  # the database's clock less this host's, seconds
+        self._tidied = False  # long-gone workers forgotten: each worker does it as it starts
 
     # -- limits ---------------------------------------------------------------------------------
 
@@ -108,11 +109,13 @@ class PostgresFleet(PostgresTransactions):
         if not worker or max_active < 1 or lapse_seconds <= 0:
             raise ValueError("a heartbeat needs a worker id, max_active >= 1, lapse_seconds > 0")
         with self._transaction() as db:
-            db.execute(_FORGET_GONE, [None], prepare=True)
+            if not self._tidied:  # once is enough: the roster skips lapsed rows anyway
+                db.execute(_FORGET_GONE, [None], prepare=True)
             db.execute(
                 _ANNOUNCE, [None, worker, max_active, accepting, lapse_seconds], prepare=True
             )
             roster = self._roster(db, None)
+        self._tidied = True
         self._peers = sum(1 for w in roster if w.worker != worker)
         return roster
 
