@@ -127,6 +127,10 @@ async def test_postgresql_restarting_mid_transfer_pauses_it_and_the_worker_carri
                     assert (await r.json())["error"]["kind"] == "store_unavailable"
                 async with http.get(f"{daemon_url}/api/downloads/{gid}") as r:
                     assert r.status == 200  # reads are served from what the worker knows
+                async with http.get(f"{daemon_url}/api/downloads") as r:
+                    assert r.status == 200
+                    assert [g["id"] for g in (await r.json())["downloads"]] == [gid]
+            assert [v.id for v in await a.snapshot()] == [gid]  # what `run` polls, too
             await asyncio.to_thread(own_cluster.start)
             back = await next_event(
                 events, lambda e: isinstance(e, ev.Notice) and "reachable again" in e.message

@@ -347,11 +347,19 @@ class DownloadManager(LimitsCommands):
         positions = self._queue.positions()
         group_positions = self._queue.group_positions()
         holders = progress.holders_of(self)
+        try:
+            groups = self.store.groups(added_after=after, limit=limit)
+        except StoreUnavailableError:
+            if self._fleet is None:
+                raise
+            # The shared queue's database is unreachable: what this worker follows of it.
+            groups = [g for i, g in sorted(self._groups.items()) if after is None or i > after]
+            groups = groups[:limit]
         return [
             progress.group_view_of(
                 self, self._groups.get(group.id, group), positions, group_positions, holders
             )
-            for group in self.store.groups(added_after=after, limit=limit)
+            for group in groups
         ]
 
     async def group_view(self, ref: str | int | ItemRef) -> GroupView:
