@@ -26,7 +26,9 @@ from modelfetch.transfer import ConnectionSlots, TransferRequest, fetch_file, ma
 DEFAULTS = ManagerSettings()
 
 
-async def fetch(url: str, dest: Path, sha256: str, size: int, connections: int) -> dict[str, float]:
+async def fetch(
+    url: str, dest: Path, sha256: str, size: int, connections: int
+) -> dict[str, object]:
     slots = ConnectionSlots(DEFAULTS.max_connections, DEFAULTS.max_connections_per_host)
     async with make_session() as session:
         began = time.perf_counter()
@@ -46,7 +48,14 @@ async def fetch(url: str, dest: Path, sha256: str, size: int, connections: int) 
         work = time.perf_counter() - began
     if not result.verified or result.size != size:
         raise SystemExit("modelfetch did not verify the file")
-    return {"work": work, "connections": result.connections, "steals": result.steals}
+    out: dict[str, object] = {
+        "work": work,
+        "connections": result.connections,
+        "steals": result.steals,
+    }
+    if result.stages is not None:
+        out["stages"] = result.stages.as_dict()
+    return out
 
 
 async def files(plan_path: Path, concurrency: int) -> dict[str, float]:

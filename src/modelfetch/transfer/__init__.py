@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from modelfetch.transfer.limiter import ConnectionSlots, TokenBucket
     from modelfetch.transfer.segments import partial_bytes
     from modelfetch.transfer.session import TransferSession, make_session
+    from modelfetch.transfer.stages import Stages
 
 _HOMES = {
     "SegmentRecord": "modelfetch.core.segments",
@@ -39,6 +40,7 @@ _HOMES = {
     "partial_bytes": "modelfetch.transfer.segments",
     "TransferSession": "modelfetch.transfer.session",
     "make_session": "modelfetch.transfer.session",
+    "Stages": "modelfetch.transfer.stages",
 }
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "ProgressCallback",
     "SegmentRecord",
     "SegmentsCallback",
+    "Stages",
     "StopSignal",
     "TokenBucket",
     "TransferRequest",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from modelfetch.core.models import StopReason
 from modelfetch.core.segments import SegmentRecord
+from modelfetch.transfer.stages import Stages
 
 ProgressCallback = Callable[[int, "int | None"], None]
 """on_progress(bytes_on_disk, total_or_None). Called once at the start (with the resumed offset),
@@ -92,6 +93,7 @@ class TransferResult:
     bytes_fetched: int  # bytes received over the network in this attempt
     connections: int = 1  # the most connections this attempt opened at once
     steals: int = 0  # segmented: how often an idle connection took over half of another's rest
+    stages: Stages | None = None  # where this attempt's time went (transfer/stages.py)
 
 
 class StopSignal:

@@ -10,8 +10,10 @@ fsyncs: 929). The thread's backlog is bounded (`MAX_PENDING`), so memory stays f
 and network outrun the hash.
 
 A segmented `.part` is filled out of order, so its digests cannot follow the network bytes: the
-digest thread reads the contiguous prefix back from the file as it grows
-(`Digester.feed_from_file`), while those pages are still cached.
+digest thread hashes the contiguous prefix from the file as it grows
+(`Digester.feed_from_file`), while those pages are still cached, through a read-only mapping
+(a copy out of the page cache costs about as much system time as the hash saves by running
+on its own core).
 
 Small files (up to INLINE_HASH_LIMIT) are hashed inline instead: for them, starting and joining
 a digest thread cost more than the hashing (a queue of many small files spent most of its time
@@ -24,16 +26,20 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import mmap
 import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 REHASH_READ_SIZE = 8 << 20
 INLINE_HASH_LIMIT = 8 << 20  # files up to this size are hashed without a digest thread
 MAX_PENDING = 64 << 20  # bytes handed to the digest thread but not hashed yet
+# Map the window's cached pages at once rather than one fault per 64 KiB (Linux only).
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,7 @@ class Digests:
     size: int
     sha256: str
     git_oid: str | None  # sha1 of "blob <size>\0" + content, when it was asked for
+    busy: float = 0.0  # seconds the digest thread spent hashing (0 when hashed inline)
 
 
 class Digester:
@@ -145,7 +152,7 @@ class Digester:
         await self.drain(0)
         self.close()
         oid = None if self._git_sha1 is None else str(self._git_sha1.hexdigest())
-        return Digests(self.fed, self._sha256.hexdigest(), oid)
+        return Digests(self.fed, self._sha256.hexdigest(), oid, self.busy)
 
     def close(self) -> None:
         """Stop the thread (abandoning any backlog) and wait for it: at most one chunk's hash."""
@@ -164,9 +171,10 @@ class Digester:
                 if self._abandoned:
                     pass
                 elif isinstance(item, _ReadBack):
-                    if buffer is None:
-                        buffer = bytearray(REHASH_READ_SIZE)
-                    self._update(memoryview(buffer)[: item.read(buffer)])
+                    if not item.hash_mapped(self._update):
+                        if buffer is None:
+                            buffer = bytearray(REHASH_READ_SIZE)
+                        self._update(memoryview(buffer)[: item.read(buffer)])
                 else:
                     self._update(item)
                 self.busy += time.perf_counter() - began
@@ -208,3 +216,30 @@ class _ReadBack:
         if got != self.length:
             raise OSError(errno.EIO, f"read {got} of {self.length} bytes at {self.offset}")
         return got
+
+    def hash_mapped(self, update: Callable[[memoryview], None]) -> bool:
+        """Hash the bytes through a read-only mapping of the file instead of copying them out:
+        the pages are in the page cache (just written), and mapping them costs a fraction of
+        a copy (1 GiB measured here: pread 0.2-0.7 s of system time, mmap 0.01-0.03 s).
+        False where the file cannot be mapped (the caller reads it instead)."""
+        start = self.offset - self.offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            # A page past the end of the file would be a SIGBUS, not an error: never map one
+            # (a shorter file is the read's EIO).
+            if os.fstat(self.fd).st_size < self.offset + self.length:
+                return False
+            mapped = mmap.mmap(
+                self.fd,
+                self.offset + self.length - start,
+                flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                prot=mmap.PROT_READ,
+                offset=start,
+            )
+        except (OSError, ValueError):
+            return False
+        try:
+            with memoryview(mapped) as view:
+                update(view[self.offset - start :])
+        finally:
+            mapped.close()
+        return True

@@ -15,6 +15,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -71,16 +72,20 @@ def publish(part: Path, dest: Path, sidecar: Path | None) -> None:
         sidecar.unlink(missing_ok=True)
 
 
-def sync_and_publish(fd: int, part: Path, dest: Path, sidecar: Path) -> None:
+def sync_and_publish(fd: int, part: Path, dest: Path, sidecar: Path) -> tuple[float, float]:
     """fsync the verified `.part` (open as `fd`, closed here whatever happens), close it, then
     `publish` it: the whole of a publish in one call, to run on a worker thread. Closing before
     the rename means no writer ever has the final name open (watchers see the close on the
-    `.part`, and the final name appears complete)."""
+    `.part`, and the final name appears complete). Returns the seconds (fsync and close,
+    publish) for transfer/stages.py."""
+    began = time.perf_counter()
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    synced = time.perf_counter()
     publish(part, dest, sidecar)
+    return synced - began, time.perf_counter() - synced
 
 
 def write_prefix(part: Path, data: bytes | memoryview) -> None:

@@ -57,6 +57,7 @@ class ReceivingTransfer(RequestingTransfer):
         return await self._verify_and_publish(headers)
 
     async def _receive(self, response: Response, offset: int) -> TransferResult:
+        self.clock.mark_head()
         headers = response.headers
         encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
         if encoding != "identity":
@@ -97,6 +98,7 @@ class ReceivingTransfer(RequestingTransfer):
         )
         self.resumed_from = offset
         await self._stream(response, part)
+        self.clock.mark_last_byte()
         response.release()
         if self.total is not None and part.size < self.total:
             raise NetworkError(
@@ -174,6 +176,7 @@ class ReceivingTransfer(RequestingTransfer):
         self.resumed_from = 0
         body = self.held = HeldBody(total)
         await self._stream(response, body)
+        self.clock.mark_last_byte()
         response.release()
         if body.size < total:
             raise NetworkError(
@@ -251,6 +254,7 @@ class ReceivingTransfer(RequestingTransfer):
             # The size was unknown when we began: hash again from the file.
             await part.start_digests(git_blob_size=part.size, inline=part.size <= INLINE_HASH_LIMIT)
         digests = await part.finish_digests()
+        self.clock.mark_hash_done(digests.busy)
         try:
             verified = check_digests(
                 digests,
@@ -266,8 +270,9 @@ class ReceivingTransfer(RequestingTransfer):
         # fsync, rename, fsync the directory: on one worker thread (milliseconds of waiting
         # for the disk that would stall every other transfer; many files' can overlap there).
         self.part = None
+        self.pwrite_seconds += part.pwrite_seconds
         fd = part.detach()
-        await finish_off_loop(
+        self.clock.fsync, self.clock.rename = await finish_off_loop(
             partial(sync_and_publish, fd, self.part_path, self.dest, self.sidecar_path)
         )
         self._report(part.size, part.size, force=True)

@@ -114,6 +114,7 @@ class SegmentingTransfer(ReceivingTransfer):
                     total = parsed.total if parsed.total is not None else total
                     segmap = SegmentMap(total)
                     continue
+                self.clock.mark_head()
                 self._begin_segmented_part(response, total, fresh=not resuming)
                 self._save_segments()
                 part = self.part
@@ -146,6 +147,7 @@ class SegmentingTransfer(ReceivingTransfer):
                     self.slot = None
             try:
                 await fetch.run(piece)
+                self.clock.mark_last_byte()
             finally:
                 self.bytes_fetched += fetch.bytes_fetched
                 self.steals = segmap.steals

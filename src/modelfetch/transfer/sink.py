@@ -38,6 +38,7 @@ import errno
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,6 +103,7 @@ class PartFile:
         self.size = os.fstat(self._fd).st_size
         self._digester: Digester | None = None
         self._written_back = 0
+        self.pwrite_seconds = 0.0  # time spent inside pwrite (transfer/stages.py)
 
     @property
     def fd(self) -> int:
@@ -157,6 +159,7 @@ class PartFile:
             raise RuntimeError("start_digests() first")
         view = memoryview(data)
         written = 0
+        began = time.perf_counter()
         try:
             while written < len(view):
                 written += pwrite(self.fd, view[written:], self.size + written)
@@ -169,6 +172,7 @@ class PartFile:
                 raise disk_full(exc) from exc
             raise LocalFileError.from_os_error(exc, self.path) from exc  # pwrite names no file
         self.size += written
+        self.pwrite_seconds += time.perf_counter() - began
         digester.feed(data)
         if self.size - self._written_back >= WRITEBACK_STEP:
             self._start_writeback()
@@ -295,6 +299,7 @@ class SegmentedPartFile(PartFile):
         LocalFileError."""
         view = memoryview(data)
         written = 0
+        began = time.perf_counter()
         try:
             while written < len(view):
                 written += pwrite(self.fd, view[written:], offset + written)
@@ -302,6 +307,7 @@ class SegmentedPartFile(PartFile):
             if exc.errno in DISK_FULL_ERRNOS:
                 raise disk_full(exc) from exc
             raise LocalFileError.from_os_error(exc, self.path) from exc  # pwrite names no file
+        self.pwrite_seconds += time.perf_counter() - began
 
     def write_back(self, offset: int, length: int) -> None:
         """Ask the kernel to start writing [offset, offset + length) out (see early writeback

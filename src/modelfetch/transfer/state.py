@@ -36,6 +36,7 @@ from modelfetch.transfer.publish import write_prefix
 from modelfetch.transfer.segments import RECV_STEP
 from modelfetch.transfer.session import TransferSession
 from modelfetch.transfer.sink import HeldBody, PartFile
+from modelfetch.transfer.stages import StageClock
 from modelfetch.transfer.wire import Headers, Response
 
 MIN_CHUNK_SIZE = 1 << 20
@@ -103,6 +104,8 @@ class TransferState:
         # unlink on every start (an unlink takes the directory's lock, which the worker
         # threads' creates and renames in the same directory hold while the journal commits).
         self.stray_sidecar = False
+        self.clock = StageClock()
+        self.pwrite_seconds = 0.0  # of `.part`s closed so far (a live one counts its own)
 
     # -- what is known: the plan, the Hub's headers, the partial ------------------------------
 
@@ -199,6 +202,7 @@ class TransferState:
             bytes_fetched=self.bytes_fetched,
             connections=self.connections,
             steals=self.steals,
+            stages=self.clock.stages(self.pwrite_seconds),
         )
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -247,5 +251,6 @@ class TransferState:
     def _close_part(self) -> None:
         if self.part is not None:
             part, self.part = self.part, None
+            self.pwrite_seconds += part.pwrite_seconds
             with contextlib.suppress(OSError):
                 part.close()
