@@ -214,6 +214,7 @@ class Run:
     work: float | None = None  # modelfetch: the work inside the process
     rss_kib: int | None = None
     connections: int | None = None  # modelfetch: connections it opened
+    stages: dict[str, float] | None = None  # modelfetch: where its time went (transfer/stages.py)
 
 
 def clean(*paths: Path) -> None:
@@ -244,6 +245,7 @@ def timed(argv: list[str]) -> Run:
             run.work = info.get("work")
             run.rss_kib = info.get("rss_kib")
             run.connections = info.get("connections")
+            run.stages = info.get("stages")
     return run
 
 
@@ -265,6 +267,9 @@ class Case:
     tools: dict[str, Callable[[], Run]]
     baseline_for_ratio: list[str]
     runs: dict[str, list[Run]] = field(default_factory=dict)
+    # The least time any verifying tool can take: the slowest of these rows (case 1: the
+    # transfer alone, `curl -o`, and SHA-256 alone over the file, on one core).
+    floor_of: tuple[str, ...] = ()
 
 
 def run_case(case: Case, rounds: int) -> None:
@@ -386,7 +391,8 @@ def case_big(servers: Servers, size: int, capped: bool) -> Case:
             "aria2c -x1",
             "aria2c -x8 -s8 -k1M",
         ]
-    return Case(title, size, tools, baselines)
+    floor = () if capped else ("curl -o", "SHA-256 alone (hashlib)")
+    return Case(title, size, tools, baselines, floor_of=floor)
 
 
 def check_size(path: Path, size: int) -> None:
@@ -592,10 +598,89 @@ def report(cases: list[Case], rss: dict[str, int], loads: tuple[str, str]) -> st
                     cells += f", connections: up to {max(connections)}"
             tool = f"**{name}**" if name == "modelfetch" else name
             lines.append(f"| {case.title} | {tool} | {spread} | {speed} | {cells} |")
+        floor = floor_of(case)
+        if floor is not None:
+            what = "floor: max(" + ", ".join(case.floor_of) + ")"
+            ratio = f"modelfetch takes **{mf / floor:.2f}x** the floor"
+            if mf_work:
+                ratio += f" | in-process work: **{mf_work / floor:.2f}x**"
+            lines.append(
+                f"| {case.title} | {what} | {floor:.2f} | {case.size / MiB / floor:.0f} | {ratio} |"
+            )
+    lines += stage_table(cases)
     lines += ["", "| case 4: peak RSS of modelfetch | MiB |", "|---|---|"]
     for what, kib in rss.items():
         lines.append(f"| {what} | {kib / 1024:.0f} |")
+    lines += goal_table(cases)
     return "\n".join(lines)
+
+
+def floor_of(case: Case) -> float | None:
+    medians = [median(case.runs[name], lambda r: r.seconds) for name in case.floor_of]
+    found = [m for m in medians if m is not None]
+    return max(found) if found and len(found) == len(case.floor_of) else None
+
+
+STAGES = ("request", "receive", "pwrite", "hash", "hash_tail", "fsync", "rename")
+
+
+def stage_table(cases: list[Case]) -> list[str]:
+    """Where modelfetch's time went, per stage (medians over the rounds; transfer/stages.py):
+    `receive` is first response head to last byte, `pwrite` the part of it inside pwrite
+    (summed over connections), `hash` the digest thread's busy time alongside, `hash tail`
+    what hashing added after the last byte, then the publish's fsync and rename."""
+    rows = []
+    for case in cases:
+        for name, runs in case.runs.items():
+            staged = [r.stages for r in runs if r.stages]
+            if not staged:
+                continue
+            cells = [f"{statistics.median(s.get(k, 0.0) for s in staged):.3f}" for k in STAGES]
+            rows.append(f"| {case.title} | {name} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    head = "| case | tool | " + " | ".join(k.replace("_", " ") for k in STAGES) + " |"
+    return [
+        "",
+        "Where modelfetch's time went (seconds, medians):",
+        "",
+        head,
+        "|---|---|" + "---|" * len(STAGES),
+        *rows,
+    ]
+
+
+# (case number, tool row, the goal: modelfetch's speed ÷ that row's at least this; or, for a
+# floor, modelfetch's time ÷ the floor at most this)
+GOALS: tuple[tuple[str, str, str, float], ...] = (
+    ("1.", "floor", "time ÷ floor ≤", 1.05),
+    ("2.", "aria2c -x8 -s8 -k1M", "speed ÷ tool's ≥", 1.0),
+    ("2.", "aria2c -x16 -s16 -k1M", "speed ÷ tool's ≥", 1.2),
+    ("3.", "aria2c -j16 -i list", "speed ÷ tool's ≥ (no daemon)", 0.7),
+)
+
+
+def goal_table(cases: list[Case]) -> list[str]:
+    lines = ["", "| goal | result | met |", "|---|---|---|"]
+    for prefix, row, rule, target in GOALS:
+        case = next((c for c in cases if c.title.startswith(prefix)), None)
+        if case is None:
+            continue
+        mf = median(case.runs["modelfetch"], lambda r: r.seconds)
+        if row == "floor":
+            floor = floor_of(case)
+            if floor is None or mf is None:
+                continue
+            value, met = mf / floor, mf / floor <= target
+        else:
+            if row not in case.runs or mf is None:
+                continue
+            other = median(case.runs[row], lambda r: r.seconds)
+            assert other is not None
+            value, met = other / mf, other / mf >= target
+        what = f"case {prefix} {rule} {target} ({row})"
+        lines.append(f"| {what} | {value:.2f}x | {'**met**' if met else '**missed**'} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

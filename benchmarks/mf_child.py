@@ -19,8 +19,7 @@ import resource
 import time
 from pathlib import Path
 
-from modelfetch.manager import DownloadManager, ManagerSettings
-from modelfetch.requests import FileRequest, GroupRequest
+from modelfetch.manager.settings import ManagerSettings
 from modelfetch.transfer import ConnectionSlots, TransferRequest, fetch_file, make_session
 
 DEFAULTS = ManagerSettings()
@@ -90,6 +89,11 @@ async def files(plan_path: Path, concurrency: int) -> dict[str, float]:
 async def manager(
     home: Path, plan_path: Path, max_active: int, hold_queue: bool
 ) -> dict[str, float]:
+    # Imported here: `fetch` and `files` measure the transfer layer, which a process that
+    # only transfers loads without the manager (its queue, store and events).
+    from modelfetch.manager import DownloadManager
+    from modelfetch.requests import FileRequest, GroupRequest
+
     plan = json.loads(plan_path.read_text())
     settings = ManagerSettings(max_active=max_active)
     async with DownloadManager(home=home, settings=settings) as mgr:

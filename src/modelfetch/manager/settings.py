@@ -31,12 +31,15 @@ class ManagerSettings:
     # Multi-connection transfers (transfer/segments.py). A file of at least segment_threshold
     # bytes (size known from the plan) is fetched over ranged connections in pieces of at least
     # min_segment_size: 8 at first, more while they add throughput (a server that caps each
-    # connection), at most connections_per_file; 1 means one stream per file.
-    connections_per_file: int = 16
+    # connection), at most connections_per_file; 1 means one stream per file. 32, not aria2's
+    # hard 16: behind a per-connection cap (a CDN's share per connection) speed grows with
+    # connections until the link or the CPU is the limit, and the probe stops there (case 2 of
+    # docs/benchmarks.md).
+    connections_per_file: int = 32
     segment_threshold: int = 64 << 20
     min_segment_size: int = 16 << 20
-    max_connections: int = 32  # concurrent connections over every download
-    max_connections_per_host: int = 16  # ... to any one host (0: no per-host cap)
+    max_connections: int = 64  # concurrent connections over every download
+    max_connections_per_host: int = 32  # ... to any one host (0: no per-host cap)
     rate_limit: int | None = None  # bytes/s over every download (None: unlimited)
     allowed_hosts: frozenset[str] | None = None  # hosts transfers may reach (None: any)
     # Proxies and CA bundle for every request to the outside: transfers, the Hub API, probes

@@ -83,7 +83,7 @@ __all__ = [
 MAX_PIECE = 64 << 20
 PIECES_PER_CONNECTION = 4
 START_CONNECTIONS = 8
-GROW_INTERVAL = 0.5
+GROW_INTERVAL = 0.3  # long enough to measure a rate, short enough to reach 32 within a second
 RECV_STEP = 1 << 20  # the most one receive takes under a bandwidth limit
 HASH_BUSY_NO_PROBE = 0.5  # the digest thread's share of time above which probing stops
 
