@@ -110,7 +110,6 @@ async def run_get(
 
     from modelfetch.config import ConfigError
     from modelfetch.core.format import parse_size
-    from modelfetch.render import JsonDisplay, print_summary
 
     check_specs(options.specs, cfg)
     rate: int | None = None
@@ -119,6 +118,20 @@ async def run_get(
             rate = parse_size(options.limit_rate)
         except ValueError as exc:
             raise ConfigError(f"--limit-rate: {exc}") from None
+    from modelfetch.cli.daemon_get import light_path_applies
+
+    if light_path_applies(options):
+        # On a pipe with a daemon running: the list in one request, no rich and no aiohttp.
+        from modelfetch.cli.backends import refuse_offline, refuse_unusable_network
+        from modelfetch.cli.daemon_get import run_get_via_daemon
+
+        refuse_offline(cfg, "work the queue (it downloads)")
+        refuse_unusable_network(cfg)
+        code = run_get_via_daemon(cfg, options, rate=rate, resume_hint=resume_hint, debug=debug)
+        if code is not None:
+            return code
+    from modelfetch.render import JsonDisplay, print_summary
+
     layout = options.layout or cfg.layout
     display: Display
     if options.quiet:
