@@ -398,7 +398,79 @@ def write_plan(path: Path, groups: Sequence[Mapping[str, object]]) -> None:
     path.write_text(json.dumps({"groups": groups}))
 
 
-def case_small(servers: Servers) -> Case:
+@dataclass
+class SmallDaemon:
+    """`modelfetch serve` for case 3's daemon row: its own home (and so its own config and
+    queue) in a temporary directory, on a free loopback port."""
+
+    home: Path
+    url: str
+
+
+@contextmanager
+def small_daemon() -> Iterator[SmallDaemon]:
+    """Started once before case 3's rounds (its start is not timed), stopped after them."""
+    with tempfile.TemporaryDirectory(prefix="mf-bench-daemon-") as tmp:
+        home = Path(tmp) / "home"
+        env = {**os.environ, "MODELFETCH_HOME": str(home)}
+        env.pop("MODELFETCH_TOKEN", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelfetch", "serve", "--host", "127.0.0.1", "--port", "0"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        info = home / "daemon.json"
+        deadline = time.monotonic() + 20
+        while not info.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                err = proc.communicate()[1].decode()[-2000:]
+                raise SystemExit(f"modelfetch serve did not start: {err}")
+            time.sleep(0.05)
+        time.sleep(0.1)  # the file is written whole, but let the listener settle
+        url = json.loads(info.read_text())["url"]
+        try:
+            yield SmallDaemon(home, url)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _forget_finished(daemon: SmallDaemon) -> None:
+    """Each round starts from an empty queue, as the other rows do (not timed)."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{daemon.url}/api/forget-finished",
+        data=b"{}",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+
+
+DAEMON_ROW = "modelfetch get -I list via daemon"
+
+
+def daemon_goal(case: Case) -> str:
+    """The daemon goal's ratio (the report's ratios are against the `modelfetch` row)."""
+    mine = median(case.runs.get(DAEMON_ROW, []), lambda r: r.seconds)
+    aria = median(case.runs.get("aria2c -j16 -i list", []), lambda r: r.seconds)
+    if mine is None or aria is None:
+        return ""
+    return (
+        f"\nCase 3 through a running daemon: `{DAEMON_ROW}` {mine:.2f} s against "
+        f"`aria2c -j16 -i list` {aria:.2f} s (medians, spawn to exit): **{aria / mine:.2f}x**."
+    )
+
+
+def case_small(servers: Servers, daemon: SmallDaemon | None = None) -> Case:
     files = small_files()
     out = OUT_DIR / "small"
     home = OUT_DIR / "home"
@@ -455,6 +527,32 @@ def case_small(servers: Servers) -> Case:
             raise SystemExit("modelfetch get did not leave every file")
         return run
 
+    def via_daemon() -> Run:
+        # The same command with `modelfetch serve` running: one batch request, then the
+        # event stream; only the `get` is timed.
+        assert daemon is not None
+        _forget_finished(daemon)
+        clean(out)
+        run = timed(
+            [
+                sys.executable,
+                "-m",
+                "modelfetch",
+                "--home",
+                str(daemon.home),
+                "get",
+                "--dir",
+                str(out),
+                "--jobs",
+                "16",
+                "--input-file",
+                str(url_list),
+            ]
+        )
+        if len(list(out.iterdir())) != SMALL_FILES:
+            raise SystemExit("modelfetch get (daemon) did not leave every file")
+        return run
+
     def transfers_only() -> Run:
         clean(out)
         return timed([sys.executable, str(CHILD), "files", str(plan), "--concurrency", "16"])
@@ -470,6 +568,8 @@ def case_small(servers: Servers) -> Case:
             "modelfetch": modelfetch,
             # Not asked for: the same through the command line (`get --input-file`).
             "modelfetch get -I list": command_line,
+            # The daemon goal's row: the same command while `modelfetch serve` runs.
+            **({DAEMON_ROW: via_daemon} if daemon is not None else {}),
             # Not asked for: the transfer layer alone (no queue, store or events), to show
             # where the time goes.
             "modelfetch fetch_file x16": transfers_only,
@@ -637,9 +737,11 @@ def main(argv: list[str] | None = None) -> int:
             run_case(case, args.runs)
             cases.append(case)
         if 3 in wanted:
-            case = case_small(servers)
-            run_case(case, args.runs)
+            with small_daemon() as daemon:
+                case = case_small(servers, daemon)
+                run_case(case, args.runs)
             cases.append(case)
+            small_note = daemon_goal(case)
         if 4 in wanted:
             print(f"\n== 4. a manager with {QUEUE_ITEMS} items queued  (load {load()})", flush=True)
             run = queue_rss(servers)
@@ -649,6 +751,8 @@ def main(argv: list[str] | None = None) -> int:
                 rss[what] = run.rss_kib
     (OUT_DIR / "download.bin").unlink(missing_ok=True)
     table = report(cases, rss, (start_load, load()))
+    if 3 in wanted:
+        table += "\n" + small_note
     print("\n" + table)
     print(f"\n(total {time.monotonic() - began:.0f} s)")
     if args.markdown:

@@ -13,9 +13,11 @@ only to a daemon on this machine, as with RemoteManager.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import queue
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -213,8 +215,12 @@ class EventReader:
         return message
 
     def close(self) -> None:
-        # Closing the socket ends the thread's read; it is a daemon thread either way.
-        try:
-            self._response.close()
-        finally:
-            self._conn.close()
+        # Shut the socket down first: the reader thread is blocked in a read holding the
+        # response's buffer lock, and closing the response would wait for that read to return
+        # (the next keep-alive comment, up to 15 s later). After a shutdown it returns at once.
+        sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=1.0)
+        self._conn.close()
