@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +34,7 @@ from modelfetch.remote_codec import (
     is_loopback_address,
     quant_group_of,
 )
+from modelfetch.remote_light import DAEMON_FILE, _pid_alive, _read_daemon_file
 from modelfetch.views import FleetView, GroupView
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RemoteManager", "connect", "error_from_response"]
 
-DAEMON_FILE = "daemon.json"
 _HEALTH_TIMEOUT = 1.0
 _REQUEST_TOTAL = 300.0
 _CONNECT_TIMEOUT = 5.0
@@ -54,30 +53,6 @@ Ref = str | int | ItemRef
 
 
 # --------------------------------------------------------------------------------- finding it
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def _read_daemon_file(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-        return None
-    if not isinstance(data.get("pid"), int):
-        return None
-    return data
 
 
 async def connect(home: Path, *, health_timeout: float = _HEALTH_TIMEOUT) -> RemoteManager | None:

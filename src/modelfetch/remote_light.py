@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import queue
 import socket
 import threading
@@ -24,7 +25,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modelfetch.core.errors import StateError
-from modelfetch.remote import DAEMON_FILE, _pid_alive, _read_daemon_file
 from modelfetch.remote_codec import SSEMessage, SSEParser, error_from_response, is_loopback_address
 
 __all__ = ["BATCH_SIZE", "DaemonClient", "EventReader", "find_daemon"]
@@ -33,8 +33,33 @@ BATCH_SIZE = 1000
 """Specs per `POST /api/downloads:batch`: the daemon's bound (`manager.batch.MAX_BATCH`, which
 a test checks this against; importing it would import the manager)."""
 
+DAEMON_FILE = "daemon.json"
 _HEALTH_TIMEOUT = 1.0
 _REQUEST_TIMEOUT = 300.0  # planning a long list on the daemon can take a while (Hub calls)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _read_daemon_file(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return None
+    if not isinstance(data.get("pid"), int):
+        return None
+    return data
 
 
 def find_daemon(home: Path, *, timeout: float = _HEALTH_TIMEOUT) -> DaemonClient | None:

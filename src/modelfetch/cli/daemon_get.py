@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from modelfetch.cli.errors import EXIT_FAILED, EXIT_OK, exit_code_for, report
@@ -29,20 +29,65 @@ if TYPE_CHECKING:
     from modelfetch.render.plain import PlainDisplay
     from modelfetch.views import GroupView
 
-__all__ = ["light_path_applies", "run_get_via_daemon"]
+__all__ = ["get_via_daemon", "light_path_applies", "run_get_via_daemon"]
 
 _BUSY = frozenset({"queued", "active", "waiting_retry"})
 _EXIT_INTERRUPTED = 130
 _DRAIN_GRACE = 2.0  # seconds to wait for the group_finished of what ended (as EventFeed.drain)
 
 
+def get_via_daemon(
+    debug: bool, prepare: Callable[[], tuple[Config, GetOptions]], hint: Callable[[], str]
+) -> bool:
+    """`get` through the daemon, before any event loop exists (asyncio's import alone is a
+    noticeable part of this path); errors are reported as `execute` reports them. False when
+    this path does not apply (a terminal, offline, no daemon): the caller then runs `get` as
+    usual. Its exit status is raised as typer.Exit (none for success)."""
+    import typer
+
+    from modelfetch.cli.errors import guarded
+
+    if not _plain_stdout():
+        return False
+
+    def attempt() -> int | None:
+        cfg, options = prepare()
+        if cfg.offline or not light_path_applies(options):
+            return None
+        from modelfetch.cli.backends import refuse_unusable_network
+        from modelfetch.cli.specs import check_specs
+        from modelfetch.config import ConfigError
+        from modelfetch.core.format import parse_size
+
+        check_specs(options.specs, cfg)
+        rate: int | None = None
+        if options.limit_rate is not None:
+            try:
+                rate = parse_size(options.limit_rate)
+            except ValueError as exc:
+                raise ConfigError(f"--limit-rate: {exc}") from None
+        refuse_unusable_network(cfg)
+        return run_get_via_daemon(cfg, options, rate=rate, resume_hint=hint(), debug=debug)
+
+    code = guarded(debug, attempt)
+    if code is None:
+        return False
+    if code:
+        raise typer.Exit(code)
+    return True
+
+
+def _plain_stdout() -> bool:
+    if os.environ.get("FORCE_COLOR") or os.environ.get("TTY_COMPATIBLE"):
+        return False  # rich would treat stdout as a terminal
+    return not sys.stdout.isatty()
+
+
 def light_path_applies(options: GetOptions) -> bool:
     """Plain output only: a terminal gets the live (rich) display, --json and --quiet their own."""
     if options.json or options.quiet:
         return False
-    if os.environ.get("FORCE_COLOR") or os.environ.get("TTY_COMPATIBLE"):
-        return False  # rich would treat stdout as a terminal
-    return not sys.stdout.isatty()
+    return _plain_stdout()
 
 
 def run_get_via_daemon(

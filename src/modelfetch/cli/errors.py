@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 
@@ -22,6 +22,8 @@ from modelfetch.core.errors import (
     StateLockedError,
     UnknownItemError,
 )
+
+_R = TypeVar("_R")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -82,8 +84,15 @@ def execute(debug: bool, make: Callable[[], Coroutine[Any, Any, int]]) -> None:
     """Run one command's coroutine; map what it raises to a line and an exit status."""
     import asyncio
 
+    code = guarded(debug, lambda: asyncio.run(make()))
+    if code:
+        raise typer.Exit(code)
+
+
+def guarded(debug: bool, call: Callable[[], _R]) -> _R:
+    """`call()`, with what it raises mapped as `execute` does (a line, then typer.Exit)."""
     try:
-        code = asyncio.run(make())
+        return call()
     except ModelfetchError as exc:
         report(exc, debug)
         raise typer.Exit(exit_code_for(exc)) from None
@@ -95,5 +104,3 @@ def execute(debug: bool, make: Callable[[], Coroutine[Any, Any, int]]) -> None:
     except Exception as exc:  # a bug (or the disk's refusal): one line, traceback on --debug
         report(exc, debug)
         raise typer.Exit(exit_code_for(exc)) from None
-    if code:
-        raise typer.Exit(code)

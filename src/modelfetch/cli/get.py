@@ -118,18 +118,6 @@ async def run_get(
             rate = parse_size(options.limit_rate)
         except ValueError as exc:
             raise ConfigError(f"--limit-rate: {exc}") from None
-    from modelfetch.cli.daemon_get import light_path_applies
-
-    if light_path_applies(options):
-        # On a pipe with a daemon running: the list in one request, no rich and no aiohttp.
-        from modelfetch.cli.backends import refuse_offline, refuse_unusable_network
-        from modelfetch.cli.daemon_get import run_get_via_daemon
-
-        refuse_offline(cfg, "work the queue (it downloads)")
-        refuse_unusable_network(cfg)
-        code = run_get_via_daemon(cfg, options, rate=rate, resume_hint=resume_hint, debug=debug)
-        if code is not None:
-            return code
     from modelfetch.render import JsonDisplay, print_summary
 
     layout = options.layout or cfg.layout
@@ -311,23 +299,39 @@ def get(
         offline=offline,
     )
 
+    prepared: list[tuple[Config, GetOptions]] = []
+
+    def prepare() -> tuple[Config, GetOptions]:
+        # Once: the light path below and `go` share it (a list on stdin can be read once).
+        if not prepared:
+            cfg, chosen, root, urls_dir = settle_flags(state, flags)
+            options = GetOptions(
+                specs=gather_specs(specs or [], input_file, cfg),
+                quant=quant,
+                revision=revision,
+                include=include or [],
+                layout=chosen,
+                json=json_out,
+                jobs=cfg.max_active if cfg.sources.get("max_active") == "--jobs" else None,
+                limit_rate=limit_rate,
+                exclude=exclude or [],
+                quiet=quiet,
+                root=root,
+                urls_dir=urls_dir,
+                token=token_of(cfg),
+            )
+            prepared.append((cfg, options))
+        return prepared[0]
+
+    def hint() -> str:
+        text = _resume_command(sys.argv[1:])
+        if input_file == STDIN:
+            text += "   (with the same list on standard input)"
+        return text
+
     async def go() -> int:
-        cfg, chosen, root, urls_dir = settle_flags(state, flags)
-        options = GetOptions(
-            specs=gather_specs(specs or [], input_file, cfg),
-            quant=quant,
-            revision=revision,
-            include=include or [],
-            layout=chosen,
-            json=json_out,
-            jobs=cfg.max_active if cfg.sources.get("max_active") == "--jobs" else None,
-            limit_rate=limit_rate,
-            exclude=exclude or [],
-            quiet=quiet,
-            root=root,
-            urls_dir=urls_dir,
-            token=token_of(cfg),
-        )
+        cfg, options = prepare()
+        chosen = options.layout or cfg.layout
         if cfg.offline:
             return serve_offline(cfg, options, chosen, debug=state.debug)
         if dry_run:
@@ -336,11 +340,14 @@ def get(
             return await print_plans(
                 cfg, options.specs, options.selection(chosen), json_out=json_out, debug=state.debug
             )
-        hint = _resume_command(sys.argv[1:])
-        if input_file == STDIN:
-            hint += "   (with the same list on standard input)"
-        return await run_get(cfg, options, resume_hint=hint, debug=state.debug)
+        return await run_get(cfg, options, resume_hint=hint(), debug=state.debug)
 
+    if not dry_run and not json_out and not quiet:
+        # A daemon serving a pipe needs no event loop here: tried before asyncio is imported.
+        from modelfetch.cli.daemon_get import get_via_daemon
+
+        if get_via_daemon(state.debug, prepare, hint):
+            return
     execute(state.debug, go)
 
 
