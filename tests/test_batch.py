@@ -269,3 +269,31 @@ async def test_get_of_a_list_through_the_daemon_is_one_request_and_stays_light(
         assert result.code == 1, (result.out, result.err)
         assert "gone.bin" in result.err
         assert calls == [12, 2]
+
+
+async def test_the_full_client_sends_a_list_in_one_batch_too(daemon: Daemon) -> None:
+    """The terminal path (rich display, RemoteManager over aiohttp): `add_each` sends the whole
+    list as one batch, and each spec gets its id or its own error."""
+    from modelfetch.cli.adding import Selection, add_each
+    from modelfetch.remote import connect
+
+    urls = await _plain_urls(daemon.hub, 3)
+    calls: list[int] = []
+    real = batch.add_many
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[1]))
+        return await real(*args, **kwargs)
+
+    found = await connect(daemon.home)
+    assert found is not None
+    specs = [urls[0], "::nope::", urls[1], urls[2]]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batch, "add_many", counted)
+        async with found as remote:
+            outcomes = [o async for o in add_each(remote, specs, Selection())]
+    assert calls == [4]
+    assert [spec for spec, _ in outcomes] == specs
+    assert isinstance(outcomes[1][1], SpecError)
+    ids = [o for _, o in outcomes if isinstance(o, int)]
+    assert len(set(ids)) == 3
