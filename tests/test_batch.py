@@ -6,7 +6,6 @@ aiohttp nor rich nor pydantic."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -206,7 +205,9 @@ sys.exit(code)
 
 
 async def test_get_of_a_list_through_the_daemon_is_one_request_and_stays_light(
-    tmp_path: Path, pycache: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    pycache: Path,  # noqa: F811 -- the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async with run_daemon(tmp_path) as daemon:
         urls = await _plain_urls(daemon.hub, 12)
