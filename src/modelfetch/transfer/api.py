@@ -92,6 +92,7 @@ class TransferResult:
     bytes_fetched: int  # bytes received over the network in this attempt
     connections: int = 1  # the most connections this attempt opened at once
     steals: int = 0  # segmented: how often an idle connection took over half of another's rest
+    mtime_ns: int | None = None  # the published file's mtime, when known without a stat
 
 
 class StopSignal:

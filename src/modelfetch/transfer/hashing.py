@@ -41,6 +41,7 @@ class Digests:
     size: int
     sha256: str
     git_oid: str | None  # sha1 of "blob <size>\0" + content, when it was asked for
+    mtime_ns: int | None = None  # the published file's, when the publishing thread read it
 
 
 class Digester:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import errno
 import hashlib
 import os
@@ -148,10 +149,14 @@ def verify_and_publish_body(
                 raise disk_full(exc) from exc
             raise LocalFileError.from_os_error(exc, part) from exc  # pwrite names no file
         os.fsync(fd)
+        # Read here, on the worker thread: the manager records (size, mtime) with the verified
+        # digest, and a stat of the published name on the loop waits on the directory's lock
+        # while other publishes rename into it. A rename keeps the inode's mtime.
+        mtime_ns = os.fstat(fd).st_mtime_ns
     finally:
         os.close(fd)
     publish(part, dest, sidecar)
-    return digests
+    return dataclasses.replace(digests, mtime_ns=mtime_ns)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -199,6 +199,7 @@ class TransferState:
             bytes_fetched=self.bytes_fetched,
             connections=self.connections,
             steals=self.steals,
+            mtime_ns=digests.mtime_ns,
         )
 
     # -- bookkeeping -------------------------------------------------------------------------
