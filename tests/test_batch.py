@@ -298,3 +298,37 @@ async def test_the_full_client_sends_a_list_in_one_batch_too(daemon: Daemon) -> 
     assert isinstance(outcomes[1][1], SpecError)
     ids = [o for _, o in outcomes if isinstance(o, int)]
     assert len(set(ids)) == 3
+
+
+async def test_get_through_an_older_daemon_without_batches_adds_one_by_one(
+    tmp_path: Path,
+    pycache: Path,  # noqa: F811 -- the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelfetch.server import routes
+
+    # A daemon from before the batch route: the client falls back to one add per spec.
+    older = [(op, h) for op, h in routes.OPERATIONS if op.path != "/api/downloads:batch"]
+    monkeypatch.setattr(routes, "OPERATIONS", older)
+    import modelfetch.server.app as server_app
+
+    monkeypatch.setattr(server_app, "OPERATIONS", older)
+    async with run_daemon(tmp_path) as daemon:
+        urls = await _plain_urls(daemon.hub, 3)
+        singles: list[str] = []
+        real_add = daemon.manager.add
+
+        async def single(spec: str, **kwargs: Any) -> int:
+            singles.append(spec)
+            return await real_add(spec, **kwargs)
+
+        monkeypatch.setattr(daemon.manager, "add", single)
+        listing = tmp_path / "list.txt"
+        listing.write_text("\n".join(urls) + "\n")
+        cli = Cli(tmp_path, daemon.hub, pycache)
+        cli.env["MODELFETCH_HOME"] = str(daemon.home)
+        out = tmp_path / "out"
+        result = await cli("get", "--dir", str(out), "-I", str(listing))
+        assert result.code == 0, (result.out, result.err)
+        assert singles == urls
+        assert len(list(out.iterdir())) == 3

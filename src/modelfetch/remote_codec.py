@@ -19,6 +19,7 @@ from modelfetch.views import FileView, FleetView, GroupView, WorkerView
 
 __all__ = [
     "HUB_TOKEN_HEADER",
+    "RouteMissingError",
     "SSEMessage",
     "SSEParser",
     "batch_item_error",
@@ -52,6 +53,11 @@ def is_loopback_address(host: str) -> bool:
         return False
 
 
+class RouteMissingError(ModelfetchError):
+    """The daemon has no such route: it is older than this client (one without
+    `POST /api/downloads:batch`, say), and the caller can fall back to what it has."""
+
+
 def batch_item_error(item: dict[str, Any]) -> ModelfetchError:
     """The error of one spec of a batch answer, as the same spec alone would have raised it
     (a per-item error is always one of the daemon's own kinds)."""
@@ -72,6 +78,8 @@ def error_from_response(status: int, body: Any) -> Exception:
         return StateError(f"the daemon refused this client: {message}")
     if kind == "unavailable":
         return StateError(message)
+    if kind == "route_not_found":
+        return RouteMissingError(message)
     cls = ERROR_KINDS.get(kind)
     if cls is None:
         if status >= 500:

@@ -58,20 +58,26 @@ async def add_each(
             extra["hub_token"] = selection.token  # else its environment's, if any
         add_many = getattr(backend, "add_many", None)
         if add_many is not None and len(specs) > 1:
+            from modelfetch.remote_codec import RouteMissingError
+
             # The whole list in one request: planned and queued together on the daemon.
-            outcomes = await add_many(
-                specs,
-                quant=selection.quant,
-                revision=selection.revision,
-                include=selection.include,
-                layout=selection.layout,
-                models_dir=selection.root,
-                dest_dir=selection.urls_dir,
-                **extra,
-            )
-            for spec, outcome in zip(specs, outcomes, strict=True):
-                yield spec, outcome
-            return
+            try:
+                outcomes = await add_many(
+                    specs,
+                    quant=selection.quant,
+                    revision=selection.revision,
+                    include=selection.include,
+                    layout=selection.layout,
+                    models_dir=selection.root,
+                    dest_dir=selection.urls_dir,
+                    **extra,
+                )
+            except RouteMissingError:
+                outcomes = None  # an older daemon, without batches: one add at a time
+            if outcomes is not None:
+                for spec, outcome in zip(specs, outcomes, strict=True):
+                    yield spec, outcome
+                return
         for spec in specs:
             try:
                 gid = await backend.add(

@@ -94,7 +94,8 @@ def run_get_via_daemon(
     cfg: Config, options: GetOptions, *, rate: int | None, resume_hint: str, debug: bool
 ) -> int | None:
     """`run_get` against the daemon serving `cfg.home`; None when none runs (the caller then
-    works in this process, as before)."""
+    works in this process, as before) or when it is too old to take a batch (the caller then
+    drives it as before)."""
     from modelfetch.remote_light import find_daemon
 
     client = find_daemon(cfg.home)
@@ -182,8 +183,13 @@ class _Run:
         if self.events is not None:
             self.events.close()
 
-    def go(self, cfg: Config, options: GetOptions) -> int:
-        from modelfetch.remote_codec import batch_item_error, client_hub_token, group_view_of
+    def go(self, cfg: Config, options: GetOptions) -> int | None:
+        from modelfetch.remote_codec import (
+            RouteMissingError,
+            batch_item_error,
+            client_hub_token,
+            group_view_of,
+        )
         from modelfetch.remote_light import BATCH_SIZE
 
         body: dict[str, Any] = {
@@ -204,9 +210,14 @@ class _Run:
         # One request for the whole list (a longer list than a batch takes: one per batch).
         for start in range(0, len(options.specs), BATCH_SIZE):
             part = options.specs[start : start + BATCH_SIZE]
-            answer = self.client.call(
-                "POST", "/api/downloads:batch", {**body, "specs": part}, headers=headers
-            )
+            try:
+                answer = self.client.call(
+                    "POST", "/api/downloads:batch", {**body, "specs": part}, headers=headers
+                )
+            except RouteMissingError:
+                if start == 0:
+                    return None  # an older daemon, without batches: `run_get` adds one by one
+                raise
             since = answer["since"] if since is None else since
             self._seq = int(answer["seq"])
             for item in answer["results"]:
