@@ -198,7 +198,7 @@ try:
     runpy.run_module("modelfetch", run_name="__main__", alter_sys=True)
 except SystemExit as exc:
     code = exc.code or 0
-heavy = sorted({m.split(".")[0] for m in sys.modules} & {"aiohttp", "rich", "pydantic", "asyncio"})
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"aiohttp", "rich", "pydantic", "asyncio", "typer"})
 print("HEAVY " + json.dumps(heavy), file=sys.stderr)
 sys.exit(code)
 """

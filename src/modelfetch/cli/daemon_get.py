@@ -22,7 +22,7 @@ from modelfetch.cli.follow import FINISHED, RELOAD, TICK
 from modelfetch.core.errors import ModelfetchError
 
 if TYPE_CHECKING:
-    from modelfetch.cli.get import GetOptions
+    from modelfetch.cli.get_options import GetOptions
     from modelfetch.config import Config
     from modelfetch.core import events as ev
     from modelfetch.remote_light import DaemonClient, EventReader
@@ -91,14 +91,21 @@ def light_path_applies(options: GetOptions) -> bool:
 
 
 def run_get_via_daemon(
-    cfg: Config, options: GetOptions, *, rate: int | None, resume_hint: str, debug: bool
+    cfg: Config,
+    options: GetOptions,
+    *,
+    rate: int | None,
+    resume_hint: str,
+    debug: bool,
+    client: DaemonClient | None = None,
 ) -> int | None:
     """`run_get` against the daemon serving `cfg.home`; None when none runs (the caller then
     works in this process, as before) or when it is too old to take a batch (the caller then
     drives it as before)."""
     from modelfetch.remote_light import find_daemon
 
-    client = find_daemon(cfg.home)
+    if client is None:
+        client = find_daemon(cfg.home)
     if client is None:
         return None
     from modelfetch.cli.follow import _progress_interval

@@ -13,8 +13,6 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import typer
-
 from modelfetch.cli.consoles import stderr_console
 from modelfetch.core.errors import (
     ModelfetchError,
@@ -84,13 +82,33 @@ def execute(debug: bool, make: Callable[[], Coroutine[Any, Any, int]]) -> None:
     """Run one command's coroutine; map what it raises to a line and an exit status."""
     import asyncio
 
+    import typer
+
     code = guarded(debug, lambda: asyncio.run(make()))
     if code:
         raise typer.Exit(code)
 
 
+def exit_status_of(debug: bool, call: Callable[[], int | None]) -> int | None:
+    """`call()`'s exit status, with what it raises reported as `execute` reports it, as a
+    status instead of typer.Exit: for what runs before typer is imported (cli/fast_get.py)."""
+    try:
+        return call()
+    except ModelfetchError as exc:
+        report(exc, debug)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        stderr_console().print("interrupted", style="yellow")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug (or the disk's refusal): one line, traceback on --debug
+        report(exc, debug)
+        return exit_code_for(exc)
+
+
 def guarded(debug: bool, call: Callable[[], _R]) -> _R:
     """`call()`, with what it raises mapped as `execute` does (a line, then typer.Exit)."""
+    import typer
+
     try:
         return call()
     except ModelfetchError as exc:

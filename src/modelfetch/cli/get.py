@@ -6,18 +6,17 @@ import contextlib
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modelfetch.cli.adding import Selection, add_each, refuse_unsupported
+from modelfetch.cli.adding import add_each, refuse_unsupported
 from modelfetch.cli.backends import command_backend, is_local
 from modelfetch.cli.consoles import stdout_console
 from modelfetch.cli.download_flags import DownloadFlags, settle_flags, token_of
 from modelfetch.cli.errors import EXIT_FAILED, EXIT_OK, execute, exit_code_for, report
 from modelfetch.cli.follow import FINISHED, EventFeed, follow, group_views, make_display
+from modelfetch.cli.get_options import GetOptions
 from modelfetch.cli.interrupts import Interrupts, leave_now, pause_interrupted, race
 from modelfetch.cli.offline import serve_offline
 from modelfetch.cli.options import (
@@ -52,35 +51,6 @@ if TYPE_CHECKING:
 
 _LIVE = frozenset({"queued", "active", "paused"})
 """Group statuses of a download that is still live (an `add` of its spec merges into it)."""
-
-
-@dataclass
-class GetOptions:
-    specs: list[str]
-    quant: str | None = None
-    revision: str | None = None
-    include: list[str] = field(default_factory=list)
-    layout: str | None = None
-    json: bool = False
-    jobs: int | None = None
-    limit_rate: str | None = None
-    exclude: list[str] = field(default_factory=list)
-    quiet: bool = False
-    root: Path | None = None  # where a Hub model goes (None: the backend's models dir)
-    urls_dir: Path | None = None  # where plain URLs go (None: the backend's models dir)
-    token: str | None = field(default=None, repr=False)  # --token (this command only)
-
-    def selection(self, layout: str) -> Selection:
-        return Selection(
-            quant=self.quant,
-            revision=self.revision,
-            include=tuple(self.include),
-            exclude=tuple(self.exclude),
-            layout=layout,
-            root=self.root,
-            urls_dir=self.urls_dir,
-            token=self.token,
-        )
 
 
 async def _limit_rate(backend: Backend, rate: int, display: Display) -> None:
