@@ -12,6 +12,8 @@ display, the manager and aiohttp are imported by the commands that use them
 (tests/test_cli_startup.py keeps `--help` and `ls` free of aiohttp, rich and pydantic).
 """
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from modelfetch.cli.errors import (
@@ -41,7 +43,23 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule `modelfetch.cli.app` sets the package's attribute `app` to that
+    module; the package's `app` is the typer app (as it was when this file imported it), so
+    that assignment is kept aside and `app` is resolved by `__getattr__`."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "app" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [
