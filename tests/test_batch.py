@@ -198,7 +198,8 @@ try:
     runpy.run_module("modelfetch", run_name="__main__", alter_sys=True)
 except SystemExit as exc:
     code = exc.code or 0
-heavy = sorted({m.split(".")[0] for m in sys.modules} & {"aiohttp", "rich", "pydantic", "asyncio", "typer"})
+heavy = {"aiohttp", "rich", "pydantic", "asyncio", "typer"}
+heavy = sorted({m.split(".")[0] for m in sys.modules} & heavy)
 print("HEAVY " + json.dumps(heavy), file=sys.stderr)
 sys.exit(code)
 """
@@ -332,3 +333,30 @@ async def test_get_through_an_older_daemon_without_batches_adds_one_by_one(
         assert result.code == 0, (result.out, result.err)
         assert singles == urls
         assert len(list(out.iterdir())) == 3
+
+
+def test_the_fast_parser_takes_only_the_plain_shape_of_get() -> None:
+    from modelfetch.cli.fast_get import _parse
+
+    plain = _parse(["--home", "/h", "get", "--dir=/d", "-j", "16", "-I", "list", "x://u"])
+    assert plain is not None
+    assert (plain["home"], plain["dir"], plain["jobs"], plain["input"], plain["specs"]) == (
+        "/h",
+        "/d",
+        "16",
+        "list",
+        ["x://u"],
+    )
+    assert _parse(["get", "-I", "-"]) is not None  # a list on standard input
+    for other in (
+        ["get", "--json", "-I", "list"],  # another display
+        ["get", "--quant", "Q8_0", "owner/name"],  # an option this parser does not take
+        ["get", "-j", "0", "x"],  # typer refuses it, with its own message
+        ["get", "-j", " 7", "x"],
+        ["get", "-j"],  # a value missing
+        ["get", "-I", "a", "-I", "b"],  # twice
+        ["--proxy", "http://p:1", "get", "x"],  # a global option it does not take
+        ["ls"],
+        ["get", "--help"],
+    ):
+        assert _parse(other) is None, other

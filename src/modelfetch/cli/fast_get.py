@@ -64,8 +64,8 @@ def _parse(argv: Sequence[str]) -> dict[str, object] | None:
     if jobs is not None:
         if not isinstance(jobs, str) or not jobs.isascii() or not jobs.isdigit():
             return None
-        if int(jobs) < 1:
-            return None
+        if not 1 <= int(jobs) <= 10_000:
+            return None  # typer's answer (an error, or what the config makes of it) applies
     return found
 
 
