@@ -277,13 +277,17 @@ class _Run:
     def _follow(self, wanted: set[int]) -> None:
         """Events to the display until every download of ours is settled (paused counts)."""
         assert self.events is not None
-        next_reload = time.monotonic() + RELOAD
+        # The plain display draws from its views only in its periodic lines (every `interval`
+        # s), and events keep them current in between: reloading every listing (a snapshot
+        # the daemon builds) more often than that buys nothing on a pipe.
+        reload = max(RELOAD, self.display.interval)
+        next_reload = time.monotonic() + reload
         next_tick = 0.0
         while self._busy():
             now = time.monotonic()
             if now >= next_reload:
                 self.display.on_views(self._views(wanted))
-                next_reload = time.monotonic() + RELOAD
+                next_reload = time.monotonic() + reload
             if now >= next_tick:
                 self.display.tick(time.time())
                 next_tick = now + TICK
