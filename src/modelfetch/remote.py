@@ -13,20 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 from modelfetch.core import events as ev
-from modelfetch.core.errors import StateError
+from modelfetch.core.errors import ModelfetchError, StateError
 from modelfetch.core.models import KEEP, ItemRef, Keep
 from modelfetch.core.quant import QuantGroup
 from modelfetch.remote_codec import (
     HUB_TOKEN_HEADER,
+    SSEParser,
+    batch_item_error,
     client_hub_token,
     error_from_response,
     fleet_view_of,
@@ -34,6 +34,7 @@ from modelfetch.remote_codec import (
     is_loopback_address,
     quant_group_of,
 )
+from modelfetch.remote_light import DAEMON_FILE, _pid_alive, _read_daemon_file
 from modelfetch.views import FleetView, GroupView
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RemoteManager", "connect", "error_from_response"]
 
-DAEMON_FILE = "daemon.json"
 _HEALTH_TIMEOUT = 1.0
 _REQUEST_TOTAL = 300.0
 _CONNECT_TIMEOUT = 5.0
@@ -53,30 +53,6 @@ Ref = str | int | ItemRef
 
 
 # --------------------------------------------------------------------------------- finding it
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def _read_daemon_file(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-        return None
-    if not isinstance(data.get("pid"), int):
-        return None
-    return data
 
 
 async def connect(home: Path, *, health_timeout: float = _HEALTH_TIMEOUT) -> RemoteManager | None:
@@ -145,55 +121,33 @@ async def _listening(url: str, within: float) -> bool:
 # ------------------------------------------------------------------------------- the client
 
 
+def _add_body(
+    quant: str | None,
+    revision: str | None,
+    include: Iterable[str],
+    exclude: Iterable[str],
+    layout: Any,
+    models_dir: Path | None,
+    dest_dir: Path | None,
+    priority: int,
+) -> dict[str, Any]:
+    """The options of an add, as the API takes them (paths absolute: the daemon's working
+    directory means nothing here)."""
+    return {
+        "quant": quant,
+        "revision": revision,
+        "include": list(include),
+        "exclude": list(exclude),
+        "layout": str(layout.value if hasattr(layout, "value") else layout),
+        "models_dir": str(models_dir.expanduser().absolute()) if models_dir else None,
+        "dest_dir": str(dest_dir.expanduser().absolute()) if dest_dir else None,
+        "priority": priority,
+    }
+
+
 def _ref(ref: Ref) -> ItemRef:
     # Parsed here as the manager would, so a malformed id is the same SpecError.
     return ref if isinstance(ref, ItemRef) else ItemRef.parse(ref)
-
-
-@dataclass
-class _Message:
-    event: str = "message"
-    data: str = ""
-    id: str | None = None
-
-
-class _SSEParser:
-    """Server-Sent Events framing (the WHATWG rules a client needs), fed raw bytes."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._fields: dict[str, str] = {}
-        self._data: list[str] = []
-
-    def feed(self, chunk: bytes) -> list[_Message]:
-        self._buffer += chunk
-        out: list[_Message] = []
-        while True:
-            newline = self._buffer.find(b"\n")
-            if newline == -1:
-                return out
-            line = self._buffer[:newline].rstrip(b"\r").decode("utf-8", "replace")
-            self._buffer = self._buffer[newline + 1 :]
-            if not line:
-                if self._data:
-                    out.append(
-                        _Message(
-                            event=self._fields.get("event") or "message",
-                            data="\n".join(self._data),
-                            id=self._fields.get("id"),
-                        )
-                    )
-                self._fields = {}
-                self._data = []
-                continue
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "data":
-                self._data.append(value)
-            elif name in ("event", "id"):
-                self._fields[name] = value
 
 
 class RemoteManager:
@@ -293,21 +247,50 @@ class RemoteManager:
         when the daemon is on this machine: the daemon plans and fetches this download with it
         and keeps it in memory only. To a daemon elsewhere it is not sent (plain http): that
         daemon uses its own token (`sends_hub_token` tells the caller which)."""
-        body: dict[str, Any] = {
-            "spec": spec,
-            "quant": quant,
-            "revision": revision,
-            "include": list(include),
-            "exclude": list(exclude),
-            "layout": str(layout.value if hasattr(layout, "value") else layout),
-            "models_dir": str(models_dir.expanduser().absolute()) if models_dir else None,
-            "dest_dir": str(dest_dir.expanduser().absolute()) if dest_dir else None,
-            "priority": priority,
-        }
-        token = hub_token or client_hub_token()
-        headers = {HUB_TOKEN_HEADER: token} if token and self.sends_hub_token else None
-        data = await self._call("POST", "/api/downloads", body=body, headers=headers)
+        body = _add_body(quant, revision, include, exclude, layout, models_dir, dest_dir, priority)
+        data = await self._call(
+            "POST", "/api/downloads", body={"spec": spec, **body}, headers=self._hub(hub_token)
+        )
         return int(data["id"])
+
+    async def add_many(
+        self,
+        specs: Sequence[str],
+        *,
+        quant: str | None = None,
+        revision: str | None = None,
+        include: Iterable[str] = (),
+        exclude: Iterable[str] = (),
+        layout: Any = "plain",
+        models_dir: Path | None = None,
+        dest_dir: Path | None = None,
+        priority: int = 0,
+        hub_token: str | None = None,
+    ) -> list[int | ModelfetchError]:
+        """`add` for every spec with the same options, in one request per BATCH_SIZE specs
+        (`POST /api/downloads:batch`): per spec, its group id or the error it got alone."""
+        from modelfetch.remote_light import BATCH_SIZE
+
+        body = _add_body(quant, revision, include, exclude, layout, models_dir, dest_dir, priority)
+        out: list[int | ModelfetchError] = []
+        for start in range(0, len(specs), BATCH_SIZE):
+            part = list(specs[start : start + BATCH_SIZE])
+            data = await self._call(
+                "POST",
+                "/api/downloads:batch",
+                body={"specs": part, **body},
+                headers=self._hub(hub_token),
+            )
+            for item in data["results"]:
+                if item.get("error") is not None:
+                    out.append(batch_item_error(item))
+                else:
+                    out.append(int(item["download"]["id"]))
+        return out
+
+    def _hub(self, hub_token: str | None) -> dict[str, str] | None:
+        token = hub_token or client_hub_token()
+        return {HUB_TOKEN_HEADER: token} if token and self.sends_hub_token else None
 
     @property
     def sends_hub_token(self) -> bool:
@@ -456,7 +439,7 @@ class RemoteManager:
         import aiohttp
 
         session = self._require_session()
-        parser = _SSEParser()
+        parser = SSEParser()
         try:
             async with session.get(
                 f"{self.url}/api/events",

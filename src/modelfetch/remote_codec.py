@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from modelfetch.core.errors import ERROR_KINDS, ModelfetchError, StateError
@@ -18,6 +19,10 @@ from modelfetch.views import FileView, FleetView, GroupView, WorkerView
 
 __all__ = [
     "HUB_TOKEN_HEADER",
+    "RouteMissingError",
+    "SSEMessage",
+    "SSEParser",
+    "batch_item_error",
     "client_hub_token",
     "error_from_response",
     "fleet_view_of",
@@ -48,6 +53,18 @@ def is_loopback_address(host: str) -> bool:
         return False
 
 
+class RouteMissingError(ModelfetchError):
+    """The daemon has no such route: it is older than this client (one without
+    `POST /api/downloads:batch`, say), and the caller can fall back to what it has."""
+
+
+def batch_item_error(item: dict[str, Any]) -> ModelfetchError:
+    """The error of one spec of a batch answer, as the same spec alone would have raised it
+    (a per-item error is always one of the daemon's own kinds)."""
+    error = error_from_response(int(item.get("status") or 400), {"error": item.get("error")})
+    return error if isinstance(error, ModelfetchError) else ModelfetchError(str(error))
+
+
 def error_from_response(status: int, body: Any) -> Exception:
     """The exception the daemon's error answer stands for."""
     error = body.get("error") if isinstance(body, dict) else None
@@ -61,6 +78,8 @@ def error_from_response(status: int, body: Any) -> Exception:
         return StateError(f"the daemon refused this client: {message}")
     if kind == "unavailable":
         return StateError(message)
+    if kind == "route_not_found":
+        return RouteMissingError(message)
     cls = ERROR_KINDS.get(kind)
     if cls is None:
         if status >= 500:
@@ -107,3 +126,49 @@ def quant_group_of(data: dict[str, Any]) -> QuantGroup:
         missing=tuple(data.get("missing", ())),
         extra=tuple(data.get("extra", ())),
     )
+
+
+@dataclass
+class SSEMessage:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+
+
+class SSEParser:
+    """Server-Sent Events framing (the WHATWG rules a client needs), fed raw bytes."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._fields: dict[str, str] = {}
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[SSEMessage]:
+        self._buffer += chunk
+        out: list[SSEMessage] = []
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline == -1:
+                return out
+            line = self._buffer[:newline].rstrip(b"\r").decode("utf-8", "replace")
+            self._buffer = self._buffer[newline + 1 :]
+            if not line:
+                if self._data:
+                    out.append(
+                        SSEMessage(
+                            event=self._fields.get("event") or "message",
+                            data="\n".join(self._data),
+                            id=self._fields.get("id"),
+                        )
+                    )
+                self._fields = {}
+                self._data = []
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                self._data.append(value)
+            elif name in ("event", "id"):
+                self._fields[name] = value

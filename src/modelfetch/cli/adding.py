@@ -48,13 +48,36 @@ async def add_each(
     in this process, the specs are planned PLAN_CONCURRENCY at a time (a HEAD per plain URL,
     a few Hub calls per repo) and each is enqueued as soon as it and those before it are
     planned, so the first downloads start while the rest are probed; 200 URLs one `add` at a
-    time spent most of a second in round trips. The daemon is asked one `add` at a time."""
+    time spent most of a second in round trips. The daemon is sent the whole list in one
+    request (`add_many`), and plans it the same way."""
     if not is_local(backend):
         extra: dict[str, Any] = {}
         if selection.exclude:
             extra["exclude"] = list(selection.exclude)
         if selection.token and not daemon_lacks(backend, "hub_token"):
             extra["hub_token"] = selection.token  # else its environment's, if any
+        add_many = getattr(backend, "add_many", None)
+        if add_many is not None and len(specs) > 1:
+            from modelfetch.remote_codec import RouteMissingError
+
+            # The whole list in one request: planned and queued together on the daemon.
+            try:
+                outcomes = await add_many(
+                    specs,
+                    quant=selection.quant,
+                    revision=selection.revision,
+                    include=selection.include,
+                    layout=selection.layout,
+                    models_dir=selection.root,
+                    dest_dir=selection.urls_dir,
+                    **extra,
+                )
+            except RouteMissingError:
+                outcomes = None  # an older daemon, without batches: one add at a time
+            if outcomes is not None:
+                for spec, outcome in zip(specs, outcomes, strict=True):
+                    yield spec, outcome
+                return
         for spec in specs:
             try:
                 gid = await backend.add(

@@ -51,7 +51,8 @@ async def run_demo(
     from rich.console import Console
     from rich.text import Text
 
-    from modelfetch.cli.get import GetOptions, run_get
+    from modelfetch.cli.get import run_get
+    from modelfetch.cli.get_options import GetOptions
     from modelfetch.config import Config
     from modelfetch.core.format import format_bytes, format_duration
     from modelfetch.testing.fakehub import FakeHub

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from modelfetch.cli.options import AppState
+    from modelfetch.cli.app_state import AppState
     from modelfetch.config import Config
 
 _T = TypeVar("_T")

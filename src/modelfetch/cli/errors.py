@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
-
-import typer
+from typing import Any, TypeVar
 
 from modelfetch.cli.consoles import stderr_console
 from modelfetch.core.errors import (
@@ -22,6 +20,8 @@ from modelfetch.core.errors import (
     StateLockedError,
     UnknownItemError,
 )
+
+_R = TypeVar("_R")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -82,8 +82,35 @@ def execute(debug: bool, make: Callable[[], Coroutine[Any, Any, int]]) -> None:
     """Run one command's coroutine; map what it raises to a line and an exit status."""
     import asyncio
 
+    import typer
+
+    code = guarded(debug, lambda: asyncio.run(make()))
+    if code:
+        raise typer.Exit(code)
+
+
+def exit_status_of(debug: bool, call: Callable[[], int | None]) -> int | None:
+    """`call()`'s exit status, with what it raises reported as `execute` reports it, as a
+    status instead of typer.Exit: for what runs before typer is imported (cli/fast_get.py)."""
     try:
-        code = asyncio.run(make())
+        return call()
+    except ModelfetchError as exc:
+        report(exc, debug)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        stderr_console().print("interrupted", style="yellow")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug (or the disk's refusal): one line, traceback on --debug
+        report(exc, debug)
+        return exit_code_for(exc)
+
+
+def guarded(debug: bool, call: Callable[[], _R]) -> _R:
+    """`call()`, with what it raises mapped as `execute` does (a line, then typer.Exit)."""
+    import typer
+
+    try:
+        return call()
     except ModelfetchError as exc:
         report(exc, debug)
         raise typer.Exit(exit_code_for(exc)) from None
@@ -95,5 +122,3 @@ def execute(debug: bool, make: Callable[[], Coroutine[Any, Any, int]]) -> None:
     except Exception as exc:  # a bug (or the disk's refusal): one line, traceback on --debug
         report(exc, debug)
         raise typer.Exit(exit_code_for(exc)) from None
-    if code:
-        raise typer.Exit(code)

@@ -6,18 +6,17 @@ import contextlib
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modelfetch.cli.adding import Selection, add_each, refuse_unsupported
+from modelfetch.cli.adding import add_each, refuse_unsupported
 from modelfetch.cli.backends import command_backend, is_local
 from modelfetch.cli.consoles import stdout_console
 from modelfetch.cli.download_flags import DownloadFlags, settle_flags, token_of
 from modelfetch.cli.errors import EXIT_FAILED, EXIT_OK, execute, exit_code_for, report
 from modelfetch.cli.follow import FINISHED, EventFeed, follow, group_views, make_display
+from modelfetch.cli.get_options import GetOptions
 from modelfetch.cli.interrupts import Interrupts, leave_now, pause_interrupted, race
 from modelfetch.cli.offline import serve_offline
 from modelfetch.cli.options import (
@@ -54,35 +53,6 @@ _LIVE = frozenset({"queued", "active", "paused"})
 """Group statuses of a download that is still live (an `add` of its spec merges into it)."""
 
 
-@dataclass
-class GetOptions:
-    specs: list[str]
-    quant: str | None = None
-    revision: str | None = None
-    include: list[str] = field(default_factory=list)
-    layout: str | None = None
-    json: bool = False
-    jobs: int | None = None
-    limit_rate: str | None = None
-    exclude: list[str] = field(default_factory=list)
-    quiet: bool = False
-    root: Path | None = None  # where a Hub model goes (None: the backend's models dir)
-    urls_dir: Path | None = None  # where plain URLs go (None: the backend's models dir)
-    token: str | None = field(default=None, repr=False)  # --token (this command only)
-
-    def selection(self, layout: str) -> Selection:
-        return Selection(
-            quant=self.quant,
-            revision=self.revision,
-            include=tuple(self.include),
-            exclude=tuple(self.exclude),
-            layout=layout,
-            root=self.root,
-            urls_dir=self.urls_dir,
-            token=self.token,
-        )
-
-
 async def _limit_rate(backend: Backend, rate: int, display: Display) -> None:
     """Pass a bandwidth cap (bytes/s) to `set_limits` if the backend takes one (its keyword
     argument `rate_limit`); else say that it is not supported yet."""
@@ -110,7 +80,6 @@ async def run_get(
 
     from modelfetch.config import ConfigError
     from modelfetch.core.format import parse_size
-    from modelfetch.render import JsonDisplay, print_summary
 
     check_specs(options.specs, cfg)
     rate: int | None = None
@@ -119,6 +88,8 @@ async def run_get(
             rate = parse_size(options.limit_rate)
         except ValueError as exc:
             raise ConfigError(f"--limit-rate: {exc}") from None
+    from modelfetch.render import JsonDisplay, print_summary
+
     layout = options.layout or cfg.layout
     display: Display
     if options.quiet:
@@ -298,23 +269,39 @@ def get(
         offline=offline,
     )
 
+    prepared: list[tuple[Config, GetOptions]] = []
+
+    def prepare() -> tuple[Config, GetOptions]:
+        # Once: the light path below and `go` share it (a list on stdin can be read once).
+        if not prepared:
+            cfg, chosen, root, urls_dir = settle_flags(state, flags)
+            options = GetOptions(
+                specs=gather_specs(specs or [], input_file, cfg),
+                quant=quant,
+                revision=revision,
+                include=include or [],
+                layout=chosen,
+                json=json_out,
+                jobs=cfg.max_active if cfg.sources.get("max_active") == "--jobs" else None,
+                limit_rate=limit_rate,
+                exclude=exclude or [],
+                quiet=quiet,
+                root=root,
+                urls_dir=urls_dir,
+                token=token_of(cfg),
+            )
+            prepared.append((cfg, options))
+        return prepared[0]
+
+    def hint() -> str:
+        text = _resume_command(sys.argv[1:])
+        if input_file == STDIN:
+            text += "   (with the same list on standard input)"
+        return text
+
     async def go() -> int:
-        cfg, chosen, root, urls_dir = settle_flags(state, flags)
-        options = GetOptions(
-            specs=gather_specs(specs or [], input_file, cfg),
-            quant=quant,
-            revision=revision,
-            include=include or [],
-            layout=chosen,
-            json=json_out,
-            jobs=cfg.max_active if cfg.sources.get("max_active") == "--jobs" else None,
-            limit_rate=limit_rate,
-            exclude=exclude or [],
-            quiet=quiet,
-            root=root,
-            urls_dir=urls_dir,
-            token=token_of(cfg),
-        )
+        cfg, options = prepare()
+        chosen = options.layout or cfg.layout
         if cfg.offline:
             return serve_offline(cfg, options, chosen, debug=state.debug)
         if dry_run:
@@ -323,11 +310,14 @@ def get(
             return await print_plans(
                 cfg, options.specs, options.selection(chosen), json_out=json_out, debug=state.debug
             )
-        hint = _resume_command(sys.argv[1:])
-        if input_file == STDIN:
-            hint += "   (with the same list on standard input)"
-        return await run_get(cfg, options, resume_hint=hint, debug=state.debug)
+        return await run_get(cfg, options, resume_hint=hint(), debug=state.debug)
 
+    if not dry_run and not json_out and not quiet:
+        # A daemon serving a pipe needs no event loop here: tried before asyncio is imported.
+        from modelfetch.cli.daemon_get import get_via_daemon
+
+        if get_via_daemon(state.debug, prepare, hint):
+            return
     execute(state.debug, go)
 
 

@@ -10,7 +10,7 @@ from modelfetch.cli.errors import EXIT_OK, exit_code_for, report
 from modelfetch.core.errors import ModelfetchError
 
 if TYPE_CHECKING:
-    from modelfetch.cli.get import GetOptions
+    from modelfetch.cli.get_options import GetOptions
     from modelfetch.config import Config
 
 

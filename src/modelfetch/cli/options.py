@@ -4,52 +4,20 @@ configuration (`Overrides` → `Config`) built from them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from modelfetch import __version__
+from modelfetch.cli.app_state import AppState as AppState
 from modelfetch.cli.errors import EXIT_OK
 
 if TYPE_CHECKING:
-    from modelfetch.config import Config
+    pass
 
 
 # ------------------------------------------------------------------------------ global options
-
-
-@dataclass
-class AppState:
-    """The global options, as the root callback read them."""
-
-    home: Path | None = None
-    debug: bool = False
-    proxy: str | None = None
-    ca_bundle: Path | None = None
-    store: str | None = None
-
-    def config(
-        self,
-        *,
-        models_dir: Path | None = None,
-        max_active: int | None = None,
-        layout: str | None = None,
-    ) -> Config:
-        from modelfetch.config import Overrides, load_config
-
-        return load_config(
-            Overrides(
-                home=self.home,
-                models_dir=models_dir,
-                max_active=max_active,
-                layout=layout,
-                proxy=self.proxy,
-                ca_bundle=self.ca_bundle,
-                store=self.store,
-            )
-        )
 
 
 def app_state(ctx: typer.Context) -> AppState:

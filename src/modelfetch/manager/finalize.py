@@ -179,6 +179,9 @@ def _remember_verified(m: DownloadManager, f: FileRecord, result: TransferResult
     if not result.verified:
         return
     with contextlib.suppress(OSError, StoreUnavailableError):  # a cache: it may be missed
+        if result.mtime_ns is not None:  # read by the publishing thread: no stat on the loop
+            m.store.remember_verified(f.dest, result.size, result.mtime_ns, result.sha256)
+            return
         st = result.path.stat()
         m.store.remember_verified(f.dest, st.st_size, st.st_mtime_ns, result.sha256)
 

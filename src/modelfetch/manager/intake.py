@@ -153,15 +153,27 @@ async def enqueue(
     returns the existing id; for something failed or cancelled, re-queues it. `hub_token`: the
     Hub token its transfers carry instead of the manager's (memory only)."""
     m._require_store()
+    gid, created = record(m, request, hub_token=hub_token)
+    if created is not None:
+        await announce(m, [created])
+    return gid
+
+
+def record(
+    m: DownloadManager, request: GroupRequest, *, hub_token: str | None = None
+) -> tuple[int, GroupRecord | None]:
+    """The store and memory part of `enqueue`, with no await: its group id, and the new group
+    (None when an existing one was returned or re-queued), which `announce` must be given
+    next. Without an await it can share one transaction with others (`batch.enqueue_many`)."""
     existing = m.store.find_group(request.dedupe_key())
     if existing is not None:
         group = m._groups.get(existing.id) or m._book.register(existing)
         _remember_token(m, group.id, hub_token)
         status = group.status
         if status in (GroupStatus.QUEUED, GroupStatus.ACTIVE, GroupStatus.PAUSED):
-            return group.id
+            return group.id, None
         if status is GroupStatus.COMPLETED and all(Path(f.dest).exists() for f in group.files):
-            return group.id
+            return group.id, None
         again = [
             f
             for f in group.files
@@ -169,7 +181,7 @@ async def enqueue(
         ]
         _check_destinations(m, again)  # what failed it before may have been the folder
         control.requeue(m, group, again)
-        return group.id
+        return group.id, None
 
     now = time.time()
     files = [
@@ -215,19 +227,27 @@ async def enqueue(
         for f in group.files:
             f.order_key = changes.get((f.group_id, f.index), f.order_key)
         m._book.register(group)
-    for f in group.files:
-        await adopt_existing(m, f)
-    m._emit(
-        ev.GroupQueued(
-            group_id=group.id,
-            name=group.name,
-            files=len(group.files),
-            total=m._tallies[group.id].total,
-            position=m._book.new_group_position(group.id, request.priority),
+    return group.id, group
+
+
+async def announce(m: DownloadManager, groups: Sequence[GroupRecord]) -> None:
+    """After `record`: files already at their destinations are adopted, then one
+    `group_queued` per new group (published together, with no await in between) and the
+    coordinator is woken."""
+    for group in groups:
+        for f in group.files:
+            await adopt_existing(m, f)
+    for group in groups:  # no await in between: published in one go
+        m._emit(
+            ev.GroupQueued(
+                group_id=group.id,
+                name=group.name,
+                files=len(group.files),
+                total=m._tallies[group.id].total,
+                position=m._book.new_group_position(group.id, group.priority),
+            )
         )
-    )
     m._wake.set()
-    return group.id
 
 
 def _check_destinations(m: DownloadManager, files: list[FileRecord]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modelfetch.core.format import format_bytes
 from modelfetch.render.collapse import MANY_GROUPS
@@ -14,18 +14,20 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
+    from modelfetch.render.plaintext import PlainConsole
 
-def print_summary(views: Sequence[GroupView], console: Console, now: float) -> bool:
+
+def print_summary(views: Sequence[GroupView], console: Console | PlainConsole, now: float) -> bool:
     """Print what happened to each group; True if all completed. Above MANY_GROUPS, the
-    completed ones share one line and only the others get one each."""
-    from rich.text import Text
-
+    completed ones share one line and only the others get one each. A PlainConsole prints the
+    same lines without rich (for a pipe)."""
+    Text = _text_type(console)
     ok = True
     if len(views) > MANY_GROUPS:
         completed = [v for v in views if v.status == "completed"]
         views = [v for v in views if v.status != "completed"]
         if completed:
-            console.print(completed_line(completed))
+            console.print(completed_line(completed, text=Text))
     for v in views:
         files = "1 file" if len(v.files) == 1 else f"{len(v.files)} files"
         if v.status == "completed":
@@ -54,9 +56,21 @@ def print_summary(views: Sequence[GroupView], console: Console, now: float) -> b
     return ok
 
 
-def completed_line(views: Sequence[GroupView]) -> Text:
-    """`✓ 200 downloads: 200 files, 12.5 MiB, 3 verified → /models/example.org`."""
+def _text_type(console: object) -> Any:
+    from modelfetch.render.plaintext import PlainConsole, PlainText
+
+    if isinstance(console, PlainConsole):
+        return PlainText
     from rich.text import Text
+
+    return Text
+
+
+def completed_line(views: Sequence[GroupView], *, text: Any = None) -> Text:
+    """`✓ 200 downloads: 200 files, 12.5 MiB, 3 verified → /models/example.org` (a rich Text,
+    or of the type `text` names)."""
+    if text is None:
+        from rich.text import Text as text
 
     files = sum(len(v.files) for v in views)
     size = sum(v.total or 0 for v in views)
@@ -64,10 +78,10 @@ def completed_line(views: Sequence[GroupView]) -> Text:
     dirs = sorted({v.dest_dir for v in views})
     where = dirs[0] if len(dirs) == 1 else f"{len(dirs)} directories"
     checked = f"{verified} verified" if verified else "no digests to check against"
-    line = Text("✓ ", style="green")
+    line = text("✓ ", style="green")
     line.append(f"{len(views)} downloads", style="bold")
     line.append(f": {files} files, {format_bytes(size)}, {checked} → {where}")
-    return line
+    return line  # type: ignore[no-any-return]  # a Text, or the PlainText asked for
 
 
 def paused_hint(views: Sequence[GroupView]) -> str | None:

@@ -13,11 +13,16 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from modelfetch.core.models import MAX_ID
+from modelfetch.manager.batch import MAX_BATCH
 
 __all__ = [
+    "BATCH_MAX",
     "GROUP_STATUSES",
     "ActionRequest",
     "AddRequest",
+    "BatchAddRequest",
+    "BatchAddResponse",
+    "BatchItem",
     "DownloadLimitsRequest",
     "DownloadList",
     "ErrorBody",
@@ -73,15 +78,9 @@ class _Body(BaseModel):
 # ---------------------------------------------------------------------------------- requests
 
 
-class AddRequest(_Body):
-    """A download to add: a spec and the options `modelfetch add` takes."""
+class _AddOptions(_Body):
+    """The options `modelfetch add` takes, for one spec or a batch of them."""
 
-    spec: str = Field(
-        min_length=1,
-        max_length=4096,
-        description="owner/name[:QUANT], owner/name/path.gguf, hf://..., or an http(s) URL",
-        examples=["owner/name:Q4_K_M"],
-    )
     quant: str | None = Field(default=None, max_length=64, examples=["Q4_K_M"])
     revision: str | None = Field(default=None, max_length=256, examples=["main"])
     include: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
@@ -102,6 +101,40 @@ class AddRequest(_Body):
         default=None, description="directory for a plain URL download"
     )
     priority: Priority = 0
+
+
+class AddRequest(_AddOptions):
+    """A download to add: a spec and the options `modelfetch add` takes."""
+
+    spec: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="owner/name[:QUANT], owner/name/path.gguf, hf://..., or an http(s) URL",
+        examples=["owner/name:Q4_K_M"],
+    )
+
+
+BATCH_MAX = MAX_BATCH
+"""Specs in one `POST /api/downloads:batch` (more: 413, split the list)."""
+
+Spec = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=4096,
+        description="owner/name[:QUANT], owner/name/path.gguf, hf://..., or an http(s) URL",
+    ),
+]
+
+
+class BatchAddRequest(_AddOptions):
+    """Many downloads to add with the same options (a list file: `modelfetch get -I list`)."""
+
+    specs: list[Spec] = Field(
+        min_length=1,
+        description=f"at most {BATCH_MAX}, each queued as `POST /api/downloads` would",
+        examples=[["https://example.org/a.bin", "owner/name:Q4_K_M"]],
+    )
 
 
 class ActionRequest(_Body):
@@ -257,6 +290,25 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class BatchItem(BaseModel):
+    """What became of one spec of a batch: its download, or the error that `POST
+    /api/downloads` would have answered for it alone."""
+
+    spec: str
+    status: int = Field(description="201 queued, 200 already queued, else the error's status")
+    download: GroupViewModel | None = None
+    error: ErrorBody | None = None
+
+
+class BatchAddResponse(BaseModel):
+    since: int = Field(
+        description="the last event seq before this batch: /api/events?since= this replays "
+        "everything it caused"
+    )
+    seq: int = Field(description="the last event seq the downloads in `results` reflect")
+    results: list[BatchItem] = Field(description="one per spec, in the order sent")
 
 
 class OkResponse(BaseModel):

@@ -94,6 +94,7 @@ class TransferResult:
     connections: int = 1  # the most connections this attempt opened at once
     steals: int = 0  # segmented: how often an idle connection took over half of another's rest
     stages: Stages | None = None  # where this attempt's time went (transfer/stages.py)
+    mtime_ns: int | None = None  # the published file's mtime, when known without a stat
 
 
 class StopSignal:

@@ -47,6 +47,7 @@ class Digests:
     sha256: str
     git_oid: str | None  # sha1 of "blob <size>\0" + content, when it was asked for
     busy: float = 0.0  # seconds the digest thread spent hashing (0 when hashed inline)
+    mtime_ns: int | None = None  # the published file's, when the publishing thread read it
 
 
 class Digester:

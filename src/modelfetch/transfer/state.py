@@ -203,6 +203,7 @@ class TransferState:
             connections=self.connections,
             steals=self.steals,
             stages=self.clock.stages(self.pwrite_seconds),
+            mtime_ns=digests.mtime_ns,
         )
 
     # -- bookkeeping -------------------------------------------------------------------------

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from modelfetch.core.errors import SpecError
+from modelfetch.core.errors import ModelfetchError, SpecError
 from modelfetch.core.models import ItemRef
 from modelfetch.core.spec import ACCEPTED_FORMS
 from modelfetch.server.api_models import (
+    BATCH_MAX,
     ActionRequest,
     AddRequest,
+    BatchAddRequest,
+    BatchAddResponse,
     DownloadList,
     GroupViewModel,
     ListQuery,
@@ -27,9 +31,12 @@ from modelfetch.server.parsing import (
     read_query,
     view_of,
 )
-from modelfetch.server.responses import Handler, HTTPError, json_response
+from modelfetch.server.responses import Handler, HTTPError, json_response, status_for
 from modelfetch.server.security import is_loopback
 from modelfetch.views import GroupView
+
+if TYPE_CHECKING:
+    from modelfetch.manager.batch import Outcome
 
 __all__ = ["HUB_TOKEN_HEADER", "OPERATIONS", "PLAIN_ROUTES"]
 
@@ -111,6 +118,72 @@ async def add_download(request: web.Request) -> web.StreamResponse:
     return json_response(view.to_dict(), status=201 if view.created_at >= started else 200)
 
 
+async def add_downloads(request: web.Request) -> web.StreamResponse:
+    """Many specs with the same options: planned together on the daemon (Hub specs through
+    the planner, as one add), queued in one store transaction, one result per spec in order.
+    A spec that fails is reported in its place; the others are queued all the same."""
+    from modelfetch.manager.batch import add_many, views_of
+    from modelfetch.manager.intake import plan_options
+
+    raw = await request.read()
+    _refuse_oversized_batch(raw)
+    body = await read_body(request, BatchAddRequest)
+    manager = manager_of(request)
+    hub_token = _hub_token(request)
+    since = manager.bus.last_seq
+    chosen = plan_options(
+        manager,
+        quant=body.quant,
+        revision=body.revision,
+        include=body.include,
+        exclude=body.exclude,
+        layout=body.layout,
+        models_dir=_path(body.models_dir),
+        dest_dir=_path(body.dest_dir),
+        priority=body.priority,
+    )
+    outcomes = await add_many(manager, body.specs, chosen, hub_token=hub_token)
+    # Views and seq read with no await in between: a client seeds its state from the views and
+    # applies only the events after `seq`.
+    snapshot = views_of(manager, _ids(outcomes))
+    seq = manager.bus.last_seq
+    results: list[dict[str, object]] = []
+    for spec, outcome in zip(body.specs, outcomes, strict=True):
+        if isinstance(outcome, ModelfetchError):
+            status = status_for(outcome)
+            error: dict[str, object] = {"kind": outcome.kind, "message": outcome.message}
+            if outcome.kind == "spec":
+                error["accepted_forms"] = ACCEPTED_FORMS
+            results.append({"spec": spec, "status": status, "error": error})
+            continue
+        gid, created = outcome
+        view = snapshot[gid].to_dict()
+        results.append({"spec": spec, "status": 201 if created else 200, "download": view})
+    return json_response({"since": since, "seq": seq, "results": results})
+
+
+def _ids(outcomes: Sequence[Outcome]) -> list[int]:
+    return sorted({o[0] for o in outcomes if isinstance(o, tuple)})
+
+
+def _refuse_oversized_batch(raw: bytes) -> None:
+    """More than BATCH_MAX specs is a 413 that says how many fit, before any validation: the
+    client splits its list (a schema error, 422, would read as a malformed request)."""
+    import json
+
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return  # read_body answers that one
+    specs = data.get("specs") if isinstance(data, dict) else None
+    if isinstance(specs, list) and len(specs) > BATCH_MAX:
+        raise HTTPError(
+            413,
+            "batch_too_large",
+            f"at most {BATCH_MAX} specs in one batch, not {len(specs)}: send the list in parts",
+        )
+
+
 def _hub_token(request: web.Request) -> str | None:
     """The client's Hub token for this request, if it sent one; only a client on this machine
     may (from elsewhere it would have crossed the network in the clear)."""
@@ -179,6 +252,26 @@ OPERATIONS: list[tuple[Operation, Handler]] = [
             extra_statuses={200: "Already queued: the existing download"},
         ),
         add_download,
+    ),
+    (
+        Operation(
+            "POST",
+            "/api/downloads:batch",
+            "addDownloads",
+            f"Resolve and queue many specs with the same options (at most {BATCH_MAX})",
+            BatchAddResponse,
+            body=BatchAddRequest,
+            errors=(400, 403, 413, 503),
+            description=(
+                "One result per spec, in the order sent: `status` 201 (queued), 200 (already "
+                "queued) or the status `POST /api/downloads` would have answered for that spec "
+                "alone, with its `error`; a spec that fails does not stop the others. Every "
+                "download is stored in one transaction. Hub specs are planned as single adds "
+                f"are. More than {BATCH_MAX} specs: 413 (`batch_too_large`), send the list in "
+                "parts."
+            ),
+        ),
+        add_downloads,
     ),
     (
         Operation(

@@ -1,0 +1,366 @@
+"""`modelfetch get` through a running daemon, on a pipe: one batch request, then the event stream.
+
+When a daemon serves the home, `get` does no downloading itself: it hands the list over and
+shows what happens. Here that is done with the standard library only (`remote_light`), the
+plain display and a rich-free summary, so the command costs little more than starting Python:
+the whole list goes in one `POST /api/downloads:batch` (one store transaction on the daemon),
+and `GET /api/events?since=` replays everything that batch caused, so no line is lost between
+the request and the stream. The output and exit statuses are those of `run_get` with a plain
+display; on a terminal, with --json or --quiet, `run_get` (rich, aiohttp) is used instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from modelfetch.cli.errors import EXIT_FAILED, EXIT_OK, exit_code_for, report
+from modelfetch.cli.follow import FINISHED, RELOAD, TICK
+from modelfetch.core.errors import ModelfetchError
+
+if TYPE_CHECKING:
+    from modelfetch.cli.get_options import GetOptions
+    from modelfetch.config import Config
+    from modelfetch.core import events as ev
+    from modelfetch.remote_light import DaemonClient, EventReader
+    from modelfetch.render.plain import PlainDisplay
+    from modelfetch.views import GroupView
+
+__all__ = ["get_via_daemon", "light_path_applies", "run_get_via_daemon"]
+
+_BUSY = frozenset({"queued", "active", "waiting_retry"})
+_EXIT_INTERRUPTED = 130
+_DRAIN_GRACE = 2.0  # seconds to wait for the group_finished of what ended (as EventFeed.drain)
+
+
+def get_via_daemon(
+    debug: bool, prepare: Callable[[], tuple[Config, GetOptions]], hint: Callable[[], str]
+) -> bool:
+    """`get` through the daemon, before any event loop exists (asyncio's import alone is a
+    noticeable part of this path); errors are reported as `execute` reports them. False when
+    this path does not apply (a terminal, offline, no daemon): the caller then runs `get` as
+    usual. Its exit status is raised as typer.Exit (none for success)."""
+    import typer
+
+    from modelfetch.cli.errors import guarded
+
+    if not _plain_stdout():
+        return False
+
+    def attempt() -> int | None:
+        cfg, options = prepare()
+        if cfg.offline or not light_path_applies(options):
+            return None
+        from modelfetch.cli.backends import refuse_unusable_network
+        from modelfetch.cli.specs import check_specs
+        from modelfetch.config import ConfigError
+        from modelfetch.core.format import parse_size
+
+        check_specs(options.specs, cfg)
+        rate: int | None = None
+        if options.limit_rate is not None:
+            try:
+                rate = parse_size(options.limit_rate)
+            except ValueError as exc:
+                raise ConfigError(f"--limit-rate: {exc}") from None
+        refuse_unusable_network(cfg)
+        return run_get_via_daemon(cfg, options, rate=rate, resume_hint=hint(), debug=debug)
+
+    code = guarded(debug, attempt)
+    if code is None:
+        return False
+    if code:
+        raise typer.Exit(code)
+    return True
+
+
+def _plain_stdout() -> bool:
+    if os.environ.get("FORCE_COLOR") or os.environ.get("TTY_COMPATIBLE"):
+        return False  # rich would treat stdout as a terminal
+    return not sys.stdout.isatty()
+
+
+def light_path_applies(options: GetOptions) -> bool:
+    """Plain output only: a terminal gets the live (rich) display, --json and --quiet their own."""
+    if options.json or options.quiet:
+        return False
+    return _plain_stdout()
+
+
+def run_get_via_daemon(
+    cfg: Config,
+    options: GetOptions,
+    *,
+    rate: int | None,
+    resume_hint: str,
+    debug: bool,
+    client: DaemonClient | None = None,
+) -> int | None:
+    """`run_get` against the daemon serving `cfg.home`; None when none runs (the caller then
+    works in this process, as before) or when it is too old to take a batch (the caller then
+    drives it as before)."""
+    from modelfetch.remote_light import find_daemon
+
+    if client is None:
+        client = find_daemon(cfg.home)
+    if client is None:
+        return None
+    from modelfetch.cli.follow import _progress_interval
+    from modelfetch.render.plain import PlainDisplay
+
+    _token_note(client, options)
+    if options.jobs is not None:
+        client.call("PUT", "/api/limits", _limits(max_active=options.jobs))
+    if rate is not None:
+        client.call("PUT", "/api/limits", _limits(rate_limit=rate))
+    display = PlainDisplay(sys.stdout, interval=_progress_interval())
+    display.begin()
+    run = _Run(client, display, debug)
+    try:
+        return run.go(cfg, options)
+    except KeyboardInterrupt:
+        display.message("Pausing… (press Ctrl-C again to quit at once)")
+        for gid in run.gids:
+            try:
+                client.call("POST", f"/api/downloads/{gid}/pause")
+            except ModelfetchError:
+                continue  # finished meanwhile: nothing to pause
+        display.end()
+        out = sys.stdout
+        if not run.gids:
+            print("Stopped before anything was queued.", file=out)
+            return _EXIT_INTERRUPTED
+        count = "1 download" if len(run.gids) == 1 else f"{len(run.gids)} downloads"
+        print(f"Paused {count}; the bytes on disk are kept. To resume, run:", file=out)
+        print(f"  {resume_hint}", file=out, flush=True)
+        return _EXIT_INTERRUPTED
+    finally:
+        run.close()
+
+
+def _limits(**caps: int) -> dict[str, int | None]:
+    body: dict[str, int | None] = dict.fromkeys(
+        (
+            "max_active",
+            "rate_limit",
+            "max_connections",
+            "max_connections_per_host",
+            "connections_per_file",
+        )
+    )
+    body.update(caps)
+    return body
+
+
+def _token_note(client: DaemonClient, options: GetOptions) -> None:
+    """As `refuse_unsupported`: a Hub token stays here when the daemon is elsewhere."""
+    from modelfetch.remote_codec import client_hub_token
+
+    if client.on_this_machine:
+        return
+    if options.token is not None or client_hub_token() is not None:
+        print(
+            "note: the modelfetch daemon serving this home is not on this machine (or too "
+            "old to take a token), so your token is not sent: it downloads with its own",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+class _Run:
+    """One `get` through the daemon: submit, follow, summarize."""
+
+    def __init__(self, client: DaemonClient, display: PlainDisplay, debug: bool) -> None:
+        self.client = client
+        self.display = display
+        self.debug = debug
+        self.gids: list[int] = []
+        self.errors: list[int] = []
+        self.events: EventReader | None = None
+        # File statuses of our downloads, by group: seeded from the batch's views, then kept
+        # current by the events published after them (`_seq`).
+        self.statuses: dict[int, dict[str, str]] = {}
+        self.finished: set[int] = set()
+        self._seq = 0
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+
+    def go(self, cfg: Config, options: GetOptions) -> int | None:
+        from modelfetch.remote_codec import (
+            RouteMissingError,
+            batch_item_error,
+            client_hub_token,
+            group_view_of,
+        )
+        from modelfetch.remote_light import BATCH_SIZE
+
+        body: dict[str, Any] = {
+            "quant": options.quant,
+            "revision": options.revision,
+            "include": list(options.include),
+            "exclude": list(options.exclude),
+            "layout": options.layout or cfg.layout,
+            "models_dir": str(options.root.expanduser().absolute()) if options.root else None,
+            "dest_dir": (
+                str(options.urls_dir.expanduser().absolute()) if options.urls_dir else None
+            ),
+        }
+        token = options.token or client_hub_token()
+        headers = {"X-Hub-Token": token} if token and self.client.on_this_machine else None
+        views: dict[int, GroupView] = {}
+        since: int | None = None
+        # One request for the whole list (a longer list than a batch takes: one per batch).
+        for start in range(0, len(options.specs), BATCH_SIZE):
+            part = options.specs[start : start + BATCH_SIZE]
+            try:
+                answer = self.client.call(
+                    "POST", "/api/downloads:batch", {**body, "specs": part}, headers=headers
+                )
+            except RouteMissingError:
+                if start == 0:
+                    return None  # an older daemon, without batches: `run_get` adds one by one
+                raise
+            since = answer["since"] if since is None else since
+            self._seq = int(answer["seq"])
+            for item in answer["results"]:
+                if item.get("error") is not None:
+                    error = batch_item_error(item)
+                    report(error, self.debug, what=item["spec"])
+                    self.errors.append(exit_code_for(error))
+                    continue
+                view = group_view_of(item["download"])
+                views[view.id] = view
+                if view.id not in self.gids:
+                    self.gids.append(view.id)
+        if not self.gids:
+            return max(self.errors) if self.errors else EXIT_FAILED
+        wanted = set(self.gids)
+        for view in views.values():
+            self.statuses[view.id] = {f.ref: f.status for f in view.files}
+        before = {gid: views[gid].status for gid in self.gids}
+        self.events = self.client.open_events(since)
+        self._put_first([views[gid] for gid in self.gids])
+        self.display.track(wanted)
+        self.display.on_views([views[gid] for gid in self.gids])
+        self._follow(wanted)
+        final = self._views(wanted)
+        ended = {v.id for v in final if v.status in FINISHED and before.get(v.id) not in FINISHED}
+        self._drain(ended)
+        self.display.on_views(final)
+        self.display.tick(time.time())
+        self.display.end()
+        return self._summary(final)
+
+    def _put_first(self, views: Sequence[GroupView]) -> None:
+        """What an earlier Ctrl-C paused runs again, and what the user waits for goes first
+        (as `get._put_first`), asked only where it changes something: positions 1..n, in the
+        order given, mean they are first already."""
+        resumed = False
+        for view in views:
+            if any(f.status == "paused" for f in view.files):
+                self.client.call("POST", f"/api/downloads/{view.id}/resume")
+                resumed = True
+        ours = [v for v in views if v.position]
+        if not resumed and [v.position for v in ours] == list(range(1, len(ours) + 1)):
+            return
+        for view in reversed(views):
+            try:
+                self.client.call("POST", f"/api/downloads/{view.id}/move", {"position": 1})
+            except ModelfetchError:
+                continue  # not waiting (active, done): it cannot move
+
+    def _follow(self, wanted: set[int]) -> None:
+        """Events to the display until every download of ours is settled (paused counts)."""
+        assert self.events is not None
+        # The plain display draws from its views only in its periodic lines (every `interval`
+        # s), and events keep them current in between: reloading every listing (a snapshot
+        # the daemon builds) more often than that buys nothing on a pipe.
+        reload = max(RELOAD, self.display.interval)
+        next_reload = time.monotonic() + reload
+        next_tick = 0.0
+        while self._busy():
+            now = time.monotonic()
+            if now >= next_reload:
+                self.display.on_views(self._views(wanted))
+                next_reload = time.monotonic() + reload
+            if now >= next_tick:
+                self.display.tick(time.time())
+                next_tick = now + TICK
+            message = self.events.next(timeout=max(0.0, next_tick - time.monotonic()))
+            if message is None:
+                if self.events.ended:
+                    return  # the daemon stopped: as RemoteManager.wait, nothing more to wait for
+                continue
+            self._apply(message.event, message.data, message.id)
+
+    def _apply(self, kind: str, data: str, seq_text: str | None) -> None:
+        import json
+
+        from modelfetch.core import events as ev
+
+        try:
+            event = ev.from_dict(json.loads(data))
+        except (ValueError, TypeError):
+            return  # a type this version does not know
+        if isinstance(event, ev.Snapshot):
+            # The daemon no longer had what we asked to replay (or we fell behind): the
+            # snapshot's statuses are current, the events after it apply on top.
+            for item in event.items:
+                gid = int(item["id"])
+                if gid in self.statuses:
+                    self.statuses[gid] = {f["ref"]: f["status"] for f in item.get("files", [])}
+            self._seq = event.seq
+            return
+        self._see(event, seq_text)
+        self.display.on_event(event)
+
+    def _see(self, event: ev.Event, seq_text: str | None) -> None:
+        from modelfetch.core import events as ev
+
+        if isinstance(event, ev.GroupFinished):
+            self.finished.add(event.group_id)
+        seq = int(seq_text) if seq_text and seq_text.isdigit() else event.seq
+        if seq <= self._seq:
+            return  # already in the views the statuses were seeded from
+        if isinstance(event, ev.StatusChanged) and event.group_id in self.statuses:
+            self.statuses[event.group_id][event.ref] = event.status
+
+    def _busy(self) -> bool:
+        return any(s in _BUSY for files in self.statuses.values() for s in files.values())
+
+    def _drain(self, ended: set[int]) -> None:
+        """Until a group_finished was seen for each download that ended in this run (at most
+        _DRAIN_GRACE), so its line is printed as with the manager in this process."""
+        assert self.events is not None
+        deadline = time.monotonic() + _DRAIN_GRACE
+        while not ended <= self.finished and not self.events.ended:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            message = self.events.next(timeout=left)
+            if message is not None:
+                self._apply(message.event, message.data, message.id)
+
+    def _views(self, wanted: set[int]) -> list[GroupView]:
+        from modelfetch.remote_codec import group_view_of
+
+        return [
+            group_view_of(item) for item in self.client.downloads() if int(item["id"]) in wanted
+        ]
+
+    def _summary(self, final: list[GroupView]) -> int:
+        from modelfetch.render.plaintext import PlainConsole
+        from modelfetch.render.summary import print_summary
+
+        console = PlainConsole(sys.stdout)
+        order = {gid: i for i, gid in enumerate(self.gids)}
+        ok = print_summary(sorted(final, key=lambda v: order[v.id]), console, time.time())
+        if ok and not self.errors:
+            return EXIT_OK
+        console.print("Run the same command again to retry; it continues from the bytes on disk.")
+        return max(self.errors) if self.errors else EXIT_FAILED

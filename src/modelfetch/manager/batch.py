@@ -1,0 +1,111 @@
+"""Many downloads in one call: planned together, stored in one transaction, announced together.
+
+`add_many` is what a list (`modelfetch get -I list` through the daemon, `POST
+/api/downloads:batch`) needs: every spec planned `PLAN_CONCURRENCY` at a time (a HEAD per plain
+URL, the Hub's API for a model), then every planned download recorded in one store transaction
+(one commit for 200 URLs instead of 200), its events published after that commit. A spec that
+cannot be planned or queued is reported in its place and the others are queued anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from modelfetch.core.errors import ModelfetchError
+from modelfetch.manager import intake
+
+if TYPE_CHECKING:
+    from modelfetch.core.models import GroupRecord
+    from modelfetch.manager.coordinator import DownloadManager
+    from modelfetch.planner import PlanOptions
+    from modelfetch.requests import GroupRequest
+    from modelfetch.views import GroupView
+
+__all__ = ["MAX_BATCH", "Outcome", "add_many", "enqueue_many", "views_of"]
+
+MAX_BATCH = 1000
+"""Most downloads one batch may carry: planning and recording are bounded by it (a list longer
+than this is sent in several batches), and so is the daemon's answer."""
+
+Outcome = tuple[int, bool] | ModelfetchError
+"""Per item: (group id, True if this call created it) or why it was not queued."""
+
+
+async def enqueue_many(
+    m: DownloadManager,
+    requests: Sequence[GroupRequest | ModelfetchError],
+    *,
+    hub_token: str | None = None,
+) -> list[Outcome]:
+    """`enqueue` for every request, in order, in one store transaction. An error in the list
+    (a spec that could not be planned) stays in its place; a request refused here (a folder
+    that cannot be written, a destination another download writes) becomes its error and the
+    rest are queued. Asking twice for one thing, in one batch or across batches, is one
+    download, as with `enqueue`."""
+    if len(requests) > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH} downloads in one batch, not {len(requests)}")
+    m._require_running()
+    m._require_store()
+    outcomes: list[Outcome] = []
+    created: list[GroupRecord] = []
+    with m._batch():  # one transaction: nothing in it awaits
+        for request in requests:
+            if isinstance(request, ModelfetchError):
+                outcomes.append(request)
+                continue
+            try:
+                gid, group = intake.record(m, request, hub_token=hub_token)
+            except ModelfetchError as exc:
+                outcomes.append(exc)
+                continue
+            if group is not None:
+                created.append(group)
+            outcomes.append((gid, group is not None))
+    await intake.announce(m, created)
+    return outcomes
+
+
+async def add_many(
+    m: DownloadManager,
+    specs: Sequence[str],
+    options: PlanOptions,
+    *,
+    hub_token: str | None = None,
+) -> list[Outcome]:
+    """Plan every spec (`PLAN_CONCURRENCY` at a time; Hub specs through the Hub client, with
+    `hub_token` if the caller sent one), then `enqueue_many` the lot."""
+    if len(specs) > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH} downloads in one batch, not {len(specs)}")
+    m._require_running()
+    m._require_store()  # before planning: nothing could be queued
+    if hub_token is None:
+        planner = m.planner
+    else:
+        from modelfetch.planner import Planner
+
+        session, client = intake.hub_parts(m, hub_token)
+        planner = Planner(
+            session,
+            client,
+            hub_config=client.config,
+            probe_session=m._session_or_fail(),
+            holds=m._host_holds,
+        )
+    planned = await planner.plan_many(specs, options)
+    return await enqueue_many(m, planned, hub_token=hub_token)
+
+
+def views_of(m: DownloadManager, group_ids: Sequence[int]) -> dict[int, GroupView]:
+    """The views of these groups, all as of one moment (no await: nothing changes between
+    two of them), with the queue's positions computed once rather than once per group."""
+    from modelfetch.manager import progress
+
+    m._require_running()
+    positions = m._queue.positions()
+    group_positions = m._queue.group_positions()
+    holders = progress.holders_of(m)
+    return {
+        gid: progress.group_view_of(m, m._group(gid), positions, group_positions, holders)
+        for gid in group_ids
+    }

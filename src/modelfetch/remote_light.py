@@ -1,0 +1,251 @@
+"""A small blocking client of the daemon on the standard library alone (http.client + json).
+
+`modelfetch get -I list` with a daemon running hands the whole list over in one request and then
+follows the event stream. On that path the command does no work of its own, so what it imports
+is most of what it costs: aiohttp alone takes longer to import than the daemon takes to fetch
+200 small files. This client is what that path uses instead of `remote.RemoteManager`; it finds
+the daemon the same way (`<home>/daemon.json`, a health check that must name the same pid) and
+raises the same ModelfetchError subclasses for the daemon's errors.
+
+The daemon's bearer token (from daemon.json) goes only to the daemon's own URL; a Hub token goes
+only to a daemon on this machine, as with RemoteManager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import queue
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from modelfetch.core.errors import StateError
+from modelfetch.remote_codec import SSEMessage, SSEParser, error_from_response, is_loopback_address
+
+__all__ = ["BATCH_SIZE", "DaemonClient", "EventReader", "find_daemon"]
+
+BATCH_SIZE = 1000
+"""Specs per `POST /api/downloads:batch`: the daemon's bound (`manager.batch.MAX_BATCH`, which
+a test checks this against; importing it would import the manager)."""
+
+DAEMON_FILE = "daemon.json"
+_HEALTH_TIMEOUT = 1.0
+_REQUEST_TIMEOUT = 300.0  # planning a long list on the daemon can take a while (Hub calls)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _read_daemon_file(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return None
+    if not isinstance(data.get("pid"), int):
+        return None
+    return data
+
+
+def find_daemon(home: Path, *, timeout: float = _HEALTH_TIMEOUT) -> DaemonClient | None:
+    """The daemon serving `home`, or None when none runs; a file left by a daemon that is gone
+    (dead pid, or nothing listening) is removed, as `remote.connect` does."""
+    path = home.expanduser().resolve() / DAEMON_FILE
+    info = _read_daemon_file(path)
+    if info is None:
+        return None
+    pid: int = info["pid"]
+    if not _pid_alive(pid):
+        path.unlink(missing_ok=True)
+        return None
+    token = info.get("token") if isinstance(info.get("token"), str) else None
+    client = DaemonClient(info["url"], token=token)
+    try:
+        status, health = client.request("GET", "/api/health", timeout=timeout)
+    except ConnectionRefusedError:
+        path.unlink(missing_ok=True)  # the pid was reused by another process after a crash
+        return None
+    except (OSError, http.client.HTTPException, ValueError):
+        return None  # alive but not answering: leave its file alone
+    if status != 200 or not isinstance(health, dict) or health.get("pid") != pid:
+        return None
+    return client
+
+
+class DaemonClient:
+    """Requests to one daemon: a JSON body in, the decoded JSON body out."""
+
+    def __init__(self, url: str, *, token: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        parts = urlsplit(self.url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise StateError(f"cannot talk to a daemon at {url!r} (http://host:port only)")
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        self._token = token
+
+    def __repr__(self) -> str:
+        return f"DaemonClient({self.url!r})"
+
+    @property
+    def on_this_machine(self) -> bool:
+        """Whether a Hub token may be sent along (it would cross a network in the clear)."""
+        host = self._host.lower()
+        return host == "localhost" or is_loopback_address(host)
+
+    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def _headers(self, extra: dict[str, str] | None, *, body: bool) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if body:
+            headers["Content-Type"] = "application/json"
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if extra:
+            headers.update(extra)
+        return headers
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = _REQUEST_TIMEOUT,
+    ) -> tuple[int, Any]:
+        """(status, decoded body or None). Raises OSError when the daemon cannot be reached."""
+        payload = None if method == "GET" else json.dumps({} if body is None else body).encode()
+        conn = self._connection(timeout)
+        try:
+            conn.request(method, path, body=payload, headers=self._headers(headers, body=True))
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        data: Any = None
+        if raw:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+        return response.status, data
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """The decoded body of a success; a daemon error as its ModelfetchError (ValueError
+        for a body it refused as invalid), an unreachable daemon as StateError."""
+        try:
+            status, data = self.request(method, path, body, headers=headers)
+        except (OSError, http.client.HTTPException) as exc:
+            raise StateError(f"the daemon at {self.url} is not answering: {exc}") from exc
+        if status >= 400:
+            raise error_from_response(status, data)
+        return data
+
+    def downloads(self) -> list[dict[str, Any]]:
+        """Every download, page by page as the daemon lists them (JSON views)."""
+        found: list[dict[str, Any]] = []
+        path = "/api/downloads"
+        while True:
+            data = self.call("GET", path)
+            found += data["downloads"]
+            after = data.get("next")
+            if after is None:
+                return found
+            path = f"/api/downloads?after={int(after)}"
+
+    def open_events(self, since: int | None) -> EventReader:
+        """The event stream from after `since` (a replay of what was published since then, or
+        a snapshot first when the daemon no longer has it), read by a thread of its own."""
+        conn = self._connection(None)
+        path = "/api/events" if since is None else f"/api/events?since={int(since)}"
+        headers = self._headers({"Accept": "text/event-stream"}, body=False)
+        try:
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise StateError(f"the daemon at {self.url} is not answering: {exc}") from exc
+        if response.status >= 400:
+            raw = response.read()
+            conn.close()
+            try:
+                data = json.loads(raw) if raw else None
+            except ValueError:
+                data = None
+            raise error_from_response(response.status, data)
+        return EventReader(conn, response)
+
+
+_END = None  # what the reader thread puts last: the stream ended
+
+
+class EventReader:
+    """Server-Sent Events from one response, parsed by a daemon thread into a queue, so the
+    caller can wait for the next one with a timeout (its display ticks meanwhile). The stream
+    ending (the daemon stopped, or `close`) shows as `ended`."""
+
+    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse):
+        self._conn = conn
+        self._response = response
+        self._queue: queue.Queue[SSEMessage | None] = queue.Queue()
+        self.ended = False
+        self._thread = threading.Thread(target=self._read, name="modelfetch-sse", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        parser = SSEParser()
+        try:
+            while chunk := self._response.read1(1 << 16):
+                for message in parser.feed(chunk):
+                    self._queue.put(message)
+        except Exception:
+            pass  # daemon went away: either way the stream has ended
+        finally:
+            self._queue.put(_END)
+
+    def next(self, timeout: float) -> SSEMessage | None:
+        """The next message, or None after `timeout` seconds (or once the stream ended)."""
+        if self.ended:
+            return None
+        try:
+            message = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if message is _END:
+            self.ended = True
+        return message
+
+    def close(self) -> None:
+        # Shut the socket down first: the reader thread is blocked in a read holding the
+        # response's buffer lock, and closing the response would wait for that read to return
+        # (the next keep-alive comment, up to 15 s later). After a shutdown it returns at once.
+        sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=1.0)
+        self._conn.close()

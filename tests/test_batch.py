@@ -1,0 +1,362 @@
+"""Batch enqueue: the manager's `enqueue_many`/`add_many` (one store transaction, on both
+engines), `POST /api/downloads:batch` against a real daemon on loopback, and `modelfetch get -I
+list` through a running daemon: one request for the whole list, on a path that imports neither
+aiohttp nor rich nor pydantic."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelfetch.core import events as ev
+from modelfetch.core.errors import DestinationError, ModelfetchError, SpecError
+from modelfetch.manager import DownloadManager, batch
+from modelfetch.requests import FileRequest, GroupRequest
+from modelfetch.testing.fakehub import SAMPLE_REPO, FakeHub, RepoFile
+
+from .pg import pg_cluster_fixture, pg_url_fixture  # noqa: F401 -- the pg fixtures
+from .test_cli import Cli, cdn_url, pycache  # noqa: F401 -- the CLI fixture's cache
+from .test_server_api import Daemon, run_daemon
+
+LIST_REPO = "modelfetch/batch-files"
+
+
+def _request(name: str, dest: Path, url: str | None = None) -> GroupRequest:
+    return GroupRequest(
+        name=name,
+        files=(FileRequest(url=url or f"http://127.0.0.1:9/{name}", path=name, size=1024),),
+        dest_dir=dest,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    if request.param == "sqlite":
+        yield None
+    else:
+        yield request.getfixturevalue("pg_url")  # skips without PostgreSQL
+
+
+@pytest.fixture
+async def queue_only(tmp_path: Path, store_url: str | None) -> AsyncIterator[DownloadManager]:
+    """A manager that edits the queue without running transfers (as `modelfetch add` does)."""
+    manager = DownloadManager(
+        home=tmp_path / "home", models_dir=tmp_path / "models", workers=False, store_url=store_url
+    )
+    async with manager:
+        yield manager
+
+
+async def test_enqueue_many_is_one_transaction_and_reports_each_failure_in_place(
+    queue_only: DownloadManager, tmp_path: Path
+) -> None:
+    m = queue_only
+    dest = tmp_path / "out"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("a file where a folder should be")
+    log: list[str] = []
+    store = m.store
+    for name in ("begin_batch", "end_batch", "add_group"):
+        real = getattr(store, name)
+
+        def spy(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            log.append(_name)
+            return _real(*args)
+
+        setattr(store, name, spy)
+    requests: list[GroupRequest | ModelfetchError] = [
+        _request("a.bin", dest),
+        SpecError("not a spec: '::'"),  # planning failed: stays in its place
+        _request("b.bin", blocked / "sub"),  # its folder cannot be made
+        _request("c.bin", dest),
+        _request("a.bin", dest),  # the same as the first: the same download
+    ]
+    with m.subscribe() as sub:
+        outcomes = await batch.enqueue_many(m, requests)
+        queued = [e async for e in _drain(sub) if isinstance(e, ev.GroupQueued)]
+
+    assert isinstance(outcomes[1], SpecError)
+    assert isinstance(outcomes[2], DestinationError)
+    first, third, again = outcomes[0], outcomes[3], outcomes[4]
+    assert isinstance(first, tuple) and isinstance(third, tuple) and isinstance(again, tuple)
+    assert first[1] and third[1] and again == (first[0], False)
+    # Every group in one transaction: one begin and one end around both inserts.
+    assert log == ["begin_batch", "add_group", "add_group", "end_batch"]
+    assert [e.group_id for e in queued] == [first[0], third[0]]
+    views = {v.id: v for v in await m.snapshot()}
+    assert set(views) == {first[0], third[0]}
+    assert [views[first[0]].position, views[third[0]].position] == [1, 2]
+
+
+async def _drain(sub: Any) -> AsyncIterator[ev.Event]:
+    while True:
+        try:
+            async with asyncio.timeout(0.2):
+                yield await anext(sub)
+        except TimeoutError:
+            return
+
+
+async def test_a_batch_is_bounded(queue_only: DownloadManager, tmp_path: Path) -> None:
+    too_many = [_request(f"{i}.bin", tmp_path) for i in range(batch.MAX_BATCH + 1)]
+    with pytest.raises(ValueError, match="at most"):
+        await batch.enqueue_many(queue_only, too_many)
+    assert await queue_only.snapshot() == []
+
+
+# ----------------------------------------------------------------------------------- the API
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    async with run_daemon(tmp_path) as running:
+        yield running
+
+
+async def _plain_urls(hub: FakeHub, count: int, size: int = 16 << 10) -> list[str]:
+    names = [f"f-{i:03d}.bin" for i in range(count)]
+    hub.add_repo(LIST_REPO, [RepoFile(n, size=size, seed=300 + i) for i, n in enumerate(names)])
+    return [await cdn_url(hub, LIST_REPO, n) for n in names]
+
+
+async def test_batch_endpoint_queues_every_good_spec_and_reports_the_bad_ones(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    urls = await _plain_urls(daemon.hub, 3)
+    out = tmp_path / "out"
+    specs = [urls[0], "::not a spec::", SAMPLE_REPO, urls[1], "owner/missing-repo", urls[2]]
+    status, answer = await daemon.call(
+        "POST", "/api/downloads:batch", {"specs": specs, "dest_dir": str(out)}
+    )
+    assert status == 200, answer
+    results = answer["results"]
+    assert [r["spec"] for r in results] == specs
+    assert [r["status"] for r in results] == [201, 400, 201, 201, 404, 201]
+    assert results[1]["error"]["kind"] == "spec" and results[1]["error"]["accepted_forms"]
+    assert results[4]["error"]["kind"] == "not_found"
+    hub_view = results[2]["download"]
+    assert hub_view["name"] == f"{SAMPLE_REPO}:Q4_K_M"  # planned on the daemon, quant chosen
+    assert answer["seq"] >= answer["since"]
+    ids = [r["download"]["id"] for r in results if r.get("download")]
+    for gid in ids:
+        done = await daemon.wait_status(str(gid), lambda v: v["status"] == "completed")
+        for f in done["files"]:
+            assert Path(f["dest"]).stat().st_size > 0
+    for i, url in enumerate(urls):
+        assert (out / url.rsplit("/", 1)[1].split("?")[0]).exists(), i
+
+    # The same batch again: the same downloads, 200 each; the errors again in their places.
+    status, again = await daemon.call(
+        "POST", "/api/downloads:batch", {"specs": specs, "dest_dir": str(out)}
+    )
+    assert status == 200
+    assert [r["status"] for r in again["results"]] == [200, 400, 200, 200, 404, 200]
+    assert [r["download"]["id"] for r in again["results"] if r.get("download")] == ids
+
+    # The stream replays what the batch caused from `since`.
+    status, listing = await daemon.call("GET", "/api/downloads")
+    assert {g["id"] for g in listing["downloads"]} == set(ids)
+
+
+async def test_batch_endpoint_bounds_and_validation(daemon: Daemon) -> None:
+    too_many = ["https://example.org/x.bin"] * (batch.MAX_BATCH + 1)
+    status, body = await daemon.call("POST", "/api/downloads:batch", {"specs": too_many})
+    assert status == 413, body
+    assert body["error"]["kind"] == "batch_too_large"
+    assert str(batch.MAX_BATCH) in body["error"]["message"]
+    status, body = await daemon.call("POST", "/api/downloads:batch", {"specs": []})
+    assert (status, body["error"]["kind"]) == (422, "invalid")
+    status, body = await daemon.call("POST", "/api/downloads:batch", {"spec": "x"})
+    assert status == 422
+    status, doc = await daemon.call("GET", "/api/openapi.json")
+    assert status == 200
+    operation = doc["paths"]["/api/downloads:batch"]["post"]
+    assert operation["operationId"] == "addDownloads"
+    assert "413" in operation["responses"]
+    assert await daemon.manager.snapshot() == []
+
+
+def test_the_light_client_batches_as_the_daemon_allows() -> None:
+    from modelfetch.remote_light import BATCH_SIZE
+    from modelfetch.server.api_models import BATCH_MAX
+
+    assert BATCH_SIZE == batch.MAX_BATCH == BATCH_MAX
+
+
+# ------------------------------------------------------------------------- the command line
+
+_PROBE = """
+import json, runpy, sys
+sys.argv = ["modelfetch", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("modelfetch", run_name="__main__", alter_sys=True)
+except SystemExit as exc:
+    code = exc.code or 0
+heavy = {"aiohttp", "rich", "pydantic", "asyncio", "typer"}
+heavy = sorted({m.split(".")[0] for m in sys.modules} & heavy)
+print("HEAVY " + json.dumps(heavy), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+async def test_get_of_a_list_through_the_daemon_is_one_request_and_stays_light(
+    tmp_path: Path,
+    pycache: Path,  # noqa: F811 -- the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with run_daemon(tmp_path) as daemon:
+        urls = await _plain_urls(daemon.hub, 12)
+        calls: list[int] = []
+        real = batch.add_many
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            calls.append(len(args[1]))
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(batch, "add_many", counted)
+        singles: list[str] = []
+        real_add = daemon.manager.add
+
+        async def single(spec: str, **kwargs: Any) -> int:
+            singles.append(spec)
+            return await real_add(spec, **kwargs)
+
+        monkeypatch.setattr(daemon.manager, "add", single)
+        listing = tmp_path / "list.txt"
+        listing.write_text("# a list\n" + "\n".join(urls) + "\n")
+        cli = Cli(tmp_path, daemon.hub, pycache)
+        cli.env["MODELFETCH_HOME"] = str(daemon.home)
+        out = tmp_path / "out"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _PROBE,
+            "get",
+            "--dir",
+            str(out),
+            "--jobs",
+            "4",
+            "-I",
+            str(listing),
+            env=cli.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        result = await cli.finish(proc)
+        assert result.code == 0, (result.out, result.err)
+        assert calls == [12] and singles == []  # the whole list in one request
+        heavy = [line for line in result.err.splitlines() if line.startswith("HEAVY ")]
+        assert heavy == ["HEAVY []"], result.err
+        lines = result.out.splitlines()
+        assert sum(line.startswith("done ") for line in lines) == 12
+        assert "✓ 12 downloads: 12 files, 192.0 KiB, no digests to check against → " in result.out
+        for url in urls:
+            name = url.rsplit("/", 1)[1].split("?")[0]
+            assert (out / name).read_bytes() == daemon.hub.content(LIST_REPO, name)
+        assert daemon.manager.settings.max_active == 4  # --jobs reached the daemon
+
+        # A bad line among good ones: named, the others still downloaded, exit status 1 (the
+        # same as without a daemon).
+        (out / Path(urls[0].rsplit("/", 1)[1].split("?")[0]).name).unlink()
+        missing = urls[0].split("/cdn/", 1)[0] + "/cdn/nowhere/gone.bin"
+        listing.write_text(f"{missing}\n{urls[0]}\n")
+        result = await cli("get", "--dir", str(out), "-I", str(listing))
+        assert result.code == 1, (result.out, result.err)
+        assert "gone.bin" in result.err
+        assert calls == [12, 2]
+
+
+async def test_the_full_client_sends_a_list_in_one_batch_too(daemon: Daemon) -> None:
+    """The terminal path (rich display, RemoteManager over aiohttp): `add_each` sends the whole
+    list as one batch, and each spec gets its id or its own error."""
+    from modelfetch.cli.adding import Selection, add_each
+    from modelfetch.remote import connect
+
+    urls = await _plain_urls(daemon.hub, 3)
+    calls: list[int] = []
+    real = batch.add_many
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[1]))
+        return await real(*args, **kwargs)
+
+    found = await connect(daemon.home)
+    assert found is not None
+    specs = [urls[0], "::nope::", urls[1], urls[2]]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batch, "add_many", counted)
+        async with found as remote:
+            outcomes = [o async for o in add_each(remote, specs, Selection())]
+    assert calls == [4]
+    assert [spec for spec, _ in outcomes] == specs
+    assert isinstance(outcomes[1][1], SpecError)
+    ids = [o for _, o in outcomes if isinstance(o, int)]
+    assert len(set(ids)) == 3
+
+
+async def test_get_through_an_older_daemon_without_batches_adds_one_by_one(
+    tmp_path: Path,
+    pycache: Path,  # noqa: F811 -- the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelfetch.server import routes
+
+    # A daemon from before the batch route: the client falls back to one add per spec.
+    older = [(op, h) for op, h in routes.OPERATIONS if op.path != "/api/downloads:batch"]
+    monkeypatch.setattr(routes, "OPERATIONS", older)
+    import modelfetch.server.app as server_app
+
+    monkeypatch.setattr(server_app, "OPERATIONS", older)
+    async with run_daemon(tmp_path) as daemon:
+        urls = await _plain_urls(daemon.hub, 3)
+        singles: list[str] = []
+        real_add = daemon.manager.add
+
+        async def single(spec: str, **kwargs: Any) -> int:
+            singles.append(spec)
+            return await real_add(spec, **kwargs)
+
+        monkeypatch.setattr(daemon.manager, "add", single)
+        listing = tmp_path / "list.txt"
+        listing.write_text("\n".join(urls) + "\n")
+        cli = Cli(tmp_path, daemon.hub, pycache)
+        cli.env["MODELFETCH_HOME"] = str(daemon.home)
+        out = tmp_path / "out"
+        result = await cli("get", "--dir", str(out), "-I", str(listing))
+        assert result.code == 0, (result.out, result.err)
+        assert singles == urls
+        assert len(list(out.iterdir())) == 3
+
+
+def test_the_fast_parser_takes_only_the_plain_shape_of_get() -> None:
+    from modelfetch.cli.fast_get import _parse
+
+    plain = _parse(["--home", "/h", "get", "--dir=/d", "-j", "16", "-I", "list", "x://u"])
+    assert plain is not None
+    assert (plain["home"], plain["dir"], plain["jobs"], plain["input"], plain["specs"]) == (
+        "/h",
+        "/d",
+        "16",
+        "list",
+        ["x://u"],
+    )
+    assert _parse(["get", "-I", "-"]) is not None  # a list on standard input
+    for other in (
+        ["get", "--json", "-I", "list"],  # another display
+        ["get", "--quant", "Q8_0", "owner/name"],  # an option this parser does not take
+        ["get", "-j", "0", "x"],  # typer refuses it, with its own message
+        ["get", "-j", " 7", "x"],
+        ["get", "-j"],  # a value missing
+        ["get", "-I", "a", "-I", "b"],  # twice
+        ["--proxy", "http://p:1", "get", "x"],  # a global option it does not take
+        ["ls"],
+        ["get", "--help"],
+    ):
+        assert _parse(other) is None, other
