@@ -5,17 +5,23 @@ transfer/segments.py). `_run_segmented` makes the first ranged request here, wit
 redirect, validator and cross-check rules as a single stream, allocates the `.part` and hands
 over to `SegmentedFetch`, whose other connections ask through `_open_range_from`; it falls back
 to the single stream when the server answers a ranged request with the whole body. The segment
-map goes to the caller (`on_segments`) before the `.part` changes and whenever it stops.
+map goes to the caller (`on_segments`) before the `.part` changes and whenever it stops, always
+after an fdatasync of the bytes it claims; a volatile copy beside the `.part` is rewritten every
+few MiB for a restart after a kill (transfer/checkpoints.py).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from modelfetch.core.errors import IntegrityError, NetworkError, TransferError
 from modelfetch.core.headers import is_strong_etag, parse_content_range
+from modelfetch.core.paths import journal_path
 from modelfetch.core.segments import SegmentMap, SegmentRecord
 from modelfetch.transfer.api import TransferResult
+from modelfetch.transfer.checkpoints import JOURNAL_BYTES, JOURNAL_INTERVAL, Checkpoints
 from modelfetch.transfer.failures import redact_url, status_error
 from modelfetch.transfer.partstate import PartState
 from modelfetch.transfer.publish import remove_partial
@@ -55,7 +61,10 @@ class SegmentingTransfer(ReceivingTransfer):
             min_steal=max(1, self.request.min_steal_size),
             stall_timeout=self.stall_timeout,
             chunk_size=self.chunk_size,
-            checkpoint_interval=self.request.checkpoint_interval,
+            # The connections checkpoint the volatile map this often; the durable map is
+            # saved every request.checkpoint_interval (self.checkpoints).
+            checkpoint_interval=JOURNAL_INTERVAL,
+            checkpoint_bytes=JOURNAL_BYTES,
         )
         started_over = False
         while True:
@@ -63,7 +72,7 @@ class SegmentingTransfer(ReceivingTransfer):
             self.segmap = segmap
             # The map is recorded before the `.part` changes, so a crash can never pair a new
             # file with an old map.
-            self._save_segments()
+            await self.checkpoints.save(segmap, None)
             self._report(segmap.done_bytes, total, force=True)
             self.resumed_from = segmap.done_bytes
             first = segmap.claim(0, piece=settings.piece, min_steal=settings.min_steal)
@@ -86,6 +95,7 @@ class SegmentingTransfer(ReceivingTransfer):
                     self.segmap = None
                     if self.on_segments is not None:
                         self.on_segments(None)
+                    journal_path(self.dest).unlink(missing_ok=True)
                     return await self._receive(response, 0)
                 parsed = parse_content_range(response.headers.get("Content-Range"))
                 if parsed is None or parsed.start != start:
@@ -115,9 +125,9 @@ class SegmentingTransfer(ReceivingTransfer):
                     segmap = SegmentMap(total)
                     continue
                 self._begin_segmented_part(response, total, fresh=not resuming)
-                self._save_segments()
                 part = self.part
                 assert isinstance(part, SegmentedPartFile)
+                await self.checkpoints.save(segmap, part.fd)
                 await part.start_digests(git_blob_size=total if self.expected_git_oid else None)
                 headers = response.headers
                 if first is None:
@@ -133,7 +143,7 @@ class SegmentingTransfer(ReceivingTransfer):
                     slots=self.slots,
                     limits=self.limits,
                     on_progress=self._report_done,
-                    on_checkpoint=self._save_segments,
+                    on_checkpoint=self._checkpoint,
                     url=redact_url(self.url),
                 )
                 piece = FirstPiece(first, response, self.slot)
@@ -152,7 +162,10 @@ class SegmentingTransfer(ReceivingTransfer):
                 self.connections = fetch.peak
                 self.reopened = fetch.reopened
             break
-        self._save_segments()  # complete: if publishing fails, a retry needs no bytes again
+        # Complete and durable: if publishing fails, a retry needs no bytes again (the publish's
+        # own fsync then finds nothing left to write), and the volatile map is not needed.
+        await self.checkpoints.save(segmap, part.fd)
+        self.checkpoints.discard_journal()
         part.hash_upto(total)
         result = await self._verify_and_publish(headers)
         self.segmap = None
@@ -179,12 +192,18 @@ class SegmentingTransfer(ReceivingTransfer):
                 total=total,
                 sha256=self._expected_digest(),
                 segmented=True,
+                token=secrets.token_hex(8),  # this `.part`'s incarnation (segment_journal.py)
             )
+            self.state.save(self.sidecar_path)
+        elif self.state.token is None:  # begun by a modelfetch without volatile maps
+            self.state = replace(self.state, token=secrets.token_hex(8))
             self.state.save(self.sidecar_path)
         self.total = total
         part = self.part = SegmentedPartFile(self.part_path, total)
         part.check_free_space(total)
         part.allocate()
+        assert self.state.token is not None
+        self.checkpoints.open_journal(journal_path(self.dest), token=self.state.token, total=total)
 
     def _open_range_from(
         self, url: str, redirected: bool
@@ -220,14 +239,30 @@ class SegmentingTransfer(ReceivingTransfer):
 
         return open_range
 
+    _checkpoints: Checkpoints | None = None
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        """The durable and the volatile map of this transfer (made on first use: on_segments
+        and the request are set by then)."""
+        if self._checkpoints is None:
+            self._checkpoints = Checkpoints(
+                self.part_path, self.on_segments, self.request.checkpoint_interval
+            )
+        return self._checkpoints
+
+    def _checkpoint(self) -> None:
+        """The connections' frequent checkpoint (see SegmentSettings.checkpoint_bytes)."""
+        if self.segmap is not None and self.part is not None:
+            self.checkpoints.frequent(self.segmap, self.part.fd)
+
     def _save_segments(self) -> None:
-        """Hand the current map to the caller to persist (None once the `.part` is gone)."""
-        if self.segmap is None or self.on_segments is None:
+        """Persist the current map durably now, blocking (a stop or a failure: fetch.py's
+        handlers, which cannot wait), or forget it (None) once the `.part` is gone."""
+        if self.segmap is None:
             return
-        if self.part_path.exists():
-            self.on_segments(self.segmap.records())
-        else:
-            self.on_segments(None)
+        part = self.part
+        self.checkpoints.save_blocking(self.segmap, part.fd if part is not None else None)
 
 
 def _prefix_records(prefix: int, total: int) -> list[SegmentRecord]:
