@@ -42,6 +42,7 @@ from modelfetch.transfer import segment_journal as sj
 from modelfetch.transfer.checkpoints import JOURNAL_BYTES
 from modelfetch.transfer.partstate import PartState
 from modelfetch.transfer.publish import remove_partial
+from modelfetch.transfer.wire import window
 
 from .conftest import group_of, write_plan
 
@@ -378,3 +379,10 @@ async def test_three_kills_mid_transfer_make_the_server_send_little_more_than_on
     bound = size + kills * (JOURNAL_BYTES + 16 * 512 * KiB)
     print(f"sent {sent / size:.4f} x the file over {len(bodies)} requests ({kills} kills)")
     assert size <= sent <= bound, f"{sent - size} bytes sent again"
+
+
+def test_a_near_path_gets_a_receive_window_of_its_bandwidth_delay_product() -> None:
+    assert window.window_for(40) == window.MIN_WINDOW  # loopback: 40 us
+    assert window.window_for(1000) == 2_500_000  # a LAN at 1 ms: 2.5 MB
+    assert window.window_for(20_000) is None  # a CDN at 20 ms: Linux's autotuning
+    assert window.window_for(0) is None  # no measurement: left alone
