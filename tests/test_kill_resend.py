@@ -45,6 +45,7 @@ from modelfetch.transfer.publish import remove_partial
 from modelfetch.transfer.wire import window
 
 from .conftest import group_of, write_plan
+from .test_manager import manager
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -386,3 +387,18 @@ def test_a_near_path_gets_a_receive_window_of_its_bandwidth_delay_product() -> N
     assert window.window_for(1000) == 2_500_000  # a LAN at 1 ms: 2.5 MB
     assert window.window_for(20_000) is None  # a CDN at 20 ms: Linux's autotuning
     assert window.window_for(0) is None  # no measurement: left alone
+
+
+async def test_an_orphan_volatile_map_is_listed_and_cleaned_with_the_other_partials(
+    tmp_path: Path,
+) -> None:
+    async with manager(tmp_path) as m:
+        folder = m.models_dir / "someone" / "old-GGUF"
+        folder.mkdir(parents=True)
+        dest = folder / "old.gguf"
+        stray = [part_path(dest), sidecar_path(dest), journal_path(dest)]
+        for p in stray:
+            p.write_bytes(b"x")
+        assert sorted(await m.orphan_partials()) == sorted(stray)
+        assert sorted(await m.remove_orphan_partials()) == sorted(stray)
+    assert list(folder.iterdir()) == []
