@@ -34,6 +34,7 @@ from modelfetch.core.segments import SegmentMap, SegmentRecord
 from modelfetch.transfer import sink
 from modelfetch.transfer.api import SegmentsCallback
 from modelfetch.transfer.segment_journal import SegmentJournal
+from modelfetch.transfer.sink import PartFile
 
 __all__ = ["JOURNAL_BYTES", "JOURNAL_INTERVAL", "Checkpoints"]
 
@@ -88,7 +89,7 @@ class Checkpoints:
 
     # -- while bytes move ---------------------------------------------------------------------
 
-    def frequent(self, segmap: SegmentMap, fd: int) -> None:
+    def frequent(self, segmap: SegmentMap, part: PartFile) -> None:
         """The connections' checkpoint (every JOURNAL_BYTES or JOURNAL_INTERVAL): rewrite the
         volatile map; every `interval` start a durable save in the background. A background
         save that failed fails the transfer here, in a connection."""
@@ -105,14 +106,21 @@ class Checkpoints:
         if self._pending is not None and not self._pending.done():
             return  # the last fdatasync is still running: the disk is the limit, not us
         self._last = now
-        self._pending = asyncio.get_running_loop().create_task(self._save_in_background(segmap, fd))
+        saving = self._save_in_background(segmap, part)
+        self._pending = asyncio.get_running_loop().create_task(saving)
 
-    async def _save_in_background(self, segmap: SegmentMap, fd: int) -> None:
+    async def _save_in_background(self, segmap: SegmentMap, part: PartFile) -> None:
         records = segmap.records()  # before the fdatasync: it covers every byte counted here
         done = segmap.done_bytes
         try:
             if done > self._synced:
-                await asyncio.to_thread(_sync_and_close, os.dup(fd))
+                try:
+                    # Duplicated now, while the `.part` is certainly open (a closed part has
+                    # no fd, and its old number may already name another file).
+                    fd = os.dup(part.fd)
+                except RuntimeError:
+                    return  # the transfer closed its `.part`: its own stop saves the map
+                await asyncio.to_thread(_sync_and_close, fd)
                 self._synced = max(self._synced, done)
             self._commit(records)
         except OSError as exc:
@@ -125,7 +133,11 @@ class Checkpoints:
 
     async def save(self, segmap: SegmentMap | None, fd: int | None) -> None:
         """Save the map durably now, the fdatasync on a worker thread (the loop serves other
-        transfers meanwhile). An fdatasync that fails raises LocalFileError."""
+        transfers meanwhile). An fdatasync that fails raises LocalFileError, and so does (as
+        itself) a background save's failure not reported yet."""
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
         records = self._begin(segmap)
         if records is None or segmap is None:
             return

@@ -254,7 +254,7 @@ class SegmentingTransfer(ReceivingTransfer):
     def _checkpoint(self) -> None:
         """The connections' frequent checkpoint (see SegmentSettings.checkpoint_bytes)."""
         if self.segmap is not None and self.part is not None:
-            self.checkpoints.frequent(self.segmap, self.part.fd)
+            self.checkpoints.frequent(self.segmap, self.part)
 
     def _save_segments(self) -> None:
         """Persist the current map durably now, blocking (a stop or a failure: fetch.py's
