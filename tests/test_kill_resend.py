@@ -39,7 +39,7 @@ from modelfetch.transfer import (
     sink,
 )
 from modelfetch.transfer import segment_journal as sj
-from modelfetch.transfer.checkpoints import JOURNAL_BYTES
+from modelfetch.transfer.checkpoints import JOURNAL_BYTES, Checkpoints
 from modelfetch.transfer.partstate import PartState
 from modelfetch.transfer.publish import remove_partial
 from modelfetch.transfer.wire import window
@@ -402,3 +402,27 @@ async def test_an_orphan_volatile_map_is_listed_and_cleaned_with_the_other_parti
         assert sorted(await m.orphan_partials()) == sorted(stray)
         assert sorted(await m.remove_orphan_partials()) == sorted(stray)
     assert list(folder.iterdir()) == []
+
+
+async def test_a_new_part_of_the_same_name_is_synced_before_its_map_is_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncs: list[int] = []
+    monkeypatch.setattr(sink, "fdatasync", lambda fd: syncs.append(fd))
+    part = tmp_path / "f.part"
+    saved: list[tuple[SegmentRecord, ...] | None] = []
+    checkpoints = Checkpoints(part, saved.append, interval=1.0)
+    part.write_bytes(b"\0" * 1000)
+    big = SegmentMap(1000, [SegmentRecord(0, 1000, 900)])
+    await checkpoints.save(big, None)
+    assert len(syncs) == 1 and saved[-1] == big.records()
+    await checkpoints.save(big, None)  # nothing new written: no second fdatasync
+    assert len(syncs) == 1
+    part.unlink()  # the file changed on the server: the transfer starts over
+    await checkpoints.save(SegmentMap(1000), None)
+    assert saved[-1] is None
+    part.write_bytes(b"\0" * 1000)
+    checkpoints.open_journal(tmp_path / "f.part.map", token="new", total=1000)
+    small = SegmentMap(1000, [SegmentRecord(0, 1000, 100)])  # fewer bytes than the old one
+    await checkpoints.save(small, None)
+    assert len(syncs) == 2 and saved[-1] == small.records()

@@ -83,9 +83,12 @@ class Checkpoints:
         self._failed: BaseException | None = None
 
     def open_journal(self, path: Path, *, token: str, total: int) -> None:
+        """A `.part` was (re)opened: journal it from now on. What an earlier fdatasync covered
+        may have been another `.part` of this name (a start over), so the next save syncs."""
         if self.journal is not None:
             self.journal.close()
         self.journal = SegmentJournal(path, token=token, total=total)
+        self._synced = -1
 
     # -- while bytes move ---------------------------------------------------------------------
 
@@ -192,6 +195,7 @@ class Checkpoints:
             if self.on_segments is not None:
                 self.on_segments(None)
             self.discard_journal()
+            self._synced = -1  # a new `.part` has had nothing synced
             return None
         return segmap.records()
 
