@@ -614,14 +614,17 @@ async def test_after_a_sigkill_each_segment_resumes_where_the_store_says(
     )
     try:
         async with asyncio.timeout(20):
-            while _saved_bytes(home) < 2 * MiB:
+            # A quarter of the way into every connection's first piece: the durable map is
+            # saved after an fdatasync on a worker thread, so under load it may lag the bytes
+            # by a checkpoint or two, and the kill must still land mid-piece.
+            while _saved_bytes(home) < MiB:
                 await asyncio.sleep(0.05)
     finally:
         child.send_signal(signal.SIGKILL)
         await child.wait()
     with SqliteStore(home) as store:
         durable = store.segments(1, 1)
-    assert durable is not None and sum(r.done for r in durable) >= 2 * MiB
+    assert durable is not None and sum(r.done for r in durable) >= MiB
     # The restart resumes from the union of the store's map and the volatile one the killed
     # process left beside the `.part` (this kernel wrote it: trusted).
     state = PartState.load(sidecar_path(dest / BIG))
@@ -634,7 +637,7 @@ async def test_after_a_sigkill_each_segment_resumes_where_the_store_says(
     on_disk = sum(r.done for r in saved)
     partial = [r for r in saved if r.done < r.end - r.start]
     assert on_disk >= sum(r.done for r in durable)
-    assert 2 * MiB <= on_disk < BIG_SIZE and sum(1 for r in partial if r.done) >= 2
+    assert MiB <= on_disk < BIG_SIZE and sum(1 for r in partial if r.done) >= 2
     seghub.clear_faults()
     seghub.log.clear()
     async with DownloadManager(home=home, settings=seg_settings()) as manager:
