@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelfetch.core.errors import LocalFileError
 from modelfetch.core.models import StopReason
@@ -123,9 +126,42 @@ def test_the_union_of_two_maps_claims_exactly_what_either_claims() -> None:
         return {i for r in records or () for i in range(r.start, r.start + r.done)}
 
     assert claimed(merged) == claimed(a) | claimed(b)
+    # Boundaries survive: a piece not begun yet still starts where it did.
+    pieces = (SegmentRecord(0, 40, 5), SegmentRecord(40, 70, 0), SegmentRecord(70, 100, 0))
+    assert sj.merge_records(total, pieces, pieces) == pieces
+    assert sj.merge_records(total, pieces, (SegmentRecord(0, 100, 50),)) == (
+        SegmentRecord(0, 70, 50),
+        SegmentRecord(70, 100, 0),
+    )
     assert sj.merge_records(total, None, a) == SegmentMap(total, a).records()
     assert sj.merge_records(total, None, None) == (SegmentRecord(0, total, 0),)
     assert sj.merge_records(0, None) == ()
+
+
+@st.composite
+def _maps(draw: st.DrawFn, total: int) -> tuple[SegmentRecord, ...]:
+    cuts = sorted(draw(st.sets(st.integers(1, total - 1), max_size=8)))
+    bounds = [0, *cuts, total]
+    return tuple(
+        SegmentRecord(a, b, draw(st.integers(0, b - a))) for a, b in itertools.pairwise(bounds)
+    )
+
+
+@given(st.data())
+@settings(max_examples=200, deadline=None)
+def test_the_union_of_any_two_maps_is_a_map_claiming_what_either_claims(
+    data: st.DataObject,
+) -> None:
+    total = data.draw(st.integers(2, 300))
+    a, b = data.draw(_maps(total)), data.draw(_maps(total))
+    merged = sj.merge_records(total, a, b)
+    SegmentMap(total, merged)
+
+    def claimed(records: tuple[SegmentRecord, ...]) -> set[int]:
+        return {i for r in records for i in range(r.start, r.start + r.done)}
+
+    assert claimed(merged) == claimed(a) | claimed(b)
+    assert sj.merge_records(total, a, a) == SegmentMap(total, a).records()
 
 
 def test_removing_a_partial_removes_its_volatile_map(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ published, and the durable map never depended on this file.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import struct
@@ -199,22 +200,24 @@ def read_journal(path: Path, *, token: str | None, total: int) -> tuple[SegmentR
 
 def merge_records(total: int, *maps: Iterable[SegmentRecord] | None) -> tuple[SegmentRecord, ...]:
     """One map claiming every byte that any of `maps` claims (each claim true on its own: the
-    union is too), covering [0, total) exactly once."""
-    spans: list[tuple[int, int]] = sorted(
-        (r.start, r.start + r.done) for records in maps if records for r in records if r.done
-    )
-    merged: list[list[int]] = []
-    for start, end in spans:
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
+    union is too), covering [0, total) exactly once. It keeps every segment boundary of the
+    maps (a piece not begun yet still starts where it did), so the union of two equal maps is
+    that map."""
+    records = [r for m in maps if m for r in m]
+    spans: list[list[int]] = []
+    for start, end in sorted((r.start, r.start + r.done) for r in records if r.done):
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
         else:
-            merged.append([start, end])
+            spans.append([start, end])
+    # Every claimed span starts at a boundary, so within [b, next b) the claimed bytes are a
+    # prefix: what is left of the span that covers b.
+    bounds = sorted({0, total, *(r.start for r in records), *(a for a, _ in spans)})
     out: list[SegmentRecord] = []
-    if not merged or merged[0][0] > 0:
-        first = merged[0][0] if merged else total
-        if first > 0:
-            out.append(SegmentRecord(0, first, 0))
-    for i, (start, end) in enumerate(merged):
-        following = merged[i + 1][0] if i + 1 < len(merged) else total
-        out.append(SegmentRecord(start, following, end - start))
-    return tuple(out)
+    i = 0
+    for b, following in itertools.pairwise(bounds):
+        while i < len(spans) and spans[i][1] <= b:
+            i += 1
+        covered = spans[i][1] if i < len(spans) and spans[i][0] <= b else b
+        out.append(SegmentRecord(b, following, min(covered, following) - b))
+    return SegmentMap(total, out).records() if out else ()
