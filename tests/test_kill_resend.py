@@ -45,6 +45,7 @@ from modelfetch.transfer import segment_journal as sj
 from modelfetch.transfer.checkpoints import JOURNAL_BYTES, Checkpoints
 from modelfetch.transfer.partstate import PartState
 from modelfetch.transfer.publish import remove_partial
+from modelfetch.transfer.segment_setup import NEAR_REQUEST
 from modelfetch.transfer.wire import window
 
 from .conftest import group_of, write_plan
@@ -464,3 +465,31 @@ async def test_a_new_part_of_the_same_name_is_synced_before_its_map_is_saved(
     small = SegmentMap(1000, [SegmentRecord(0, 1000, 100)])  # fewer bytes than the old one
     await checkpoints.save(small, None)
     assert len(syncs) == 2 and saved[-1] == small.records()
+
+
+def _asked(hub: FakeHub) -> list[int]:
+    """The length of the range each ranged GET of the big file asked for, in arrival order."""
+    lengths = []
+    for r in sorted(hub.log, key=lambda r: r.time):
+        if r.origin == "cdn" and r.method == "GET" and BIG in r.path and r.range:
+            first, _, last = r.range.removeprefix("bytes=").partition("-")
+            lengths.append(int(last) - int(first) + 1)
+    return lengths
+
+
+@pytest.mark.parametrize("near", [True, False])
+async def test_on_a_near_path_each_request_asks_for_a_few_mib_not_a_whole_piece(
+    bighub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, near: bool
+) -> None:
+    if not near:  # as if the round trip were long: Linux autotunes, pieces are asked whole
+        monkeypatch.setattr(window, "window_for", lambda rtt_us: None)
+    async with make_session() as s:
+        result = await fetch_file(s, _request(bighub, tmp_path, min_segment_size=8 * MiB))
+    assert result.verified
+    asked = _asked(bighub)
+    first, rest = asked[0], asked[1:]
+    assert first == 8 * MiB and rest  # the first request (segment_setup.py) is a whole piece
+    if near:
+        assert max(rest) <= NEAR_REQUEST
+    else:
+        assert max(rest) > NEAR_REQUEST

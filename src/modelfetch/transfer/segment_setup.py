@@ -31,6 +31,8 @@ from modelfetch.transfer.segments import FirstPiece, SegmentedFetch, SegmentSett
 from modelfetch.transfer.sink import SegmentedPartFile
 from modelfetch.transfer.wire import Response
 
+NEAR_REQUEST = 2 << 20  # the most one request asks for on a near path (see _open_range_from)
+
 
 class SegmentingTransfer(ReceivingTransfer):
     """A transfer in segmented mode, up to the handover to `SegmentedFetch` and back."""
@@ -137,7 +139,7 @@ class SegmentingTransfer(ReceivingTransfer):
                 fetch = SegmentedFetch(
                     segmap=segmap,
                     part=part,
-                    open_range=self._open_range_from(self.url, redirected),
+                    open_range=self._open_range_from(self.url, redirected, near=response.near_path),
                     host=host_of(self.url),
                     settings=settings,
                     slots=self.slots,
@@ -206,14 +208,23 @@ class SegmentingTransfer(ReceivingTransfer):
         self.checkpoints.open_journal(journal_path(self.dest), token=self.state.token, total=total)
 
     def _open_range_from(
-        self, url: str, redirected: bool
+        self, url: str, redirected: bool, *, near: bool = False
     ) -> Callable[[int, int], Awaitable[Response]]:
         """How the other connections ask for a piece: straight at the URL the first request
-        ended at (the CDN), with the partial's validator, checking every answer."""
+        ended at (the CDN), with the partial's validator, checking every answer.
+
+        On a near path (`near`: a short round trip, transfer/wire/window.py) each request asks
+        for at most NEAR_REQUEST bytes, and the connection asks again where the body ended: a
+        server queues up to its socket send buffer (4 MiB on Linux) ahead of a reader that
+        the CPU holds back, and a kill or a tail steal throws that queue away; a request's
+        own end bounds it. A round trip there costs microseconds; on a far path (a CDN) it
+        would cost milliseconds per request, so pieces are asked for whole."""
         validator = self.state.validator if self.state is not None else None
         total = self.total
 
         async def open_range(start: int, end: int) -> Response:
+            if near:
+                end = min(end, start + NEAR_REQUEST)
             response, hopped = await self._request(start, end=end, url=url, validator=validator)
             try:
                 if response.status == 206:
