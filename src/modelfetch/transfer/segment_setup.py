@@ -218,7 +218,9 @@ class SegmentingTransfer(ReceivingTransfer):
         server queues up to its socket send buffer (4 MiB on Linux) ahead of a reader that
         the CPU holds back, and a kill or a tail steal throws that queue away; a request's
         own end bounds it. A round trip there costs microseconds; on a far path (a CDN) it
-        would cost milliseconds per request, so pieces are asked for whole."""
+        would cost milliseconds per request, so pieces are asked for whole. SegmentedFetch
+        takes a body that ends before its segment as an early end and asks again from there
+        (its `reopened` count includes these)."""
         validator = self.state.validator if self.state is not None else None
         total = self.total
 

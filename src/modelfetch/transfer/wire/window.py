@@ -12,7 +12,9 @@ whose measured round trip (the handshake's, from TCP_INFO) is short gets a recei
 rtt x MAX_RATE, at least MIN_WINDOW: 256 KiB on loopback, where that is still far more than one
 round trip's worth at any rate. A longer path (a real CDN: milliseconds) keeps Linux's
 autotuning, which is what it needs. Only an optimisation: where the calls are unavailable
-nothing changes.
+nothing changes. A clamped connection is `near_path` (Connection, Response): a segmented
+transfer then also asks for its pieces a few MiB at a time, which bounds what the server
+queues in its own send buffer (segment_setup.py `NEAR_REQUEST`).
 """
 
 from __future__ import annotations
