@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_transfer.py
 	$(BIN)/python benchmarks/bench_fleet.py
 	$(BIN)/python benchmarks/bench_mirror.py --modes direct,mirror,warm
+	$(BIN)/python benchmarks/bench_kill.py
 
 # The long chaos soak (a bounded ~20 s version runs inside `make test`). SOAK_SECONDS sets its length.
 SOAK_SECONDS ?= 600

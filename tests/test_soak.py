@@ -39,6 +39,7 @@ import aiohttp
 import pytest
 
 from modelfetch.core.models import FileRecord, FileStatus, GroupRecord
+from modelfetch.core.paths import PARTIAL_SUFFIXES
 from modelfetch.manager import DownloadManager
 from modelfetch.store import SqliteStore
 from modelfetch.testing.chaosproxy import ChaosConfig, ChaosProxy
@@ -103,7 +104,7 @@ _IN_ISDIR = 0x40000000
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
-_TEMP_SUFFIXES = (".part", ".part.json", ".tmp", ".link-tmp")
+_TEMP_SUFFIXES = (*PARTIAL_SUFFIXES, ".tmp", ".link-tmp")
 
 
 @dataclass

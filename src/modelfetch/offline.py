@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from modelfetch.core.errors import SpecError
+from modelfetch.core.paths import PARTIAL_SUFFIXES
 from modelfetch.core.quant import choose_quant, group_gguf_files
 from modelfetch.core.spec import DEFAULT_ENDPOINT, HubSpec, filename_from_url, parse_spec
 from modelfetch.layout import repo_folder_name
@@ -28,7 +29,7 @@ from modelfetch.layout import repo_folder_name
 __all__ = ["OfflineMissingError", "OnDisk", "find_on_disk"]
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_PARTIAL_SUFFIXES = (".part", ".part.json", ".link-tmp", ".tmp")
+_PARTIAL_SUFFIXES = (*PARTIAL_SUFFIXES, ".link-tmp", ".tmp")
 
 
 class OfflineMissingError(SpecError):

@@ -16,6 +16,10 @@ from modelfetch.core.errors import UnsafePathError
 MAX_COMPONENT_BYTES = 255  # NAME_MAX on Linux/macOS filesystems; NTFS allows 255 UTF-16 units
 PART_SUFFIX = ".part"
 SIDECAR_SUFFIX = ".part.json"
+# The volatile segment map of a segmented `.part` (transfer/segment_journal.py). It ends in
+# neither `.part` nor `.part.json`, so every listing of partials names it explicitly.
+JOURNAL_SUFFIX = ".part.map"
+PARTIAL_SUFFIXES = (PART_SUFFIX, SIDECAR_SUFFIX, JOURNAL_SUFFIX)
 FALLBACK_FILENAME = "download"
 
 _RESERVED_DEVICE_NAMES = frozenset(
@@ -105,6 +109,12 @@ def part_path(dest: P) -> P:
 def sidecar_path(dest: P) -> P:
     """The JSON that says what the `.part` holds (URL, validator, total, digest)."""
     return dest.with_name(dest.name + SIDECAR_SUFFIX)
+
+
+def journal_path(dest: P) -> P:
+    """The small file beside a segmented `.part` that says, cheaply and often, which of its
+    bytes were written (trusted only by the same running kernel: transfer/segment_journal.py)."""
+    return dest.with_name(dest.name + JOURNAL_SUFFIX)
 
 
 def sanitize_filename(name: str) -> str:

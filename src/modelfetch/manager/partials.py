@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelfetch.core.models import LIVE_STATUSES, FileRecord
-from modelfetch.core.paths import PART_SUFFIX, part_path, sidecar_path
+from modelfetch.core.paths import (
+    PART_SUFFIX,
+    PARTIAL_SUFFIXES,
+    journal_path,
+    part_path,
+    sidecar_path,
+)
 from modelfetch.core.segments import SegmentRecord
 from modelfetch.store import StoreUnavailableError
 
@@ -16,9 +22,11 @@ if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
 
 
-def partial_paths(dest: str) -> tuple[Path, Path]:
-    """The `.part` and its `.part.json` sidecar for a destination."""
-    return part_path(Path(dest)), sidecar_path(Path(dest))
+def partial_paths(dest: str) -> tuple[Path, Path, Path]:
+    """The `.part`, its `.part.json` sidecar and its `.part.map` volatile segment map for a
+    destination: what is removed with a partial."""
+    path = Path(dest)
+    return part_path(path), sidecar_path(path), journal_path(path)
 
 
 def on_disk(m: DownloadManager, f: FileRecord) -> int:
@@ -54,8 +62,9 @@ def segments_of(m: DownloadManager, f: FileRecord) -> tuple[SegmentRecord, ...] 
 
 
 def partial_files_unowned(m: DownloadManager) -> list[Path]:
-    """`.part` files (and their sidecars) under the models directory and every known
-    destination directory that no live download owns: what `modelfetch clean` removes."""
+    """`.part` files (and their sidecars and volatile segment maps) under the models directory
+    and every known destination directory that no live download owns: what `modelfetch clean`
+    removes."""
     owned = {
         p
         for g in m._groups.values()
@@ -68,7 +77,7 @@ def partial_files_unowned(m: DownloadManager) -> list[Path]:
     for root in roots:
         if not root.is_dir():
             continue
-        for pattern in ("*.part", "*.part.json"):
+        for pattern in (f"*{suffix}" for suffix in PARTIAL_SUFFIXES):
             found.update(p for p in root.rglob(pattern) if p.is_file())
     return sorted(found - owned)
 

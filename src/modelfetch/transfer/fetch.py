@@ -24,6 +24,7 @@ import asyncio
 import os
 from collections.abc import Sequence
 
+from modelfetch.core.paths import journal_path
 from modelfetch.core.segments import SegmentMap
 from modelfetch.transfer.api import (
     PrefixCallback,
@@ -37,6 +38,7 @@ from modelfetch.transfer.failures import status_error, translate_exception
 from modelfetch.transfer.limiter import ConnectionSlots, TokenBucket
 from modelfetch.transfer.partstate import PartState
 from modelfetch.transfer.publish import remove_partial
+from modelfetch.transfer.segment_journal import merge_records, read_journal
 from modelfetch.transfer.segment_setup import SegmentingTransfer
 from modelfetch.transfer.session import TransferSession
 
@@ -184,12 +186,22 @@ class _Transfer(SegmentingTransfer):
         return size
 
     def _resumable_map(self, state: PartState, size: int) -> SegmentMap | None:
-        """The segment map handed back by the caller, if it fits this segmented `.part`."""
-        records = self.request.segments
-        if records is None or state.total is None:
+        """The segment map of this segmented `.part`: the one handed back by the caller (the
+        durable map), joined with the volatile one beside the `.part` when this kernel wrote it
+        (after a kill: transfer/segment_journal.py); None if neither fits."""
+        if state.total is None:
+            return None
+        durable = self.request.segments
+        if durable is not None:
+            try:
+                SegmentMap(state.total, durable)
+            except ValueError:
+                durable = None
+        volatile = read_journal(journal_path(self.dest), token=state.token, total=state.total)
+        if durable is None and volatile is None:
             return None
         try:
-            segmap = SegmentMap(state.total, records)
+            segmap = SegmentMap(state.total, merge_records(state.total, durable, volatile))
         except ValueError:
             return None
         # Bytes the map counts must lie inside the file (its allocation may not have happened).

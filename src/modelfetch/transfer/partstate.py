@@ -21,11 +21,17 @@ class PartState:
     # A segmented `.part` (written at any offset; its segment map says what is on disk) is
     # saved as version 2, which a modelfetch that only knows prefix files discards.
     segmented: bool = False
+    # A segmented `.part`'s incarnation: random, made when it is begun. Its volatile segment
+    # map (transfer/segment_journal.py) carries the same token, so a map left by an earlier
+    # `.part` of the same name is never taken for this one's.
+    token: str | None = None
 
     def save(self, path: Path) -> None:
         """Atomic replace, no fsync: losing the sidecar in a crash only costs a restart."""
         fields = asdict(self)
         del fields["segmented"]
+        if self.token is None:
+            del fields["token"]
         if self.segmented:
             fields["version"] = 2
         tmp = path.with_name(path.name + ".tmp")
@@ -55,4 +61,12 @@ class PartState:
         segmented = raw["version"] == 2
         if segmented and total is None:
             return None
-        return cls(url=url, validator=validator, total=total, sha256=sha256, segmented=segmented)
+        token = raw.get("token")
+        return cls(
+            url=url,
+            validator=validator,
+            total=total,
+            sha256=sha256,
+            segmented=segmented,
+            token=token if isinstance(token, str) else None,
+        )

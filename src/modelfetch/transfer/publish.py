@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from modelfetch.core.errors import IntegrityError, LocalFileError
+from modelfetch.core.paths import JOURNAL_SUFFIX, PART_SUFFIX
 from modelfetch.transfer import sink
 from modelfetch.transfer.hashing import Digests
 from modelfetch.transfer.sink import DISK_FULL_ERRNOS, UNSUPPORTED_ERRNOS, disk_full
 
 _T = TypeVar("_T")
+JOURNAL_TAIL = JOURNAL_SUFFIX.removeprefix(PART_SUFFIX)  # `x.part` + this = journal_path(x)
 
 
 def check_digests(
@@ -186,5 +188,8 @@ def fsync_directory(directory: Path) -> None:
 
 
 def remove_partial(part: Path, sidecar: Path) -> None:
+    """Remove a `.part`, its sidecar and its volatile segment map (`journal_path`: the `.part`'s
+    name + ".map"), which must never outlive the bytes it describes."""
     part.unlink(missing_ok=True)
     sidecar.unlink(missing_ok=True)
+    part.with_name(part.name + JOURNAL_TAIL).unlink(missing_ok=True)

@@ -5,17 +5,23 @@ transfer/segments.py). `_run_segmented` makes the first ranged request here, wit
 redirect, validator and cross-check rules as a single stream, allocates the `.part` and hands
 over to `SegmentedFetch`, whose other connections ask through `_open_range_from`; it falls back
 to the single stream when the server answers a ranged request with the whole body. The segment
-map goes to the caller (`on_segments`) before the `.part` changes and whenever it stops.
+map goes to the caller (`on_segments`) before the `.part` changes and whenever it stops, always
+after an fdatasync of the bytes it claims; a volatile copy beside the `.part` is rewritten every
+few MiB for a restart after a kill (transfer/checkpoints.py).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from modelfetch.core.errors import IntegrityError, NetworkError, TransferError
 from modelfetch.core.headers import is_strong_etag, parse_content_range
+from modelfetch.core.paths import journal_path
 from modelfetch.core.segments import SegmentMap, SegmentRecord
 from modelfetch.transfer.api import TransferResult
+from modelfetch.transfer.checkpoints import JOURNAL_BYTES, JOURNAL_INTERVAL, Checkpoints
 from modelfetch.transfer.failures import redact_url, status_error
 from modelfetch.transfer.partstate import PartState
 from modelfetch.transfer.publish import remove_partial
@@ -24,6 +30,8 @@ from modelfetch.transfer.redirects import host_of
 from modelfetch.transfer.segments import FirstPiece, SegmentedFetch, SegmentSettings, piece_size
 from modelfetch.transfer.sink import SegmentedPartFile
 from modelfetch.transfer.wire import Response
+
+NEAR_REQUEST = 2 << 20  # the most one request asks for on a near path (see _open_range_from)
 
 
 class SegmentingTransfer(ReceivingTransfer):
@@ -55,7 +63,10 @@ class SegmentingTransfer(ReceivingTransfer):
             min_steal=max(1, self.request.min_steal_size),
             stall_timeout=self.stall_timeout,
             chunk_size=self.chunk_size,
-            checkpoint_interval=self.request.checkpoint_interval,
+            # The connections checkpoint the volatile map this often; the durable map is
+            # saved every request.checkpoint_interval (self.checkpoints).
+            checkpoint_interval=JOURNAL_INTERVAL,
+            checkpoint_bytes=JOURNAL_BYTES,
         )
         started_over = False
         while True:
@@ -63,7 +74,7 @@ class SegmentingTransfer(ReceivingTransfer):
             self.segmap = segmap
             # The map is recorded before the `.part` changes, so a crash can never pair a new
             # file with an old map.
-            self._save_segments()
+            await self.checkpoints.save(segmap, None)
             self._report(segmap.done_bytes, total, force=True)
             self.resumed_from = segmap.done_bytes
             first = segmap.claim(0, piece=settings.piece, min_steal=settings.min_steal)
@@ -86,6 +97,7 @@ class SegmentingTransfer(ReceivingTransfer):
                     self.segmap = None
                     if self.on_segments is not None:
                         self.on_segments(None)
+                    journal_path(self.dest).unlink(missing_ok=True)
                     return await self._receive(response, 0)
                 parsed = parse_content_range(response.headers.get("Content-Range"))
                 if parsed is None or parsed.start != start:
@@ -116,9 +128,9 @@ class SegmentingTransfer(ReceivingTransfer):
                     continue
                 self.clock.mark_head()
                 self._begin_segmented_part(response, total, fresh=not resuming)
-                self._save_segments()
                 part = self.part
                 assert isinstance(part, SegmentedPartFile)
+                await self.checkpoints.save(segmap, part.fd)
                 await part.start_digests(git_blob_size=total if self.expected_git_oid else None)
                 headers = response.headers
                 if first is None:
@@ -128,13 +140,13 @@ class SegmentingTransfer(ReceivingTransfer):
                 fetch = SegmentedFetch(
                     segmap=segmap,
                     part=part,
-                    open_range=self._open_range_from(self.url, redirected),
+                    open_range=self._open_range_from(self.url, redirected, near=response.near_path),
                     host=host_of(self.url),
                     settings=settings,
                     slots=self.slots,
                     limits=self.limits,
                     on_progress=self._report_done,
-                    on_checkpoint=self._save_segments,
+                    on_checkpoint=self._checkpoint,
                     url=redact_url(self.url),
                 )
                 piece = FirstPiece(first, response, self.slot)
@@ -154,7 +166,10 @@ class SegmentingTransfer(ReceivingTransfer):
                 self.connections = fetch.peak
                 self.reopened = fetch.reopened
             break
-        self._save_segments()  # complete: if publishing fails, a retry needs no bytes again
+        # Complete and durable: if publishing fails, a retry needs no bytes again (the publish's
+        # own fsync then finds nothing left to write), and the volatile map is not needed.
+        await self.checkpoints.save(segmap, part.fd)
+        self.checkpoints.discard_journal()
         part.hash_upto(total)
         result = await self._verify_and_publish(headers)
         self.segmap = None
@@ -181,22 +196,39 @@ class SegmentingTransfer(ReceivingTransfer):
                 total=total,
                 sha256=self._expected_digest(),
                 segmented=True,
+                token=secrets.token_hex(8),  # this `.part`'s incarnation (segment_journal.py)
             )
+            self.state.save(self.sidecar_path)
+        elif self.state.token is None:  # begun by a modelfetch without volatile maps
+            self.state = replace(self.state, token=secrets.token_hex(8))
             self.state.save(self.sidecar_path)
         self.total = total
         part = self.part = SegmentedPartFile(self.part_path, total)
         part.check_free_space(total)
         part.allocate()
+        assert self.state.token is not None
+        self.checkpoints.open_journal(journal_path(self.dest), token=self.state.token, total=total)
 
     def _open_range_from(
-        self, url: str, redirected: bool
+        self, url: str, redirected: bool, *, near: bool = False
     ) -> Callable[[int, int], Awaitable[Response]]:
         """How the other connections ask for a piece: straight at the URL the first request
-        ended at (the CDN), with the partial's validator, checking every answer."""
+        ended at (the CDN), with the partial's validator, checking every answer.
+
+        On a near path (`near`: a short round trip, transfer/wire/window.py) each request asks
+        for at most NEAR_REQUEST bytes, and the connection asks again where the body ended: a
+        server queues up to its socket send buffer (4 MiB on Linux) ahead of a reader that
+        the CPU holds back, and a kill or a tail steal throws that queue away; a request's
+        own end bounds it. A round trip there costs microseconds; on a far path (a CDN) it
+        would cost milliseconds per request, so pieces are asked for whole. SegmentedFetch
+        takes a body that ends before its segment as an early end and asks again from there
+        (its `reopened` count includes these)."""
         validator = self.state.validator if self.state is not None else None
         total = self.total
 
         async def open_range(start: int, end: int) -> Response:
+            if near:
+                end = min(end, start + NEAR_REQUEST)
             response, hopped = await self._request(start, end=end, url=url, validator=validator)
             try:
                 if response.status == 206:
@@ -222,14 +254,30 @@ class SegmentingTransfer(ReceivingTransfer):
 
         return open_range
 
+    _checkpoints: Checkpoints | None = None
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        """The durable and the volatile map of this transfer (made on first use: on_segments
+        and the request are set by then)."""
+        if self._checkpoints is None:
+            self._checkpoints = Checkpoints(
+                self.part_path, self.on_segments, self.request.checkpoint_interval
+            )
+        return self._checkpoints
+
+    def _checkpoint(self) -> None:
+        """The connections' frequent checkpoint (see SegmentSettings.checkpoint_bytes)."""
+        if self.segmap is not None and self.part is not None:
+            self.checkpoints.frequent(self.segmap, self.part)
+
     def _save_segments(self) -> None:
-        """Hand the current map to the caller to persist (None once the `.part` is gone)."""
-        if self.segmap is None or self.on_segments is None:
+        """Persist the current map durably now, blocking (a stop or a failure: fetch.py's
+        handlers, which cannot wait), or forget it (None) once the `.part` is gone."""
+        if self.segmap is None:
             return
-        if self.part_path.exists():
-            self.on_segments(self.segmap.records())
-        else:
-            self.on_segments(None)
+        part = self.part
+        self.checkpoints.save_blocking(self.segmap, part.fd if part is not None else None)
 
 
 def _prefix_records(prefix: int, total: int) -> list[SegmentRecord]:

@@ -9,13 +9,18 @@ of the largest remaining segment. receive.py verifies and publishes when the map
 Where the truth is. A segmented `.part` is allocated to its full size at once and filled out of
 order, so its length says nothing. What is on disk is the segment map: per segment its start,
 end and how many bytes from the start are written. `done` grows only after `pwrite` returned, so
-a map never counts bytes that were not handed to the kernel. (A power cut can still lose page
-cache the map already counted; the SHA-256 check at the end catches that and the retry policy
-starts over.) The transfer passes the map to its caller's `on_segments` about once a second and
-whenever it stops; the caller persists it (the manager: in the store) and hands it back as
-`TransferRequest.segments`, and the next attempt resumes each segment at start + done. A
-segmented `.part` without its map is worthless and is deleted. `partial_bytes` is how anyone
-else (the manager's recovery and progress) counts the bytes on disk of a partial download.
+a map never counts bytes that were not handed to the kernel. The map is kept at two levels
+(transfer/checkpoints.py): the durable one goes to the caller's `on_segments` about once a
+second and whenever the transfer stops, each time only after an fdatasync of the bytes it
+claims, so it is true even after a power cut; the caller persists it (the manager: in the
+store) and hands it back as `TransferRequest.segments`. The volatile one
+(transfer/segment_journal.py) is rewritten beside the `.part` every `checkpoint_bytes` or
+`checkpoint_interval` (the connections' `on_checkpoint`), without fsync, and is trusted only by
+the kernel that wrote it: after a `kill -9` the next attempt resumes from the union of both, so
+a kill costs the bytes in flight; after a reboot only the durable map counts. Each segment
+resumes at start + done. A segmented `.part` without a map is worthless and is deleted.
+`partial_bytes` is how anyone else (the manager's recovery and progress) counts the bytes on
+disk of a partial download (the durable map's count: the conservative one).
 
 How many connections. 8 at first (START_CONNECTIONS); then `_steer` probes like TCP does for
 bandwidth: twice as many, kept only if throughput grew nearly in proportion (a server or path
@@ -125,7 +130,8 @@ class SegmentSettings:
     min_steal: int
     stall_timeout: float | None
     chunk_size: int
-    checkpoint_interval: float
+    checkpoint_interval: float  # on_checkpoint once this long has passed while bytes move,
+    checkpoint_bytes: int = 1 << 62  # or once this many more bytes are counted
     start_connections: int = START_CONNECTIONS  # opened at once; more while they help
     grow_interval: float = GROW_INTERVAL
 
@@ -179,6 +185,7 @@ class SegmentedFetch:
         self.workers = 0  # connections started so far
         self._done = segmap.done_bytes
         self._last_checkpoint = time.monotonic()
+        self._checkpointed = self._done  # bytes counted at the last on_checkpoint
         self._running = 0  # workers that have not returned yet
         self._target = 1  # how many workers should run; those above it leave between pieces
         self.peak = 0  # the most workers that ran at once
@@ -426,8 +433,12 @@ class SegmentedFetch:
         self.on_progress(self._done)
         self._advance_hash()
         now = time.monotonic()
-        if now - self._last_checkpoint >= self.settings.checkpoint_interval:
+        if (
+            now - self._last_checkpoint >= self.settings.checkpoint_interval
+            or self._done - self._checkpointed >= self.settings.checkpoint_bytes
+        ):
             self._last_checkpoint = now
+            self._checkpointed = self._done
             self.on_checkpoint()
 
     def _advance_hash(self) -> None:

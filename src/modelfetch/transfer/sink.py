@@ -64,6 +64,9 @@ UNSUPPORTED_ERRNOS = frozenset(
 # The one write primitive, a module attribute so a test can substitute a failing one (ENOSPC).
 # transfer/publish.py writes through it too.
 pwrite: Callable[[int, Any, int], int] = os.pwrite
+# What makes a `.part`'s written bytes durable before a segment map that the store keeps may
+# claim them (transfer/checkpoints.py); a module attribute so a test can watch or fail it.
+fdatasync: Callable[[int], None] = os.fdatasync
 
 
 def _libc_call(names: tuple[str, ...], argtypes: list[Any]) -> Callable[..., None] | None:
@@ -416,6 +419,7 @@ __all__ = [
     "PartState",
     "SegmentedPartFile",
     "disk_full",
+    "fdatasync",
     "pwrite",
     "require_space",
 ]

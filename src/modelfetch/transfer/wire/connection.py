@@ -21,6 +21,7 @@ from modelfetch.transfer.wire.parse import (
     tokens,
 )
 from modelfetch.transfer.wire.response import Response
+from modelfetch.transfer.wire.window import clamp_receive_window
 
 if TYPE_CHECKING:
     from modelfetch.transfer.wire.session import Session
@@ -49,6 +50,7 @@ class Connection(asyncio.BufferedProtocol):
         self.key = key
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        self.near_path = False  # a short round trip: its receive window was clamped (window.py)
         self._buffer: memoryview | None = None
         self._scratch: memoryview | None = None
         self._lost = False
@@ -223,6 +225,9 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        # A near path gets a receive window of its bandwidth-delay product, not 32 MiB of
+        # bytes a kill or a steal would throw away (window.py).
+        self.near_path = clamp_receive_window(transport.get_extra_info("socket")) is not None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._buffer is not None and not self._sealed and self._state not in (_IDLE, _DONE):

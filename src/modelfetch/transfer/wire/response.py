@@ -34,6 +34,7 @@ class Response:
 
     def __init__(self, conn: Connection, method: str, url: str, status: int, reason: str) -> None:
         self._conn: Connection | None = conn
+        self.near_path = conn.near_path  # see Connection.near_path
         self.method = method
         self.url = url
         self.status = status
