@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_transfer import (
+from bench_common import (
     BENCH_DIR,
     CHILD,
     RATE_CAP,
