@@ -1,0 +1,226 @@
+"""What the event stream and the listing send, encoded once and shared by every client.
+
+Events: each one's SSE message is encoded once (`EventFrames`), not once per open stream: the
+bus hands the same event object to every subscription, and a `queue_changed` on a queue of
+10,000 is 150 KB of JSON, which fifty dashboards encoded fifty times.
+
+Pages of the download list:
+
+A page is at most `LIST_PAGE` downloads after an id, read from the manager at one loop turn (so
+its items are exactly the state at `as_of`, the bus seq when it was read) and kept as encoded
+JSON. The SSE start-up snapshot sends such pages one by one, and the unfiltered first pages of
+`GET /api/downloads` are the same pages: fifty dashboards connecting at once to a queue of
+10,000 read and encode each page once, hold the loop for one page (tens of ms) at a time rather
+than for the whole list, and never hold 10,000 views (or fifty copies of their JSON) at once.
+
+A page is shared while only progress happened since `as_of` (every status, position and file
+in it is still current: a client that decides from it alone, or lists right after an action, is
+right) and it is young enough: up to `LIST_REUSE` for the listing, whose byte counts would
+otherwise lag, and up to `SNAPSHOT_REUSE` for the event stream, whose client gets every event
+after `as_of` and so the progress too (a longer window lets the clients of a reconnect storm,
+which arrive over seconds, share one read of each page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from modelfetch.core import events as ev
+from modelfetch.manager import DownloadManager
+from modelfetch.server.api_models import LIST_PAGE
+from modelfetch.server.responses import dumps
+
+__all__ = [
+    "LIST_REUSE",
+    "PAGE_SIZE",
+    "SNAPSHOT_REUSE",
+    "EventFrames",
+    "Page",
+    "PageCache",
+    "sse_message",
+]
+
+LIST_REUSE = 1.0
+"""Seconds a page may answer `GET /api/downloads` after it was read (while only progress
+happened since): its byte counts are at most that old."""
+SNAPSHOT_REUSE = 10.0
+"""Seconds a page may go into an SSE snapshot after it was read (the same condition): the
+client replays the progress since from the bus, so nothing it shows is that old."""
+PAGE_SIZE = LIST_PAGE
+"""Downloads in a page (the listing's default `limit`, so that the two share pages)."""
+
+_PROGRESS_EVENTS = (ev.FileProgress, ev.GroupProgress)
+_KEPT_PAGES = 64  # distinct pages kept at most: the first 64,000 downloads of the list
+_STEP = 250  # downloads read per loop turn
+
+
+_FRAMES_KEPT = 4 << 20  # bytes of encoded events kept for the streams that are behind
+
+
+def sse_message(event: ev.Event) -> bytes:
+    """One SSE message: `id:` the seq, `event:` the type, `data:` the JSON form (one line)."""
+    data = dumps(ev.to_dict(event))
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+
+
+class EventFrames:
+    """The SSE messages of the latest events, by seq (see the module docstring)."""
+
+    def __init__(self, *, kept: int = _FRAMES_KEPT) -> None:
+        self._kept = kept
+        self._size = 0
+        self._frames: dict[int, tuple[ev.Event, bytes]] = {}
+        self.encoded = 0  # messages encoded (the others were shared)
+
+    def message(self, event: ev.Event) -> bytes:
+        cached = self._frames.get(event.seq)
+        if cached is not None and cached[0] is event:  # the very object: same seq, same bus
+            return cached[1]
+        data = sse_message(event)
+        self.encoded += 1
+        if isinstance(event, ev.Missed):
+            return data  # a subscription's own, not the bus's: nobody else gets it
+        old = self._frames.pop(event.seq, None)
+        if old is not None:
+            self._size -= len(old[1])
+        self._frames[event.seq] = (event, data)
+        self._size += len(data)
+        # Oldest first (they are kept in the order they were first sent): a stream far behind
+        # the others encodes its own, which costs time, never correctness.
+        while self._size > self._kept and len(self._frames) > 1:
+            _, dropped = self._frames.pop(next(iter(self._frames)))
+            self._size -= len(dropped)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    after: int | None  # the id the page starts after (None: the first page)
+    as_of: int  # its items reflect every event up to this seq (replay from here)...
+    until: int  # ...and none after this one (equal unless events came while it was read)
+    read_at: float  # time.monotonic() when it was read
+    ts: float  # time.time() when it was read, for the wire
+    items: bytes  # the JSON array of its GroupViews
+    next: int | None  # the id the following page starts after; None: this is the last
+
+    def listing(self) -> bytes:
+        """The `GET /api/downloads` body (DownloadList) of this page: its `seq` is `as_of`, the
+        seq to follow the event stream from."""
+        return b"".join(
+            (b'{"seq":%d,"downloads":' % self.as_of, self.items, b',"next":%s}' % _id(self.next))
+        )
+
+    def sse_parts(self, seq: int) -> tuple[bytes, bytes, bytes]:
+        """This page as the SSE message of a snapshot at `seq` (`snapshot` for the first page,
+        `snapshot_page` after it), in three parts so the items are written without a copy;
+        its `as_of` is `until`, the seq up to which a client applies the events that follow
+        to see one moment of the daemon.
+
+        Only a snapshot's last message carries `id: seq`; the others reset the id (an empty
+        `id:`), so a client cut off in the middle of the pages reconnects without
+        Last-Event-ID and gets a whole snapshot again, not events on top of half a list."""
+        kind = "snapshot" if self.after is None else "snapshot_page"
+        event_id = str(seq) if self.next is None else ""
+        head = (
+            f"id: {event_id}\nevent: {kind}\n"
+            f'data: {{"type":"{kind}","seq":{seq},"ts":{dumps(self.ts)},"as_of":{self.until},'
+            f'"next":{_id(self.next).decode()},"items":'
+        ).encode()
+        return head, self.items, b"}\n\n"
+
+
+def _id(value: int | None) -> bytes:
+    return b"null" if value is None else b"%d" % value
+
+
+class PageCache:
+    """The pages read lately, by the id they start after (see the module docstring)."""
+
+    def __init__(self, manager: DownloadManager, *, size: int | None = None) -> None:
+        self.manager = manager
+        self.size = PAGE_SIZE if size is None else size
+        self._pages: dict[int | None, Page] = {}
+        # One read of a page at a time: a second reader of it waits and shares what the first
+        # read. Reads of different pages interleave (a listing's first page never waits for
+        # the streams' reads of the tenth).
+        self._reading: dict[int | None, asyncio.Lock] = {}
+        self.reads = 0  # pages read from the manager (the others were shared)
+
+    async def page(
+        self, after: int | None = None, *, at_least: int = 0, max_age: float = LIST_REUSE
+    ) -> Page:
+        """The page after `after`: a shared one if it is current (only progress since it was
+        read), younger than `max_age` and reflects at least event `at_least`, else one read
+        now."""
+        found = self._current(after, at_least, max_age)
+        if found is not None:
+            return found
+        lock = self._reading.setdefault(after, asyncio.Lock())
+        try:
+            async with lock:
+                # Whoever held the lock may just have read this very page.
+                found = self._current(after, at_least, max_age)
+                if found is None:
+                    found = await self._read(after)
+                    self._keep(found)
+                return found
+        finally:
+            if not lock.locked() and self._reading.get(after) is lock:
+                del self._reading[after]
+
+    def _current(self, after: int | None, at_least: int, max_age: float) -> Page | None:
+        page = self._pages.get(after)
+        if page is None or page.as_of < at_least:
+            return None
+        if time.monotonic() - page.read_at >= max_age:
+            return None
+        try:
+            since = self.manager.bus.history_since(page.as_of)
+        except ValueError:
+            return None
+        if since is None or not all(isinstance(e, _PROGRESS_EVENTS) for e in since):
+            return None
+        return page
+
+    async def _read(self, after: int | None) -> Page:
+        # A few hundred downloads per loop turn (the manager builds views without yielding):
+        # a page of 1,000 would hold the loop for ~50 ms on an idle machine, and every request
+        # and stream waits behind it. Events may come between two steps: `as_of` is the seq
+        # before the first and `until` the seq after the last.
+        as_of = self.manager.bus.last_seq
+        chunks: list[bytes] = []
+        count = 0
+        cursor = after
+        while True:
+            want = min(_STEP, self.size - count)
+            views = await self.manager.snapshot(after=cursor, limit=want)
+            if views:
+                chunks.append(dumps([view.to_dict() for view in views])[1:-1].encode())
+                count += len(views)
+                cursor = views[-1].id
+            if len(views) < want or count == self.size:
+                break
+            await asyncio.sleep(0)
+        self.reads += 1
+        return Page(
+            after=after,
+            as_of=as_of,
+            until=self.manager.bus.last_seq,
+            read_at=time.monotonic(),
+            ts=time.time(),
+            items=b"[" + b",".join(chunks) + b"]",
+            next=cursor if count == self.size else None,
+        )
+
+    def _keep(self, page: Page) -> None:
+        self._pages[page.after] = page
+        # Pages past their reuse serve nobody: drop them so an idle daemon keeps no copy of a
+        # long list. (A page is dropped whole, never trimmed: a sender still holds its bytes.)
+        now = time.monotonic()
+        for key in [k for k, p in self._pages.items() if now - p.read_at >= SNAPSHOT_REUSE]:
+            if key != page.after:
+                del self._pages[key]
+        while len(self._pages) > _KEPT_PAGES:
+            del self._pages[next(iter(self._pages))]
