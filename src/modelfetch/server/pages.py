@@ -13,12 +13,16 @@ JSON. The SSE start-up snapshot sends such pages one by one, and the unfiltered 
 10,000 read and encode each page once, hold the loop for one page (tens of ms) at a time rather
 than for the whole list, and never hold 10,000 views (or fifty copies of their JSON) at once.
 
-A page is shared while only progress happened since `as_of` (every status, position and file
-in it is still current: a client that decides from it alone, or lists right after an action, is
-right) and it is young enough: up to `LIST_REUSE` for the listing, whose byte counts would
-otherwise lag, and up to `SNAPSHOT_REUSE` for the event stream, whose client gets every event
-after `as_of` and so the progress too (a longer window lets the clients of a reconnect storm,
-which arrive over seconds, share one read of each page).
+A listing's page and a snapshot's first page are shared while only progress happened since
+`as_of` (every status, position and file in it is still current: a client that decides from
+it alone, or lists right after an action, is right) and they are young enough: up to
+`LIST_REUSE` for the listing, whose byte counts would otherwise lag, and up to
+`SNAPSHOT_REUSE` for the event stream, whose client gets every event after `as_of` and so the
+progress too (a longer window lets the clients of a reconnect storm, which arrive over seconds,
+share one read of each page). A snapshot's later page only has to reflect every event up to the
+snapshot's seq (its client replays all those after it), so it is shared while young enough even
+when statuses changed since: a storm that meets the start of a download (a few status events)
+does not read every page again for each of them.
 """
 
 from __future__ import annotations
@@ -149,33 +153,39 @@ class PageCache:
         self.reads = 0  # pages read from the manager (the others were shared)
 
     async def page(
-        self, after: int | None = None, *, at_least: int = 0, max_age: float = LIST_REUSE
+        self,
+        after: int | None = None,
+        *,
+        max_age: float = LIST_REUSE,
+        at_least: int | None = None,
     ) -> Page:
-        """The page after `after`: a shared one if it is current (only progress since it was
-        read), younger than `max_age` and reflects at least event `at_least`, else one read
-        now."""
-        found = self._current(after, at_least, max_age)
+        """The page after `after`: a shared one younger than `max_age` if there is one that
+        is current (only progress since it was read) or, given `at_least`, one that reflects
+        every event up to that seq (a snapshot's later page: its client replays every event
+        after `at_least`, so the page need not be current); else one read now."""
+        found = self._shared(after, max_age, at_least)
         if found is not None:
             return found
         lock = self._reading.setdefault(after, asyncio.Lock())
         try:
             async with lock:
                 # Whoever held the lock may just have read this very page.
-                found = self._current(after, at_least, max_age)
+                found = self._shared(after, max_age, at_least)
                 if found is None:
                     found = await self._read(after)
                     self._keep(found)
                 return found
         finally:
+            # At worst a page is read twice at once (a reader came as the lock was let go).
             if not lock.locked() and self._reading.get(after) is lock:
                 del self._reading[after]
 
-    def _current(self, after: int | None, at_least: int, max_age: float) -> Page | None:
+    def _shared(self, after: int | None, max_age: float, at_least: int | None) -> Page | None:
         page = self._pages.get(after)
-        if page is None or page.as_of < at_least:
+        if page is None or time.monotonic() - page.read_at >= max_age:
             return None
-        if time.monotonic() - page.read_at >= max_age:
-            return None
+        if at_least is not None:
+            return page if page.as_of >= at_least else None
         try:
             since = self.manager.bus.history_since(page.as_of)
         except ValueError:

@@ -145,7 +145,7 @@ async def _send_snapshot(response: web.StreamResponse, pages: PageCache, first: 
             return
         # A later page must reflect at least the snapshot's seq: the client replays only
         # the events after it.
-        page = await pages.page(page.next, at_least=seq, max_age=SNAPSHOT_REUSE)
+        page = await pages.page(page.next, max_age=SNAPSHOT_REUSE, at_least=seq)
 
 
 async def _send_large(response: web.StreamResponse, data: bytes) -> None:
