@@ -284,12 +284,14 @@ async def test_a_list_of_several_pages_with_a_change_while_they_arrive(
         real = PageCache._read
         changed: list[int | None] = []
 
-        async def change_then_read(self: PageCache, after: int | None) -> server_pages.Page:
+        async def change_then_read(
+            self: PageCache, after: int | None, step: int
+        ) -> server_pages.Page:
             if after == ids[1] and not changed:
                 changed.append(after)
                 await daemon.manager.cancel(ids[0])
                 await daemon.manager.cancel(ids[4])
-            return await real(self, after)
+            return await real(self, after, step)
 
         monkeypatch.setattr(PageCache, "_read", change_then_read)
         async with live_page(daemon.url) as (page, problems):

@@ -47,9 +47,9 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
     seen: list[int | None] = []
     real = PageCache._read
 
-    async def counted(self: PageCache, after: int | None) -> server_pages.Page:
+    async def counted(self: PageCache, after: int | None, step: int) -> server_pages.Page:
         seen.append(after)
-        return await real(self, after)
+        return await real(self, after, step)
 
     monkeypatch.setattr(PageCache, "_read", counted)
     return seen
@@ -160,13 +160,13 @@ async def test_a_change_while_the_pages_go_out_is_not_lost(
     real = PageCache._read
     changed: list[int] = []
 
-    async def change_then_read(self: PageCache, after: int | None) -> server_pages.Page:
+    async def change_then_read(self: PageCache, after: int | None, step: int) -> server_pages.Page:
         if after == ids[1] and not changed:
             # Page 1 (ids 0, 1) is on its way; page 3 (id 4) is not read yet.
             changed.append(daemon.manager.bus.last_seq)
             await daemon.manager.cancel(ids[0])
             await daemon.manager.cancel(ids[4])
-        return await real(self, after)
+        return await real(self, after, step)
 
     monkeypatch.setattr(PageCache, "_read", change_then_read)
     client = PlainClient()
@@ -210,8 +210,14 @@ async def test_last_event_id_after_a_paged_snapshot_resumes_without_one(daemon: 
 
 
 async def test_clients_and_the_listing_share_the_pages(
-    daemon: Daemon, reads: list[int | None]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reads: list[int | None]
 ) -> None:
+    monkeypatch.setattr(server_pages, "LIST_REUSE", 60.0)  # however slow this machine is
+    async with run_daemon(tmp_path) as daemon:
+        await share_the_pages(daemon, reads)
+
+
+async def share_the_pages(daemon: Daemon, reads: list[int | None]) -> None:
     ids = await queue_paused(daemon, 5)
     async with open_stream(daemon) as one, open_stream(daemon) as two:
         first = await read_snapshot(one)
@@ -230,6 +236,27 @@ async def test_clients_and_the_listing_share_the_pages(
     _, page = await daemon.call("GET", "/api/downloads?limit=2")
     assert page["downloads"][0]["status"] == "cancelled"
     assert reads[-1] is None and len(reads) == 4
+
+
+async def test_the_listing_reads_its_next_page_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reads: list[int | None]
+) -> None:
+    """A listing answered from a page past half its reuse has the page read again meanwhile,
+    so the next listing does not wait for a read; none is ever older than the reuse."""
+    monkeypatch.setattr(server_pages, "LIST_REUSE", 2.0)
+    async with run_daemon(tmp_path) as daemon:
+        await queue_paused(daemon, 3)
+        reads.clear()
+        _, first = await daemon.call("GET", "/api/downloads?limit=2")
+        assert reads == [None]
+        await asyncio.sleep(1.1)
+        _, second = await daemon.call("GET", "/api/downloads?limit=2")
+        async with asyncio.timeout(5):
+            while len(reads) < 2:
+                await asyncio.sleep(0.01)
+        _, third = await daemon.call("GET", "/api/downloads?limit=2")
+        assert reads == [None, None]  # the third was answered from the one read meanwhile
+        assert first["downloads"] == second["downloads"] == third["downloads"]
 
 
 async def test_remote_wait_reads_every_page(daemon: Daemon) -> None:

@@ -28,6 +28,7 @@ does not read every page again for each of them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -54,6 +55,8 @@ SNAPSHOT_REUSE = 10.0
 client replays the progress since from the bus, so nothing it shows is that old."""
 PAGE_SIZE = LIST_PAGE
 """Downloads in a page (the listing's default `limit`, so that the two share pages)."""
+
+log = logging.getLogger("modelfetch.server")
 
 _PROGRESS_EVENTS = (ev.FileProgress, ev.GroupProgress)
 _KEPT_PAGES = 64  # distinct pages kept at most: the first 64,000 downloads of the list
@@ -145,24 +148,53 @@ class PageCache:
     def __init__(self, manager: DownloadManager, *, size: int | None = None) -> None:
         self.manager = manager
         self.size = PAGE_SIZE if size is None else size
+        self.list_reuse = LIST_REUSE
         self._pages: dict[int | None, Page] = {}
         # One read of a page at a time: a second reader of it waits and shares what the first
         # read. Reads of different pages interleave (a listing's first page never waits for
         # the streams' reads of the tenth).
         self._reading: dict[int | None, asyncio.Lock] = {}
+        self._refreshing: dict[int | None, asyncio.Task[None]] = {}  # see listing()
         self.reads = 0  # pages read from the manager (the others were shared)
+
+    async def listing(self, after: int | None = None) -> Page:
+        """A page for `GET /api/downloads`: `page(after)`, and when the page it answers with
+        is past half its reuse, a fresh one read in the background, so that the next listing
+        finds it ready instead of waiting for the read (~50 ms of views and JSON for 1,000
+        downloads on an idle machine, several times that on a busy loop). What it answers is
+        never older than `LIST_REUSE`, as without this."""
+        page = await self.page(after)
+        half = self.list_reuse / 2
+        if time.monotonic() - page.read_at >= half and after not in self._refreshing:
+            task = asyncio.get_running_loop().create_task(self._refresh(after))
+            self._refreshing[after] = task
+            task.add_done_callback(lambda _: self._refreshing.pop(after, None))
+        return page
+
+    async def _refresh(self, after: int | None) -> None:
+        try:
+            await self.page(after, max_age=self.list_reuse / 2)
+        except Exception:  # the manager stopped, the store is away: the next listing says so
+            log.debug("background read of the page after %s failed", after, exc_info=True)
 
     async def page(
         self,
         after: int | None = None,
         *,
-        max_age: float = LIST_REUSE,
+        max_age: float | None = None,
         at_least: int | None = None,
+        in_steps: bool = False,
     ) -> Page:
         """The page after `after`: a shared one younger than `max_age` if there is one that
         is current (only progress since it was read) or, given `at_least`, one that reflects
         every event up to that seq (a snapshot's later page: its client replays every event
-        after `at_least`, so the page need not be current); else one read now."""
+        after `at_least`, so the page need not be current); else one read now, `in_steps`
+        of a few hundred downloads with the loop free between them (a stream's snapshot, so
+        that fifty of them never hold the loop for long) or in one turn (a listing, whose
+        client is waiting: between steps the loop would run everything else first).
+        `max_age` is the listing's `LIST_REUSE` unless given."""
+        if max_age is None:
+            max_age = self.list_reuse
         found = self._shared(after, max_age, at_least)
         if found is not None:
             return found
@@ -172,7 +204,7 @@ class PageCache:
                 # Whoever held the lock may just have read this very page.
                 found = self._shared(after, max_age, at_least)
                 if found is None:
-                    found = await self._read(after)
+                    found = await self._read(after, _STEP if in_steps else self.size)
                     self._keep(found)
                 return found
         finally:
@@ -194,17 +226,17 @@ class PageCache:
             return None
         return page
 
-    async def _read(self, after: int | None) -> Page:
-        # A few hundred downloads per loop turn (the manager builds views without yielding):
-        # a page of 1,000 would hold the loop for ~50 ms on an idle machine, and every request
-        # and stream waits behind it. Events may come between two steps: `as_of` is the seq
-        # before the first and `until` the seq after the last.
+    async def _read(self, after: int | None, step: int) -> Page:
+        # `step` downloads per loop turn (the manager builds views without yielding): a page of
+        # 1,000 holds the loop for ~50 ms on an idle machine, and every request and stream
+        # waits behind it. Events may come between two steps: `as_of` is the seq before the
+        # first and `until` the seq after the last.
         as_of = self.manager.bus.last_seq
         chunks: list[bytes] = []
         count = 0
         cursor = after
         while True:
-            want = min(_STEP, self.size - count)
+            want = min(step, self.size - count)
             views = await self.manager.snapshot(after=cursor, limit=want)
             if views:
                 chunks.append(dumps([view.to_dict() for view in views])[1:-1].encode())

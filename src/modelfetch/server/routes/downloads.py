@@ -44,7 +44,7 @@ async def list_downloads(request: web.Request) -> web.StreamResponse:
     if not query.status and not query.q and query.limit == pages.size:
         # The pages every dashboard asks for, shared with the SSE snapshots (server/pages.py):
         # read and encoded once for all the clients that ask within a second.
-        shared = await pages.page(query.after)
+        shared = await pages.listing(query.after)
         # The same Content-Type as json_response's (aiohttp adds the charset to text bodies).
         return web.Response(body=shared.listing(), content_type="application/json", charset="utf-8")
     manager = manager_of(request)

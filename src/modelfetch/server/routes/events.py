@@ -62,7 +62,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     if not replayable:
         # A (possibly shared) first page, then the rest, then every event after the seq the
         # first page reflects: replayed from the bus history, so nothing in between is lost.
-        first = await state.pages.page(max_age=SNAPSHOT_REUSE)
+        first = await state.pages.page(max_age=SNAPSHOT_REUSE, in_steps=True)
         since = first.as_of
     subscription = bus.subscribe(maxsize=_SSE_BUFFER, since=since)
     stream = OpenStream(subscription)
@@ -118,7 +118,7 @@ async def _pump(
             stream.subscription.close()
             if stream.closing or manager.bus.closed:
                 return
-            first = await state.pages.page(max_age=SNAPSHOT_REUSE)
+            first = await state.pages.page(max_age=SNAPSHOT_REUSE, in_steps=True)
             stream.subscription = manager.bus.subscribe(maxsize=_SSE_BUFFER, since=first.as_of)
             await _send_snapshot(response, state.pages, first)
 
@@ -145,7 +145,7 @@ async def _send_snapshot(response: web.StreamResponse, pages: PageCache, first: 
             return
         # A later page must reflect at least the snapshot's seq: the client replays only
         # the events after it.
-        page = await pages.page(page.next, max_age=SNAPSHOT_REUSE, at_least=seq)
+        page = await pages.page(page.next, max_age=SNAPSHOT_REUSE, at_least=seq, in_steps=True)
 
 
 async def _send_large(response: web.StreamResponse, data: bytes) -> None:
