@@ -154,28 +154,37 @@ class PageCache:
         # read. Reads of different pages interleave (a listing's first page never waits for
         # the streams' reads of the tenth).
         self._reading: dict[int | None, asyncio.Lock] = {}
-        self._refreshing: dict[int | None, asyncio.Task[None]] = {}  # see listing()
+        self._refreshing: dict[int | None, asyncio.TimerHandle] = {}  # see listing()
+        self._reads: set[asyncio.Task[None]] = set()  # the background reads under way
         self.reads = 0  # pages read from the manager (the others were shared)
 
     async def listing(self, after: int | None = None) -> Page:
-        """A page for `GET /api/downloads`: `page(after)`, and when the page it answers with
-        is past half its reuse, a fresh one read in the background, so that the next listing
-        finds it ready instead of waiting for the read (~50 ms of views and JSON for 1,000
-        downloads on an idle machine, several times that on a busy loop). What it answers is
-        never older than `LIST_REUSE`, as without this."""
+        """A page for `GET /api/downloads`: `page(after)`, and a fresh one read in the
+        background once it is half its reuse old, so that a client listing again (a
+        dashboard refreshing, `modelfetch ls --watch`) finds it ready instead of waiting for
+        the read: ~50 ms of views and JSON for 1,000 downloads on an idle machine, several
+        times that on a busy loop. Only a page that a listing asked for since it was read is
+        read again this way, so a daemon nobody lists reads nothing. What a listing answers is
+        never older than `list_reuse`, as without this."""
         page = await self.page(after)
-        half = self.list_reuse / 2
-        if time.monotonic() - page.read_at >= half and after not in self._refreshing:
-            task = asyncio.get_running_loop().create_task(self._refresh(after))
-            self._refreshing[after] = task
-            task.add_done_callback(lambda _: self._refreshing.pop(after, None))
+        if after not in self._refreshing:
+            due = max(0.0, page.read_at + self.list_reuse / 2 - time.monotonic())
+            loop = asyncio.get_running_loop()
+            self._refreshing[after] = loop.call_later(due, self._refresh, after)
         return page
 
-    async def _refresh(self, after: int | None) -> None:
-        try:
-            await self.page(after, max_age=self.list_reuse / 2)
-        except Exception:  # the manager stopped, the store is away: the next listing says so
-            log.debug("background read of the page after %s failed", after, exc_info=True)
+    def _refresh(self, after: int | None) -> None:
+        async def read() -> None:
+            try:
+                # In steps: a listing being written meanwhile would wait for a whole read.
+                await self.page(after, max_age=self.list_reuse / 2, in_steps=True)
+            except Exception:  # the manager stopped, the store is away: a listing says so
+                log.debug("background read of the page after %s failed", after, exc_info=True)
+            finally:
+                self._refreshing.pop(after, None)
+
+        self._reads.add(task := asyncio.get_running_loop().create_task(read()))
+        task.add_done_callback(self._reads.discard)
 
     async def page(
         self,
