@@ -241,7 +241,7 @@ async def share_the_pages(daemon: Daemon, reads: list[int | None]) -> None:
 async def test_the_listing_reads_its_next_page_in_the_background(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reads: list[int | None]
 ) -> None:
-    """A page a listing asked for is read again in the background once half its reuse old,
+    """A page a listing asked for is read again in the background once 3/4 of its reuse old,
     so the next listing does not wait for a read; and only then: nobody lists, nothing read."""
     monkeypatch.setattr(server_pages, "LIST_REUSE", 2.0)
     async with run_daemon(tmp_path) as daemon:
@@ -250,7 +250,7 @@ async def test_the_listing_reads_its_next_page_in_the_background(
         _, first = await daemon.call("GET", "/api/downloads?limit=2")
         assert reads == [None]
         async with asyncio.timeout(10):
-            while len(reads) < 2:  # due a second (half the reuse) after the first read
+            while len(reads) < 2:  # due 1.5 s (3/4 of the reuse) after the first read
                 await asyncio.sleep(0.02)
         _, second = await daemon.call("GET", "/api/downloads?limit=2")
         assert reads == [None, None]  # answered from the page read meanwhile

@@ -61,6 +61,7 @@ log = logging.getLogger("modelfetch.server")
 _PROGRESS_EVENTS = (ev.FileProgress, ev.GroupProgress)
 _KEPT_PAGES = 64  # distinct pages kept at most: the first 64,000 downloads of the list
 _STEP = 250  # downloads read per loop turn
+_REFRESH_AT = 0.75  # of the listing's reuse: when a listed page is read again in the background
 
 
 _FRAMES_KEPT = 4 << 20  # bytes of encoded events kept for the streams that are behind
@@ -160,7 +161,8 @@ class PageCache:
 
     async def listing(self, after: int | None = None) -> Page:
         """A page for `GET /api/downloads`: `page(after)`, and a fresh one read in the
-        background once it is half its reuse old, so that a client listing again (a
+        background once it is 3/4 of its reuse old (about as often as listings would read it
+        themselves, so no more work for the loop), so that a client listing again (a
         dashboard refreshing, `modelfetch ls --watch`) finds it ready instead of waiting for
         the read: ~50 ms of views and JSON for 1,000 downloads on an idle machine, several
         times that on a busy loop. Only a page that a listing asked for since it was read is
@@ -168,7 +170,7 @@ class PageCache:
         never older than `list_reuse`, as without this."""
         page = await self.page(after)
         if after not in self._refreshing:
-            due = max(0.0, page.read_at + self.list_reuse / 2 - time.monotonic())
+            due = max(0.0, page.read_at + self.list_reuse * _REFRESH_AT - time.monotonic())
             loop = asyncio.get_running_loop()
             self._refreshing[after] = loop.call_later(due, self._refresh, after)
         return page
@@ -177,7 +179,7 @@ class PageCache:
         async def read() -> None:
             try:
                 # In steps: a listing being written meanwhile would wait for a whole read.
-                await self.page(after, max_age=self.list_reuse / 2, in_steps=True)
+                await self.page(after, max_age=self.list_reuse * _REFRESH_AT, in_steps=True)
             except Exception:  # the manager stopped, the store is away: a listing says so
                 log.debug("background read of the page after %s failed", after, exc_info=True)
             finally:
