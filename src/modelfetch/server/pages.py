@@ -22,7 +22,9 @@ progress too (a longer window lets the clients of a reconnect storm, which arriv
 share one read of each page). A snapshot's later page only has to reflect every event up to the
 snapshot's seq (its client replays all those after it), so it is shared while young enough even
 when statuses changed since: a storm that meets the start of a download (a few status events)
-does not read every page again for each of them.
+does not read every page again for each of them. An older later page is shared too when no
+event between its `as_of` and the snapshot's seq is about a download on it (by id), so that it
+is what a read at that seq would give.
 """
 
 from __future__ import annotations
@@ -228,7 +230,7 @@ class PageCache:
         if page is None or time.monotonic() - page.read_at >= max_age:
             return None
         if at_least is not None:
-            return page if page.as_of >= at_least else None
+            return page if page.as_of >= at_least or self._untouched(page, at_least) else None
         try:
             since = self.manager.bus.history_since(page.as_of)
         except ValueError:
@@ -236,6 +238,36 @@ class PageCache:
         if since is None or not all(isinstance(e, _PROGRESS_EVENTS) for e in since):
             return None
         return page
+
+    def _untouched(self, page: Page, seq: int) -> bool:
+        """Whether no event from the page's `as_of` to `seq` is about a download the page
+        holds (by id: those after `page.after`, up to its last one; the last page holds every
+        later id): then it is what a read at `seq` would give, and a snapshot at `seq` may
+        send it (50 clients meeting a busy queue would otherwise read every page again for
+        each new snapshot seq, as downloads on the first page finish one after another)."""
+        try:
+            since = self.manager.bus.history_since(page.as_of)
+        except ValueError:
+            return False
+        if since is None:
+            return False
+        low = page.after if page.after is not None else -1
+        high = page.next  # None: no bound
+        for event in since:
+            if event.seq > seq:
+                break
+            if isinstance(event, ev.Notice | ev.Missed):
+                continue  # in no view
+            if isinstance(event, ev.QueueChanged):
+                ids = [int(key) for key in event.positions]
+            else:
+                group_id = getattr(event, "group_id", None)
+                if not isinstance(group_id, int):
+                    return False  # a kind this does not know: not shared
+                ids = [group_id]
+            if any(low < gid and (high is None or gid <= high) for gid in ids):
+                return False
+        return True
 
     async def _read(self, after: int | None, step: int) -> Page:
         # `step` downloads per loop turn (the manager builds views without yielding): a page of
