@@ -3,10 +3,11 @@
     python benchmarks/sse_clients.py URL N
 
 Each client opens `URL/api/events`, counts the events, the `missed` counts and each event's lag
-(now - its `ts`), and skips the start-up `snapshot`'s payload without keeping it. It runs until
-SIGTERM, then prints one JSON line: {"events": [...per client], "missed": total, "lags": [...]}.
-Run apart from the daemon so that the daemon's memory is measured alone: a client holding a
-multi-megabyte snapshot line is the client's cost, not the daemon's.
+(now - its `ts`), and skips the start-up snapshot's payload (its `snapshot` and `snapshot_page`
+messages) without keeping it. It runs until SIGTERM, then prints one JSON line:
+{"events": [...per client], "missed": total, "lags": [...]}. Run apart from the daemon so that
+the daemon's memory is measured alone: a client holding a multi-megabyte snapshot line is the
+client's cost, not the daemon's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import sys
 import time
 
 import aiohttp
+
+# A snapshot's messages (its first page and the pages after it): counted, their items skipped.
+_SNAPSHOT_KINDS = ("snapshot", "snapshot_page")
 
 
 async def client(session: aiohttp.ClientSession, url: str, out: dict[str, list[float]]) -> None:
@@ -37,7 +41,7 @@ async def client(session: aiohttp.ClientSession, url: str, out: dict[str, list[f
                     piece = chunk[start:] if end < 0 else chunk[start:end]
                     if not skipping:
                         line += piece
-                        if line.startswith(b"data:") and kind == "snapshot":
+                        if line.startswith(b"data:") and kind in _SNAPSHOT_KINDS:
                             skipping, line = True, bytearray()
                     if end < 0:
                         break

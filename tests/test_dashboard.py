@@ -264,3 +264,45 @@ async def test_the_header_says_what_the_hub_mirror_holds(
             assert Path(path).read_bytes() == hub.content("team/m-GGUF", "m-Q4_K_M.gguf")
             await expect(page.locator("#totals")).to_have_text("mirror holds 1 file, 3.0 MiB")
             assert problems == []
+
+
+async def test_a_list_of_several_pages_with_a_change_while_they_arrive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream's snapshot in pages of 2 (5 downloads: 3 pages); one download on the first
+    page is cancelled while the second is read, one on the last page too. The page shows all 5
+    and both as cancelled: the events after the snapshot apply after its last page."""
+    from modelfetch.server import pages as server_pages
+    from modelfetch.server.pages import PageCache
+
+    from .test_server_sse_pages import queue_paused
+
+    monkeypatch.setattr(server_pages, "PAGE_SIZE", 2)
+    expect = playwright_api.expect
+    async with run_daemon(tmp_path) as daemon:
+        ids = await queue_paused(daemon, 5)
+        real = PageCache._read
+        changed: list[int | None] = []
+
+        async def change_then_read(
+            self: PageCache, after: int | None, step: int
+        ) -> server_pages.Page:
+            if after == ids[1] and not changed:
+                changed.append(after)
+                await daemon.manager.cancel(ids[0])
+                await daemon.manager.cancel(ids[4])
+            return await real(self, after, step)
+
+        monkeypatch.setattr(PageCache, "_read", change_then_read)
+        async with live_page(daemon.url) as (page, problems):
+            await expect(page.locator(".card")).to_have_count(5)
+            done = page.locator('section[data-section="done"] .card')
+            await expect(done).to_have_count(2)
+            for gid in (ids[0], ids[4]):
+                await expect(page.locator(f'.card[data-id="{gid}"] .state')).to_have_text(
+                    "cancelled"
+                )
+            paused = page.locator('section[data-section="paused"] .card')
+            await expect(paused).to_have_count(3)
+            assert changed == [ids[1]]
+            assert problems == []

@@ -22,6 +22,7 @@ from modelfetch.core.events import (
     Notice,
     QueueChanged,
     Snapshot,
+    SnapshotPage,
     StatusChanged,
     from_dict,
     to_dict,
@@ -75,6 +76,8 @@ ONE_OF_EACH: list[Event] = [
     Notice(message="disk almost full", level="warning", ref="12"),
     Missed(count=17),
     Snapshot(items=[{"ref": "12", "status": "active", "downloaded": 5}]),
+    Snapshot(items=[{"ref": "12", "status": "queued"}], next=12),
+    SnapshotPage(items=[{"ref": "13", "status": "queued"}], next=None, as_of=44),
     QueueChanged(positions={"12": 1, "14": 2}),
 ]
 
@@ -93,6 +96,7 @@ def test_every_type_is_registered_once_under_a_snake_case_name() -> None:
         "notice",
         "missed",
         "snapshot",
+        "snapshot_page",
         "queue_changed",
     }
     for name, cls in EVENT_TYPES.items():

@@ -552,6 +552,22 @@ class QueueMachine(RuleBasedStateMachine):
         assert order == sorted(self.model, key=lambda k: (-self.model[k][0], self.model[k][1]))
 
     @invariant()
+    def remembered_positions_are_those_of_now(self) -> None:
+        """candidates(), positions() and group_positions() are remembered between changes:
+        they always equal what the model gives, and what a caller does to them stays its own."""
+        waiting = [k for k in self.queue.order() if self.waiting[k]]
+        groups: dict[int, int] = {}
+        for group_id, _ in waiting:
+            groups.setdefault(group_id, len(groups) + 1)
+        for _ in range(2):  # the second read is the remembered one
+            assert self.queue.candidates() == waiting
+            assert self.queue.positions() == {k: n for n, k in enumerate(waiting, start=1)}
+            assert self.queue.group_positions() == groups
+            self.queue.candidates().append((0, 0))
+            self.queue.positions()[(0, 0)] = 0
+            self.queue.group_positions()[0] = 0
+
+    @invariant()
     def kept_order_equals_a_fresh_sort(self) -> None:
         """The order kept across removals, appends and moves is what sorting the same entries
         from scratch gives (a queue loaded from them sorts at its first read)."""

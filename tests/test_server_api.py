@@ -538,6 +538,25 @@ def test_response_models_mirror_the_views() -> None:
     assert set(GroupViewModel.model_fields) == {f.name for f in dataclasses.fields(GroupView)}
 
 
+def test_a_views_wire_form_is_what_asdict_gives() -> None:
+    """GroupView.to_dict is hand-written for speed: same keys, order and values as asdict."""
+    file = FileView(
+        ref="3.0", name="a.gguf", status="active", dest="/m/a.gguf", url="https://x/a",
+        position=None, downloaded=5, total=9, speed=1.5, eta=2.0, attempts=1,
+        error_kind=None, error_message=None, retry_at=None, pause_reason=None, sha256=None,
+        verified=False, idle_for=0.1, worker="h/1/ab",
+    )  # fmt: skip
+    view = GroupView(
+        id=3, name="a", spec="o/r", status="active", dest_dir="/m", position=None, downloaded=5,
+        total=9, speed=1.5, eta=2.0, created_at=1.0, finished_at=None, files=[file, file],
+    )  # fmt: skip
+    wire = view.to_dict()
+    assert wire == dataclasses.asdict(view)
+    assert list(wire) == list(dataclasses.asdict(view))
+    assert list(wire["files"][0]) == [f.name for f in dataclasses.fields(FileView)]
+    assert wire["files"][0] is not wire["files"][1]
+
+
 # -------------------------------------------------------------------------------- security
 
 

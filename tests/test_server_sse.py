@@ -31,6 +31,7 @@ class Message:
     id: int | None
     event: str
     data: dict[str, Any]
+    raw_id: str | None = None  # the `id:` field as sent ("" resets the client's last id)
 
 
 @dataclass
@@ -56,12 +57,14 @@ class EventReader:
                 if not line:
                     if data:
                         return Message(
-                            id=int(fields["id"]) if "id" in fields else None,
+                            id=int(fields["id"]) if fields.get("id") else None,
                             event=fields.get("event", "message"),
                             data=json.loads("\n".join(data)),
+                            raw_id=fields.get("id"),
                         )
                     continue
-                name, _, value = line.partition(": ")
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
                 if name == "data":
                     data.append(value)
                 elif name == "retry":

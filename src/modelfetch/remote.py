@@ -413,17 +413,34 @@ class RemoteManager:
         if not wanted:
             return
         statuses: dict[int, dict[str, str]] = {}
+        loading: dict[int, dict[str, str]] | None = None  # a paged snapshot, still arriving
+        ready_at = 0  # decide once the events up to here (the pages' largest as_of) are applied
         busy = {"queued", "active", "waiting_retry"}
         async for event in self._stream(snapshots=True):
-            if isinstance(event, ev.Snapshot):
-                statuses = {
-                    int(item["id"]): {f["ref"]: f["status"] for f in item.get("files", [])}
+            if isinstance(event, ev.Snapshot | ev.SnapshotPage):
+                if isinstance(event, ev.Snapshot):
+                    loading, ready_at = {}, event.seq
+                elif loading is None:
+                    continue  # a page whose snapshot we did not see
+                ready_at = max(ready_at, event.seq if event.as_of is None else event.as_of)
+                loading.update(
+                    (int(item["id"]), {f["ref"]: f["status"] for f in item.get("files", [])})
                     for item in event.items
                     if int(item["id"]) in wanted
-                }
+                )
+                if event.next is not None:
+                    continue
+                statuses, loading = loading, None
+            elif isinstance(event, ev.Missed):
+                loading = {}  # events were lost: a fresh snapshot follows, wait for it whole
+                continue
+            elif loading is not None:
+                continue  # the daemon sends events only after the last page
             elif isinstance(event, ev.StatusChanged) and event.group_id in wanted:
                 statuses.setdefault(event.group_id, {})[event.ref] = event.status
-            else:
+            # A later page may be newer than an earlier one: the view is one moment's only
+            # once the events up to the newest page are applied.
+            if event.seq < ready_at:
                 continue
             # A download the daemon does not know counts as settled, as in the manager.
             if not any(s in busy for files in statuses.values() for s in files.values()):
@@ -459,7 +476,7 @@ class RemoteManager:
                             continue  # a type this version does not know
                         # The manager's own events() has no snapshots (a `Missed` says when
                         # to reload one); only `wait` needs them.
-                        if isinstance(event, ev.Snapshot) and not snapshots:
+                        if isinstance(event, ev.Snapshot | ev.SnapshotPage) and not snapshots:
                             continue
                         yield event
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):

@@ -29,6 +29,7 @@ __all__ = [
     "Notice",
     "QueueChanged",
     "Snapshot",
+    "SnapshotPage",
     "StatusChanged",
     "from_dict",
     "to_dict",
@@ -164,10 +165,29 @@ class Missed(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Snapshot(Event):
-    """The full state, for a client that (re)connects."""
+    """The state to start from, for a client that (re)connects: `items` are downloads in id
+    order as of `seq`. When `next` is not None, more follow in `SnapshotPage`s (the list is
+    long, and is sent a page at a time); the events after `seq` come after the last page."""
 
     type: ClassVar[str] = "snapshot"
     items: list[dict[str, Any]]
+    next: int | None = None  # the last id of `items` while pages follow; None: that was all
+    # The newest event these items may reflect (>= seq; None: seq): see SnapshotPage.
+    as_of: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SnapshotPage(Event):
+    """The next downloads of a `Snapshot` (those with an id above the previous page's `next`).
+    `seq` is the snapshot's; `as_of` the newest event these items may reflect (>= seq: a page
+    is read when it is sent). Events after `seq` replayed over a page set what they carry
+    again, so once they are applied up to the largest `as_of`, the view is the daemon's at
+    that seq."""
+
+    type: ClassVar[str] = "snapshot_page"
+    items: list[dict[str, Any]]
+    next: int | None = None  # as in Snapshot: None on the last page
+    as_of: int | None = None  # None: seq
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -195,6 +215,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Notice,
         Missed,
         Snapshot,
+        SnapshotPage,
     )
 }
 """Every event type by its wire name."""

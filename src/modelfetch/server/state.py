@@ -8,6 +8,7 @@ from aiohttp import web
 
 from modelfetch.bus import Subscription
 from modelfetch.manager import DownloadManager
+from modelfetch.server.pages import EventFrames, PageCache
 from modelfetch.server.security import ServerConfig
 
 __all__ = ["STATE", "DaemonState", "OpenStream"]
@@ -32,10 +33,14 @@ class DaemonState:
     static: dict[str, bytes]
     openapi: bytes
     streams: set[OpenStream] = field(default_factory=set)
-    # The last snapshot frame sent to a (re)connecting client, with the seq it reflects and when
-    # it was built: clients that connect within _SNAPSHOT_REUSE share one (50 dashboards opening
-    # at once would otherwise build, encode and buffer 50 copies of the whole queue).
-    snapshot_frame: tuple[int, float, bytes] | None = None
+    # The download list's pages read lately, shared by the SSE snapshots and the listing
+    # (50 dashboards opening at once would otherwise read, encode and buffer 50 copies).
+    pages: PageCache = field(init=False)
+    # Each event's SSE message, encoded once for every open stream.
+    frames: EventFrames = field(default_factory=EventFrames)
+
+    def __post_init__(self) -> None:
+        self.pages = PageCache(self.manager)
 
 
 STATE: web.AppKey[DaemonState] = web.AppKey("modelfetch_state", DaemonState)

@@ -33,6 +33,7 @@ from modelfetch.server.parsing import (
 )
 from modelfetch.server.responses import Handler, HTTPError, json_response, status_for
 from modelfetch.server.security import is_loopback
+from modelfetch.server.state import STATE
 from modelfetch.views import GroupView
 
 if TYPE_CHECKING:
@@ -46,6 +47,13 @@ async def list_downloads(request: web.Request) -> web.StreamResponse:
     `next` says where the following page starts (null: none). The store is read a page at a
     time, so a home with a long history answers its first page at once."""
     query = read_query(request, ListQuery)
+    pages = request.app[STATE].pages
+    if not query.status and not query.q and query.limit == pages.size:
+        # The pages every dashboard asks for, shared with the SSE snapshots (server/pages.py):
+        # read and encoded once for all the clients that ask within a second.
+        shared = await pages.listing(query.after)
+        # The same Content-Type as json_response's (aiohttp adds the charset to text bodies).
+        return web.Response(body=shared.listing(), content_type="application/json", charset="utf-8")
     manager = manager_of(request)
     seq = manager.bus.last_seq
     wanted: set[str] | None = set(query.status) if query.status else None

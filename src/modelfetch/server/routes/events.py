@@ -1,32 +1,33 @@
-"""The live event stream (Server-Sent Events): a snapshot, then every event, replay by seq."""
+"""The live event stream (Server-Sent Events): a snapshot, then every event, replay by seq.
+
+The snapshot goes out a page at a time (`server/pages.py`: each page read and encoded once,
+shared by the clients that connect together): a `snapshot` message with the first page, then
+`snapshot_page` messages until one has `next: null`, then every event after the snapshot's seq,
+in order (buffered by the subscription meanwhile). Pages are read as they are sent, so a later
+one may already reflect some of those events; each event carries absolute values, so applying
+it again over a page is harmless.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 
 from aiohttp import web
 
 from modelfetch.core import events as ev
-from modelfetch.manager import DownloadManager
 from modelfetch.server.openapi import Operation
-from modelfetch.server.responses import Handler, HTTPError, dumps
+from modelfetch.server.pages import SNAPSHOT_REUSE, Page, PageCache, sse_message
+from modelfetch.server.responses import Handler, HTTPError
 from modelfetch.server.state import STATE, DaemonState, OpenStream
 
 __all__ = ["OPERATIONS", "PLAIN_ROUTES", "close_streams", "sse_frame"]
 
 _SSE_WRITE_TIMEOUT = 30.0
 _SSE_BUFFER = 1024
-_SNAPSHOT_REUSE = 1.0  # seconds a snapshot frame may be shared by connecting clients
-_SLICE = 64 << 10  # bytes of a large frame written at a time
-_PROGRESS_EVENTS = (ev.FileProgress, ev.GroupProgress)
+_SLICE = 64 << 10  # bytes of a large message written at a time
 
 
-def sse_frame(event: ev.Event) -> bytes:
-    """One SSE message: `id:` the seq, `event:` the type, `data:` the JSON form (one line)."""
-    data = dumps(ev.to_dict(event))
-    return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+sse_frame = sse_message  # the name this module has always exported
 
 
 def _last_event_id(request: web.Request) -> int | None:
@@ -38,33 +39,6 @@ def _last_event_id(request: web.Request) -> int | None:
     if raw is None or not raw.strip().isascii() or not raw.strip().isdigit():
         return None
     return int(raw.strip())
-
-
-async def _snapshot_event(manager: DownloadManager) -> ev.Snapshot:
-    # The snapshot's seq is the last event it already reflects: the client resumes after it.
-    seq = manager.bus.last_seq
-    items = [view.to_dict() for view in await manager.snapshot()]
-    return ev.Snapshot(items=items, seq=seq, ts=time.time())
-
-
-async def _shared_snapshot(state: DaemonState) -> tuple[int, bytes]:
-    """A snapshot frame and the seq it reflects, built at most once per _SNAPSHOT_REUSE while the
-    bus still holds every event after it (the client replays those, so nothing is lost)."""
-    bus = state.manager.bus
-    cached = state.snapshot_frame
-    now = time.monotonic()
-    if cached is not None and now - cached[1] < _SNAPSHOT_REUSE:
-        with contextlib.suppress(ValueError):
-            since = bus.history_since(cached[0])
-            # Shared only while every status in it is still current: what happened since may
-            # be progress (replayed to the client) but nothing that changes a state or a place,
-            # so a client that decides from the snapshot alone (RemoteManager.wait) is right.
-            if since is not None and all(isinstance(e, _PROGRESS_EVENTS) for e in since):
-                return cached[0], cached[2]
-    event = await _snapshot_event(state.manager)
-    frame = sse_frame(event)
-    state.snapshot_frame = (event.seq, now, frame)
-    return event.seq, frame
 
 
 class _ClientGone(Exception):
@@ -84,11 +58,12 @@ async def events(request: web.Request) -> web.StreamResponse:
             replayable = bus.history_since(since) is not None
         except ValueError:  # a seq from an earlier run of the daemon
             replayable = False
-    snapshot: bytes | None = None
+    first: Page | None = None
     if not replayable:
-        # A (possibly shared) snapshot, then every event after the seq it reflects: replayed
-        # from the bus history, so nothing published in between is lost.
-        since, snapshot = await _shared_snapshot(state)
+        # A (possibly shared) first page, then the rest, then every event after the seq the
+        # first page reflects: replayed from the bus history, so nothing in between is lost.
+        first = await state.pages.page(max_age=SNAPSHOT_REUSE, in_steps=True)
+        since = first.as_of
     subscription = bus.subscribe(maxsize=_SSE_BUFFER, since=since)
     stream = OpenStream(subscription)
     response = web.StreamResponse(
@@ -102,8 +77,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         await _send(response, b"retry: 2000\n\n")
-        if snapshot is not None:
-            await _send_large(response, snapshot)
+        if first is not None:
+            await _send_snapshot(response, state.pages, first)
         await _pump(request, response, stream, state)
     except _ClientGone:
         # It stopped reading: drop the connection (a graceful close would wait for it to
@@ -136,15 +111,16 @@ async def _pump(
             continue
         except StopAsyncIteration:  # the bus closed (the manager shut down) or we did
             return
-        await _send(response, sse_frame(event))
+        await _send(response, state.frames.message(event))
         if isinstance(event, ev.Missed):
             # This client fell behind and lost events: start it over from a fresh snapshot,
             # with a new subscription (the old buffer holds events the snapshot already has).
             stream.subscription.close()
             if stream.closing or manager.bus.closed:
                 return
-            stream.subscription = manager.bus.subscribe(maxsize=_SSE_BUFFER)
-            await _send_large(response, sse_frame(await _snapshot_event(manager)))
+            first = await state.pages.page(max_age=SNAPSHOT_REUSE, in_steps=True)
+            stream.subscription = manager.bus.subscribe(maxsize=_SSE_BUFFER, since=first.as_of)
+            await _send_snapshot(response, state.pages, first)
 
 
 async def _send(response: web.StreamResponse, data: bytes | memoryview) -> None:
@@ -156,10 +132,26 @@ async def _send(response: web.StreamResponse, data: bytes | memoryview) -> None:
         raise _ClientGone from None
 
 
+async def _send_snapshot(response: web.StreamResponse, pages: PageCache, first: Page) -> None:
+    """The snapshot at `first.as_of`, page after page. Each page is read (or shared) only when
+    the last one has been written: one client never holds the loop for more than a page, and
+    the list is never materialized whole."""
+    seq = first.as_of
+    page = first
+    while True:
+        for part in page.sse_parts(seq):
+            await _send_large(response, part)
+        if page.next is None:
+            return
+        # A later page must reflect at least the snapshot's seq: the client replays only
+        # the events after it.
+        page = await pages.page(page.next, max_age=SNAPSHOT_REUSE, at_least=seq, in_steps=True)
+
+
 async def _send_large(response: web.StreamResponse, data: bytes) -> None:
-    """A snapshot frame (megabytes on a long queue, one object shared by every client that
-    connects within a second) in slices, each written once the last has drained: a client
-    that reads slowly holds a slice in its buffers, not its own copy of the whole frame."""
+    """A page's bytes (shared by every client that connects within a second) in slices, each
+    written once the last has drained: a client that reads slowly holds a slice in its
+    buffers, not its own copy of the page."""
     view = memoryview(data)
     for start in range(0, len(view), _SLICE):
         await _send(response, view[start : start + _SLICE])
@@ -183,11 +175,19 @@ OPERATIONS: list[tuple[Operation, Handler]] = [
             errors=(503,),
             description=(
                 "`id:` is the event's seq, `event:` its type, `data:` its JSON form. A new "
-                "connection starts with a `snapshot` event (items: every download). Reconnect "
-                "with `Last-Event-ID` (or ?since=) to get what was missed; when that is no "
-                "longer kept, or from an earlier run, a fresh `snapshot` comes first. A client "
-                "that falls behind gets `missed` and then a fresh `snapshot`. Comment lines "
-                "keep an idle connection open."
+                "connection starts with a snapshot of every download in id order, a page "
+                "(up to 1,000) at a time: a `snapshot` event (`seq`, `items`, `next`), then, "
+                "while `next` is not null, `snapshot_page` events (`seq` the snapshot's, "
+                "`as_of` the last event the page reflects, `items`, `next`). Then come the "
+                "events after the snapshot's `seq`, in order: apply them after the last page "
+                "(they carry absolute values, so one a page already reflects does no harm); "
+                "once applied up to the largest `as_of`, the view is the daemon's. Only a "
+                "snapshot's last message has an `id:` (the others send an empty one), so a "
+                "client cut off mid-snapshot reconnects to a whole new one. Reconnect with "
+                "`Last-Event-ID` (or ?since=) to get what was missed; when that is no longer "
+                "kept, or from an earlier run, a fresh snapshot comes first. A client that "
+                "falls behind gets `missed` and then a fresh snapshot. Comment lines keep an "
+                "idle connection open."
             ),
             extra_parameters=(
                 {

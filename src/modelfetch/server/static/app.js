@@ -1,6 +1,9 @@
 // modelfetch dashboard: one EventSource keeps the page live; the page never polls.
 //
-// A `snapshot` event replaces everything. Progress events update bars in place. Events that
+// A `snapshot` event replaces everything; on a long list it carries the first page and
+// `snapshot_page` events bring the rest (until one has `next: null`). Events that arrive before
+// the last page are held and applied after it, in order. Progress events update bars in place.
+// Events that
 // change a download's shape or state (queued, status changed, finished, reordered) make the page
 // fetch that one download's view once, so the page never re-derives the engine's rules.
 'use strict';
@@ -30,6 +33,7 @@
     refreshAll: false,
     refreshQueued: false, // positions shift whenever something joins or leaves the line
     renderQueued: false,
+    held: null, // while a paged snapshot arrives: the events to apply after its last page
   };
 
   // ---------------------------------------------------------------- formatting (core/format.py)
@@ -530,12 +534,32 @@
     const on = (type, fn) => source.addEventListener(type, (message) => {
       const data = JSON.parse(message.data);
       noteTime(data.ts);
-      fn(data);
+      // Not before the snapshot is whole: an event would land on a download whose page has
+      // not come yet, and then be overwritten by that (older) page.
+      if (state.held) state.held.push(() => fn(data));
+      else fn(data);
     });
-    on('snapshot', (data) => {
-      state.groups = new Map(data.items.map((g) => [g.id, g]));
-      setConnection('live', 'live');
+    // The list may come in pages: shown as they arrive, the events held until the last one.
+    const snapshotPart = (data) => {
+      for (const g of data.items) state.groups.set(g.id, g);
       scheduleRender();
+      if (data.next !== null && data.next !== undefined) return;
+      const held = state.held || [];
+      state.held = null;
+      setConnection('live', 'live');
+      for (const apply of held) apply();
+    };
+    source.addEventListener('snapshot', (message) => {
+      const data = JSON.parse(message.data);
+      noteTime(data.ts);
+      // A fresh start: whatever an earlier (or half-received) snapshot held is replaced.
+      state.groups = new Map();
+      state.held = [];
+      snapshotPart(data);
+    });
+    source.addEventListener('snapshot_page', (message) => {
+      if (!state.held) return; // a page without its snapshot (cannot happen; ignored)
+      snapshotPart(JSON.parse(message.data));
     });
     on('file_progress', (e) => {
       const [, f] = findFile(e.ref);
