@@ -248,6 +248,8 @@ class Case:
     # The least time any verifying tool can take: the slowest of these rows (case 1: the
     # transfer alone, `curl -o`, and SHA-256 alone over the file, on one core).
     floor_of: tuple[str, ...] = ()
+    # ... and of any tool that also makes the file durable (the disk's write and fsync too).
+    durable_floor_of: tuple[str, ...] = ()
 
 
 def run_case(case: Case, rounds: int) -> None:

@@ -86,15 +86,16 @@ def report(cases: list[Case], rss: dict[str, int], loads: tuple[str, str]) -> st
                     cells += f", connections: up to {max(connections)}"
             tool = f"**{name}**" if name == "modelfetch" else name
             lines.append(f"| {case.title} | {tool} | {spread} | {speed} | {cells} |")
-        floor = floor_of(case)
-        if floor is not None:
-            what = "floor: max(" + ", ".join(case.floor_of) + ")"
-            ratio = f"modelfetch takes **{mf / floor:.2f}x** the floor"
+        for kind, names in (("floor", case.floor_of), ("durable floor", case.durable_floor_of)):
+            floor = floor_of(case, names)
+            if floor is None:
+                continue
+            what = f"{kind}: max(" + ", ".join(names) + ")"
+            ratio = f"modelfetch takes **{mf / floor:.2f}x** it"
             if mf_work:
                 ratio += f" | in-process work: **{mf_work / floor:.2f}x**"
-            lines.append(
-                f"| {case.title} | {what} | {floor:.2f} | {case.size / MiB / floor:.0f} | {ratio} |"
-            )
+            speed = case.size / MiB / floor
+            lines.append(f"| {case.title} | {what} | {floor:.2f} | {speed:.0f} | {ratio} |")
     lines += stage_table(cases)
     lines += ["", "| case 4: peak RSS of modelfetch | MiB |", "|---|---|"]
     for what, kib in rss.items():
@@ -103,10 +104,11 @@ def report(cases: list[Case], rss: dict[str, int], loads: tuple[str, str]) -> st
     return "\n".join(lines)
 
 
-def floor_of(case: Case) -> float | None:
-    medians = [median(case.runs[name], lambda r: r.seconds) for name in case.floor_of]
+def floor_of(case: Case, names: tuple[str, ...]) -> float | None:
+    """The slowest median of these rows (None unless all ran)."""
+    medians = [median(case.runs[name], lambda r: r.seconds) for name in names if name in case.runs]
     found = [m for m in medians if m is not None]
-    return max(found) if found and len(found) == len(case.floor_of) else None
+    return max(found) if names and len(found) == len(names) else None
 
 
 STAGES = ("request", "receive", "pwrite", "hash", "hash_tail", "fsync", "rename")
@@ -142,6 +144,7 @@ def stage_table(cases: list[Case]) -> list[str]:
 # floor, our row's time ÷ the floor at most this; our row)
 GOALS: tuple[tuple[str, str, str, float, str], ...] = (
     ("1.", "floor", "time ÷ floor ≤", 1.05, "modelfetch"),
+    ("1.", "durable floor", "time ÷ floor ≤ (not an issue's goal)", 1.05, "modelfetch"),
     ("2.", "aria2c -x8 -s8 -k1M", "speed ÷ tool's ≥", 1.0, "modelfetch"),
     ("2.", "aria2c -x16 -s16 -k1M", "speed ÷ tool's ≥", 1.2, "modelfetch"),
     ("3.", "aria2c -j16 -i list", "speed ÷ tool's ≥", 1.0, DAEMON_ROW),
@@ -156,8 +159,9 @@ def goal_table(cases: list[Case]) -> list[str]:
         if case is None or mine not in case.runs:
             continue
         mf = median(case.runs[mine], lambda r: r.seconds)
-        if row == "floor":
-            floor = floor_of(case)
+        if row in ("floor", "durable floor"):
+            names = case.floor_of if row == "floor" else case.durable_floor_of
+            floor = floor_of(case, names)
             if floor is None or mf is None:
                 continue
             value, met = mf / floor, mf / floor <= target
