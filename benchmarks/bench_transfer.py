@@ -298,28 +298,18 @@ def case_small(servers: Servers, daemon: SmallDaemon | None = None) -> Case:
 
     cli_home = OUT_DIR / "home-cli"
 
+    def get_list(home: Path, what: str) -> Run:
+        """`modelfetch get --jobs 16 --input-file list` with `home`, spawn to exit."""
+        argv = [sys.executable, "-m", "modelfetch", "--home", str(home), "get", "--dir", str(out)]
+        run = timed([*argv, "--jobs", "16", "--input-file", str(url_list)])
+        if len(list(out.iterdir())) != SMALL_FILES:
+            raise SystemExit(f"modelfetch get ({what}) did not leave every file")
+        return run
+
     def command_line() -> Run:
         # What a user types: the CLI with its daemon check, planner, display and exit.
         clean(out, cli_home)
-        run = timed(
-            [
-                sys.executable,
-                "-m",
-                "modelfetch",
-                "--home",
-                str(cli_home),
-                "get",
-                "--dir",
-                str(out),
-                "--jobs",
-                "16",
-                "--input-file",
-                str(url_list),
-            ]
-        )
-        if len(list(out.iterdir())) != SMALL_FILES:
-            raise SystemExit("modelfetch get did not leave every file")
-        return run
+        return get_list(cli_home, "no daemon")
 
     def via_daemon() -> Run:
         # The same command with `modelfetch serve` running: one batch request, then the
@@ -327,25 +317,7 @@ def case_small(servers: Servers, daemon: SmallDaemon | None = None) -> Case:
         assert daemon is not None
         _forget_finished(daemon)
         clean(out)
-        run = timed(
-            [
-                sys.executable,
-                "-m",
-                "modelfetch",
-                "--home",
-                str(daemon.home),
-                "get",
-                "--dir",
-                str(out),
-                "--jobs",
-                "16",
-                "--input-file",
-                str(url_list),
-            ]
-        )
-        if len(list(out.iterdir())) != SMALL_FILES:
-            raise SystemExit("modelfetch get (daemon) did not leave every file")
-        return run
+        return get_list(daemon.home, "daemon")
 
     def transfers_only() -> Run:
         clean(out)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bench_common import _write_random
 
 from modelfetch.core import events as ev
 from modelfetch.manager import DownloadManager, ManagerSettings
@@ -213,14 +214,7 @@ def source_files(size: int) -> tuple[Path, str]:
     BENCH_DIR.mkdir(exist_ok=True)
     big = BENCH_DIR / f"load-{size >> 20}m.bin"
     if not big.exists() or big.stat().st_size != size:
-        tmp = big.with_suffix(".tmp")
-        with open(tmp, "wb") as out:
-            left = size
-            while left:
-                block = os.urandom(min(16 * MiB, left))
-                out.write(block)
-                left -= len(block)
-        os.replace(tmp, big)
+        _write_random(big, size)
     tiny = BENCH_DIR / "tiny.bin"
     if not tiny.exists():
         tiny.write_bytes(os.urandom(TINY))

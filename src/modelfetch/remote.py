@@ -34,7 +34,7 @@ from modelfetch.remote_codec import (
     is_loopback_address,
     quant_group_of,
 )
-from modelfetch.remote_light import DAEMON_FILE, _pid_alive, _read_daemon_file
+from modelfetch.remote_light import live_daemon_file
 from modelfetch.views import FleetView, GroupView
 
 if TYPE_CHECKING:
@@ -59,16 +59,10 @@ async def connect(home: Path, *, health_timeout: float = _HEALTH_TIMEOUT) -> Rem
     """The daemon serving `home`, or None when none runs. A file left by a daemon that is gone
     (its process is dead, or nothing listens at its URL) is removed. The result is not entered
     yet: use it as `async with`."""
-    path = home.expanduser().resolve() / DAEMON_FILE
-    info = _read_daemon_file(path)
-    if info is None:
+    found = live_daemon_file(home)
+    if found is None:
         return None
-    pid: int = info["pid"]
-    if not _pid_alive(pid):
-        path.unlink(missing_ok=True)
-        return None
-    token = info.get("token") if isinstance(info.get("token"), str) else None
-    url: str = info["url"]
+    path, pid, url, token = found
     if not await _listening(url, health_timeout):
         # Nothing listens there: the pid was reused by another process after a crash.
         path.unlink(missing_ok=True)

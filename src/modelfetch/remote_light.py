@@ -62,9 +62,10 @@ def _read_daemon_file(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def find_daemon(home: Path, *, timeout: float = _HEALTH_TIMEOUT) -> DaemonClient | None:
-    """The daemon serving `home`, or None when none runs; a file left by a daemon that is gone
-    (dead pid, or nothing listening) is removed, as `remote.connect` does."""
+def live_daemon_file(home: Path) -> tuple[Path, int, str, str | None] | None:
+    """(its path, pid, url, token) of the daemon file of `home` whose process is alive, or None;
+    a file whose process is dead is removed. Whether it answers is the caller's to check (this
+    client's way, or `remote.connect`'s)."""
     path = home.expanduser().resolve() / DAEMON_FILE
     info = _read_daemon_file(path)
     if info is None:
@@ -74,7 +75,17 @@ def find_daemon(home: Path, *, timeout: float = _HEALTH_TIMEOUT) -> DaemonClient
         path.unlink(missing_ok=True)
         return None
     token = info.get("token") if isinstance(info.get("token"), str) else None
-    client = DaemonClient(info["url"], token=token)
+    return path, pid, str(info["url"]), token
+
+
+def find_daemon(home: Path, *, timeout: float = _HEALTH_TIMEOUT) -> DaemonClient | None:
+    """The daemon serving `home`, or None when none runs; a file left by a daemon that is gone
+    (dead pid, or nothing listening) is removed, as `remote.connect` does."""
+    found = live_daemon_file(home)
+    if found is None:
+        return None
+    path, pid, url, token = found
+    client = DaemonClient(url, token=token)
     try:
         status, health = client.request("GET", "/api/health", timeout=timeout)
     except ConnectionRefusedError:
