@@ -24,6 +24,7 @@ async def main(home: Path, plan_file: Path) -> None:
     )
     settings = ManagerSettings(
         max_active=plan.get("max_active", 3),
+        connections_per_file=plan.get("connections_per_file", ManagerSettings.connections_per_file),
         progress_interval=0.1,
         checkpoint_interval=1.0,
         policy=RetryPolicy(base_delay=0.05, max_delay=0.2),
