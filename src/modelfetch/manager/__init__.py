@@ -8,8 +8,9 @@ not load the coordinator, its store and its events (about 0.1 s of start-up here
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from modelfetch._lazy import resolve
 
 if TYPE_CHECKING:
     from modelfetch.manager.coordinator import DownloadManager
@@ -25,12 +26,7 @@ __all__ = ["DownloadManager", "ManagerSettings", "default_home"]
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+    return resolve(globals(), _HOMES, name)
 
 
 def __dir__() -> list[str]:

@@ -7,8 +7,9 @@ loads the HTTP client and the transfer machinery it does not run.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from modelfetch._lazy import resolve
 
 if TYPE_CHECKING:
     from modelfetch.core.segments import SegmentRecord
@@ -62,12 +63,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+    return resolve(globals(), _HOMES, name)
 
 
 def __dir__() -> list[str]:
