@@ -119,9 +119,10 @@ class Servers:
 
 
 @contextmanager
-def running_nginx(root: Path) -> Iterator[Servers]:
+def running_nginx(root: Path, access_log: Path | None = None) -> Iterator[Servers]:
     """nginx in the foreground from a scratch config (one worker, sendfile on), with a second
-    server block that caps every connection at RATE_CAP."""
+    server block that caps every connection at RATE_CAP. With `access_log`, every request's
+    URI, status and body bytes sent are logged there (bench_kill.py counts them)."""
     binary = nginx_binary()
     plain, capped = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="bench-nginx-") as scratch:
@@ -131,6 +132,10 @@ def running_nginx(root: Path) -> Iterator[Servers]:
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
         conf = Path(scratch) / "nginx.conf"
+        logging = "  access_log off;"
+        if access_log is not None:
+            logging = "  log_format sent '$uri $status $body_bytes_sent';\n"
+            logging += f"  access_log {access_log} sent;"
         conf.write_text(
             f"""{user}
 worker_processes 1;
@@ -139,7 +144,7 @@ pid {scratch}/nginx.pid;
 error_log {scratch}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
-  access_log off;
+{logging}
   sendfile on;
   tcp_nopush on;
   keepalive_requests 10000;

@@ -34,26 +34,21 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench_common import (
     BENCH_DIR,
     CHILD,
-    RATE_CAP,
     ROOT,
     MiB,
     _sha256_of,
-    free_port,
     load,
-    nginx_binary,
+    running_nginx,
     source_file,
 )
 
@@ -77,63 +72,6 @@ class Outcome:
     kills: int  # kills that landed (a life may finish before its kill point)
     seconds: float  # the lives' wall time, added up
     requests: int
-
-
-@contextmanager
-def logging_nginx(root: Path, scratch: Path) -> Iterator[tuple[dict[str, str], Path]]:
-    """nginx in the foreground serving `root` on two ports (plain, capped), logging every
-    request's URI, status and body bytes sent to one file."""
-    binary = nginx_binary()
-    ports = {"plain": free_port(), "capped": free_port()}
-    log = scratch / "access.log"
-    user = "user root root;" if os.geteuid() == 0 else ""
-    temp_paths = "\n".join(
-        f"  {kind}_temp_path {scratch}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    conf = scratch / "nginx.conf"
-    conf.write_text(
-        f"""{user}
-worker_processes 1;
-daemon off;
-pid {scratch}/nginx.pid;
-error_log {scratch}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-  log_format sent '$uri $status $body_bytes_sent';
-  access_log {log} sent;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 10000;
-  default_type application/octet-stream;
-{temp_paths}
-  server {{ listen 127.0.0.1:{ports["plain"]}; root {root}; }}
-  server {{ listen 127.0.0.1:{ports["capped"]}; root {root}; limit_rate {RATE_CAP}; }}
-}}
-"""
-    )
-    proc = subprocess.Popen([binary, "-p", str(scratch), "-c", str(conf)])
-    try:
-        for port in ports.values():
-            deadline = time.monotonic() + 10
-            while True:
-                if proc.poll() is not None:
-                    sys.exit(f"nginx exited: {(scratch / 'error.log').read_text()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        yield {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def sent_since(log: Path, offset: int, uri: str) -> tuple[int, int]:
@@ -267,11 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     start_load = load()
     with (
         tempfile.TemporaryDirectory(prefix="nginx-", dir=OUT_DIR) as ngx,
-        logging_nginx(BENCH_DIR, Path(ngx)) as (servers, log),
+        running_nginx(BENCH_DIR, access_log=Path(ngx) / "access.log") as servers,
     ):
+        log = Path(ngx) / "access.log"
         uri = f"/{source.name}"
         for server in args.servers.split(","):
-            url = f"{servers[server]}{uri}"
+            base = {"plain": servers.plain, "capped": servers.capped}[server]
+            url = f"{base}{uri}"
             names = [n for n in wanted if n in tools(url, size, sha256, OUT_DIR / "run")]
             if "modelfetch" in names:
                 names.insert(0, "modelfetch (no kill)")
