@@ -3,7 +3,7 @@
 When a daemon serves the home, `get` does no downloading itself: it hands the list over and
 shows what happens. Here that is done with the standard library only (`remote_light`), the
 plain display and a rich-free summary, so the command costs little more than starting Python:
-the whole list goes in one `POST /api/downloads:batch` (one store transaction on the daemon),
+the whole list goes in one `POST /api/downloads:batch` (recorded in waves by the daemon),
 and `GET /api/events?since=` replays everything that batch caused, so no line is lost between
 the request and the stream. The output and exit statuses are those of `run_get` with a plain
 display; on a terminal, with --json or --quiet, `run_get` (rich, aiohttp) is used instead.

@@ -1,4 +1,4 @@
-"""Many downloads in one call: planned together, stored in one transaction, announced together.
+"""Many downloads in one call: planned together, stored and announced in waves as plans land.
 
 `add_many` is what a list (`modelfetch get -I list` through the daemon, `POST
 /api/downloads:batch`) needs: every spec planned `PLAN_CONCURRENCY` at a time (a HEAD per plain

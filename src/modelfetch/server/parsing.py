@@ -40,13 +40,22 @@ def _validation_error(exc: ValidationError, where: str) -> HTTPError:
 
 async def read_body(request: web.Request, model: type[M], *, required: bool = True) -> M:
     """The JSON body as `model`; an absent body is `{}` where the body is optional."""
+    return validate_body(await read_json(request, required=required), model)
+
+
+async def read_json(request: web.Request, *, required: bool = True) -> Any:
+    """The JSON body, decoded (422 when it is not JSON); `{}` for an absent optional body."""
     raw = await request.read()
-    data: Any = {}
-    if raw or required:
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise HTTPError(422, "invalid", "the body is not valid JSON") from None
+    if not raw and not required:
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise HTTPError(422, "invalid", "the body is not valid JSON") from None
+
+
+def validate_body(data: Any, model: type[M]) -> M:
+    """A decoded JSON body as `model` (422 naming the fields that do not fit)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

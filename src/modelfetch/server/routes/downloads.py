@@ -28,7 +28,9 @@ from modelfetch.server.parsing import (
     item_ref,
     manager_of,
     read_body,
+    read_json,
     read_query,
+    validate_body,
     view_of,
 )
 from modelfetch.server.responses import Handler, HTTPError, json_response, status_for
@@ -128,14 +130,15 @@ async def add_download(request: web.Request) -> web.StreamResponse:
 
 async def add_downloads(request: web.Request) -> web.StreamResponse:
     """Many specs with the same options: planned together on the daemon (Hub specs through
-    the planner, as one add), queued in one store transaction, one result per spec in order.
+    the planner, as one add), queued in waves of a few as their plans land (one store
+    transaction each: manager/batch.py), one result per spec in order.
     A spec that fails is reported in its place; the others are queued all the same."""
     from modelfetch.manager.batch import add_many, views_of
     from modelfetch.manager.intake import plan_options
 
-    raw = await request.read()
-    _refuse_oversized_batch(raw)
-    body = await read_body(request, BatchAddRequest)
+    data = await read_json(request)
+    _refuse_oversized_batch(data)
+    body = validate_body(data, BatchAddRequest)
     manager = manager_of(request)
     hub_token = _hub_token(request)
     since = manager.bus.last_seq
@@ -174,15 +177,9 @@ def _ids(outcomes: Sequence[Outcome]) -> list[int]:
     return sorted({o[0] for o in outcomes if isinstance(o, tuple)})
 
 
-def _refuse_oversized_batch(raw: bytes) -> None:
+def _refuse_oversized_batch(data: object) -> None:
     """More than BATCH_MAX specs is a 413 that says how many fit, before any validation: the
     client splits its list (a schema error, 422, would read as a malformed request)."""
-    import json
-
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
-        return  # read_body answers that one
     specs = data.get("specs") if isinstance(data, dict) else None
     if isinstance(specs, list) and len(specs) > BATCH_MAX:
         raise HTTPError(
@@ -273,8 +270,10 @@ OPERATIONS: list[tuple[Operation, Handler]] = [
             description=(
                 "One result per spec, in the order sent: `status` 201 (queued), 200 (already "
                 "queued) or the status `POST /api/downloads` would have answered for that spec "
-                "alone, with its `error`; a spec that fails does not stop the others. Every "
-                "download is stored in one transaction. Hub specs are planned as single adds "
+                "alone, with its `error`; a spec that fails does not stop the others. The "
+                "downloads are stored in waves of 16 as their plans land, one transaction each, "
+                "so the first start while the rest are planned. Hub specs are planned as single "
+                "adds "
                 f"are. More than {BATCH_MAX} specs: 413 (`batch_too_large`), send the list in "
                 "parts."
             ),
