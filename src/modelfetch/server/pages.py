@@ -231,13 +231,18 @@ class PageCache:
             return None
         if at_least is not None:
             return page if page.as_of >= at_least or self._untouched(page, at_least) else None
-        try:
-            since = self.manager.bus.history_since(page.as_of)
-        except ValueError:
-            return None
+        since = self._events_since(page)
         if since is None or not all(isinstance(e, _PROGRESS_EVENTS) for e in since):
             return None
         return page
+
+    def _events_since(self, page: Page) -> list[ev.Event] | None:
+        """The events after the page's `as_of`, or None when the bus no longer holds them all
+        (then nothing can be said about what changed since)."""
+        try:
+            return self.manager.bus.history_since(page.as_of)
+        except ValueError:
+            return None
 
     def _untouched(self, page: Page, seq: int) -> bool:
         """Whether no event from the page's `as_of` to `seq` is about a download the page
@@ -245,10 +250,7 @@ class PageCache:
         later id): then it is what a read at `seq` would give, and a snapshot at `seq` may
         send it (50 clients meeting a busy queue would otherwise read every page again for
         each new snapshot seq, as downloads on the first page finish one after another)."""
-        try:
-            since = self.manager.bus.history_since(page.as_of)
-        except ValueError:
-            return False
+        since = self._events_since(page)
         if since is None:
             return False
         low = page.after if page.after is not None else -1
