@@ -16,18 +16,15 @@ from aiohttp import web
 
 from modelfetch.core import events as ev
 from modelfetch.server.openapi import Operation
-from modelfetch.server.pages import SNAPSHOT_REUSE, Page, PageCache, sse_message
+from modelfetch.server.pages import SNAPSHOT_REUSE, Page, PageCache
 from modelfetch.server.responses import Handler, HTTPError
 from modelfetch.server.state import STATE, DaemonState, OpenStream
 
-__all__ = ["OPERATIONS", "PLAIN_ROUTES", "close_streams", "sse_frame"]
+__all__ = ["OPERATIONS", "PLAIN_ROUTES", "close_streams"]
 
 _SSE_WRITE_TIMEOUT = 30.0
 _SSE_BUFFER = 1024
 _SLICE = 64 << 10  # bytes of a large message written at a time
-
-
-sse_frame = sse_message  # the name this module has always exported
 
 
 def _last_event_id(request: web.Request) -> int | None:
