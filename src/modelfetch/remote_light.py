@@ -150,13 +150,7 @@ class DaemonClient:
             raw = response.read()
         finally:
             conn.close()
-        data: Any = None
-        if raw:
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                data = None
-        return response.status, data
+        return response.status, _decoded(raw)
 
     def call(
         self,
@@ -203,12 +197,19 @@ class DaemonClient:
         if response.status >= 400:
             raw = response.read()
             conn.close()
-            try:
-                data = json.loads(raw) if raw else None
-            except ValueError:
-                data = None
-            raise error_from_response(response.status, data)
+            raise error_from_response(response.status, _decoded(raw))
         return EventReader(conn, response)
+
+
+def _decoded(raw: bytes) -> Any:
+    """A response body as JSON, or None when it is empty or not JSON (an error then says
+    what its status alone says)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 _END = None  # what the reader thread puts last: the stream ended
