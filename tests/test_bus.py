@@ -107,6 +107,18 @@ async def test_a_slow_subscriber_never_blocks_publish_and_is_told_what_it_missed
     assert fast.dropped == 0
 
 
+def test_ready_hands_over_what_is_buffered_without_waiting_missed_first() -> None:
+    bus = EventBus()
+    sub = bus.subscribe(maxsize=2)
+    assert sub.ready() is None  # nothing yet, and no wait
+    for i in range(1, 5):
+        bus.publish(note(i))  # n1, n2 fall out
+    taken = [sub.ready(), sub.ready(), sub.ready()]
+    assert all(e is not None for e in taken)
+    assert messages([e for e in taken if e is not None]) == ["missed 2", "n3", "n4"]
+    assert sub.ready() is None and sub.pending == 0
+
+
 async def test_missed_is_reported_between_the_right_events() -> None:
     bus = EventBus()
     sub = bus.subscribe(maxsize=2)

@@ -196,6 +196,32 @@ async def test_keep_alive_comments_while_idle(tmp_path: Path) -> None:
         assert all(c.startswith(": keep-alive") for c in reader.comments)
 
 
+async def test_a_burst_goes_out_in_few_writes_every_event_in_order(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events that pile up while the stream writes are sent together (200 small downloads
+    make ~1,500 events): fewer writes than events, and still each one, with its id."""
+    writes: list[int] = []
+    send = server_events._send
+
+    async def counted(response: Any, data: bytes | memoryview) -> None:
+        writes.append(len(data))
+        await send(response, data)
+
+    monkeypatch.setattr(server_events, "_send", counted)
+    async with open_stream(daemon) as reader:
+        await reader.until("snapshot")
+        writes.clear()
+        first = daemon.manager.bus.last_seq + 1
+        for n in range(300):  # no chance for the stream's task to run in between
+            daemon.manager.bus.publish(ev.Notice(message=f"burst {n}"))
+        got = [await reader.next() for _ in range(300)]
+    assert [(m.id, m.data["message"]) for m in got] == [
+        (first + n, f"burst {n}") for n in range(300)
+    ]
+    assert 1 <= len(writes) < 30  # a write per 64 KiB at most, not one per event
+
+
 async def test_a_client_that_falls_behind_gets_missed_then_a_fresh_snapshot(
     daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:

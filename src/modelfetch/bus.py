@@ -188,19 +188,27 @@ class Subscription:
 
     async def __anext__(self) -> Event:
         while True:
-            if self._unreported:
-                assert self._last_dropped is not None
-                missed = Missed(
-                    count=self._unreported, seq=self._last_dropped.seq, ts=self._bus._clock()
-                )
-                self._unreported = 0
-                return missed
-            if self._buffer:
-                return self._buffer.popleft()
+            event = self.ready()
+            if event is not None:
+                return event
             if self._ended:
                 raise StopAsyncIteration
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    def ready(self) -> Event | None:
+        """The next event if one is already here (a Missed first, as iteration yields it),
+        else None, without waiting: a stream writes what piled up in one go."""
+        if self._unreported:
+            assert self._last_dropped is not None
+            missed = Missed(
+                count=self._unreported, seq=self._last_dropped.seq, ts=self._bus._clock()
+            )
+            self._unreported = 0
+            return missed
+        if self._buffer:
+            return self._buffer.popleft()
+        return None
 
     def __enter__(self) -> Self:
         return self

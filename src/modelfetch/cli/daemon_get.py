@@ -141,6 +141,10 @@ def run_get_via_daemon(
         run.close()
 
 
+def _busy_in(files: dict[str, str]) -> int:
+    return sum(status in _BUSY for status in files.values())
+
+
 def _limits(**caps: int) -> dict[str, int | None]:
     body: dict[str, int | None] = dict.fromkeys(
         (
@@ -183,6 +187,7 @@ class _Run:
         # File statuses of our downloads, by group: seeded from the batch's views, then kept
         # current by the events published after them (`_seq`).
         self.statuses: dict[int, dict[str, str]] = {}
+        self._busy_files = 0  # of those, how many are queued, active or waiting to retry
         self.finished: set[int] = set()
         self._seq = 0
 
@@ -241,7 +246,7 @@ class _Run:
             return max(self.errors) if self.errors else EXIT_FAILED
         wanted = set(self.gids)
         for view in views.values():
-            self.statuses[view.id] = {f.ref: f.status for f in view.files}
+            self._set_files(view.id, {f.ref: f.status for f in view.files})
         before = {gid: views[gid].status for gid in self.gids}
         self.events = self.client.open_events(since)
         self._put_first([views[gid] for gid in self.gids])
@@ -313,7 +318,7 @@ class _Run:
             for item in event.items:
                 gid = int(item["id"])
                 if gid in self.statuses:
-                    self.statuses[gid] = {f["ref"]: f["status"] for f in item.get("files", [])}
+                    self._set_files(gid, {f["ref"]: f["status"] for f in item.get("files", [])})
             self._seq = event.seq
             return
         self._see(event, seq_text)
@@ -328,10 +333,18 @@ class _Run:
         if seq <= self._seq:
             return  # already in the views the statuses were seeded from
         if isinstance(event, ev.StatusChanged) and event.group_id in self.statuses:
-            self.statuses[event.group_id][event.ref] = event.status
+            files = self.statuses[event.group_id]
+            self._busy_files += (event.status in _BUSY) - (files.get(event.ref) in _BUSY)
+            files[event.ref] = event.status
+
+    def _set_files(self, gid: int, files: dict[str, str]) -> None:
+        old = self.statuses.get(gid, {})
+        self._busy_files += _busy_in(files) - _busy_in(old)
+        self.statuses[gid] = files
 
     def _busy(self) -> bool:
-        return any(s in _BUSY for files in self.statuses.values() for s in files.values())
+        # Kept as a count: asked after every event, and 200 downloads make ~1,500 of them.
+        return self._busy_files > 0
 
     def _drain(self, ended: set[int]) -> None:
         """Until a group_finished was seen for each download that ended in this run (at most
