@@ -33,7 +33,6 @@ The token is never part of a repr or of `describe()`.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -319,6 +318,8 @@ def _read_file(path: Path) -> FileSettings | None:
         return None
     except OSError as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+    import tomllib  # only with a file to read: every command reads the config first
+
     try:
         raw = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -12,12 +12,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from modelfetch.core.errors import SpecError
 from modelfetch.core.headers import origin_of
 from modelfetch.core.spec import DEFAULT_ENDPOINT
-from modelfetch.transfer.api import Credentials
+
+if TYPE_CHECKING:
+    from modelfetch.transfer.api import Credentials
 
 __all__ = ["HubConfig", "hf_hub_cache", "hf_hub_offline", "hub_config_from_env"]
 
@@ -51,6 +54,9 @@ class HubConfig:
 
     def credentials(self) -> Credentials | None:
         """The token bound to the endpoint's origin, for `TransferRequest.credentials`."""
+        # Imported here: the transfer layer's types are not needed to read the configuration.
+        from modelfetch.transfer.api import Credentials
+
         return None if self.token is None else Credentials(self.token, self.origin)
 
 

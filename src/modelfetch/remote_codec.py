@@ -9,12 +9,12 @@ a daemon on this machine only, so that the daemon fetches that one download with
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from modelfetch.core.errors import ERROR_KINDS, ModelfetchError, StateError
 from modelfetch.core.quant import Quant, QuantGroup
+from modelfetch.remote_trust import client_hub_token, is_loopback_address
 from modelfetch.views import FileView, FleetView, GroupView, WorkerView
 
 __all__ = [
@@ -32,25 +32,6 @@ __all__ = [
 ]
 
 HUB_TOKEN_HEADER = "X-Hub-Token"  # as server/routes/downloads.py reads it (no server import)
-
-
-def client_hub_token(environ: Any = None) -> str | None:
-    """The Hub token in this client's environment (HF_TOKEN, then HUGGING_FACE_HUB_TOKEN)."""
-    env = os.environ if environ is None else environ
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        value = str(env.get(name) or "").strip()
-        if value:
-            return value
-    return None
-
-
-def is_loopback_address(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class RouteMissingError(ModelfetchError):

@@ -21,13 +21,16 @@ import queue
 import socket
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from modelfetch.core.errors import StateError
-from modelfetch.remote_codec import SSEMessage, SSEParser, error_from_response, is_loopback_address
+from modelfetch.remote_trust import is_loopback_address
 
-__all__ = ["BATCH_SIZE", "DaemonClient", "EventReader", "find_daemon"]
+if TYPE_CHECKING:
+    from modelfetch.remote_codec import SSEMessage
+
+__all__ = ["BATCH_SIZE", "DaemonClient", "EventReader", "Pending", "find_daemon"]
 
 BATCH_SIZE = 1000
 """Specs per `POST /api/downloads:batch`: the daemon's bound (`manager.batch.MAX_BATCH`, which
@@ -152,6 +155,25 @@ class DaemonClient:
             conn.close()
         return response.status, _decoded(raw)
 
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> Pending:
+        """Send a request now and read its answer later (`Pending.answer`): the daemon works
+        on a long batch while this process gets on with what it has to do meanwhile."""
+        payload = None if method == "GET" else json.dumps({} if body is None else body).encode()
+        conn = self._connection(_REQUEST_TIMEOUT)
+        try:
+            conn.request(method, path, body=payload, headers=self._headers(headers, body=True))
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._unreachable(exc) from exc
+        return Pending(self, conn)
+
     def call(
         self,
         method: str,
@@ -162,13 +184,10 @@ class DaemonClient:
     ) -> Any:
         """The decoded body of a success; a daemon error as its ModelfetchError (ValueError
         for a body it refused as invalid), an unreachable daemon as StateError."""
-        try:
-            status, data = self.request(method, path, body, headers=headers)
-        except (OSError, http.client.HTTPException) as exc:
-            raise StateError(f"the daemon at {self.url} is not answering: {exc}") from exc
-        if status >= 400:
-            raise error_from_response(status, data)
-        return data
+        return self.send(method, path, body, headers=headers).answer()
+
+    def _unreachable(self, exc: Exception) -> StateError:
+        return StateError(f"the daemon at {self.url} is not answering: {exc}")
 
     def downloads(self) -> list[dict[str, Any]]:
         """Every download, page by page as the daemon lists them (JSON views)."""
@@ -197,8 +216,37 @@ class DaemonClient:
         if response.status >= 400:
             raw = response.read()
             conn.close()
-            raise error_from_response(response.status, _decoded(raw))
+            raise _error(response.status, _decoded(raw))
         return EventReader(conn, response)
+
+
+class Pending:
+    """A request sent, its answer not read yet."""
+
+    def __init__(self, client: DaemonClient, conn: http.client.HTTPConnection) -> None:
+        self._client = client
+        self._conn = conn
+
+    def answer(self) -> Any:
+        """As `DaemonClient.call`: the decoded body, or the daemon's error raised."""
+        try:
+            response = self._conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._client._unreachable(exc) from exc
+        finally:
+            self._conn.close()
+        data = _decoded(raw)
+        if response.status >= 400:
+            raise _error(response.status, data)
+        return data
+
+
+def _error(status: int, data: Any) -> Exception:
+    # The codec rebuilds views, which this path needs only once the list is queued.
+    from modelfetch.remote_codec import error_from_response
+
+    return error_from_response(status, data)
 
 
 def _decoded(raw: bytes) -> Any:
@@ -229,6 +277,8 @@ class EventReader:
         self._thread.start()
 
     def _read(self) -> None:
+        from modelfetch.remote_codec import SSEParser
+
         parser = SSEParser()
         try:
             while chunk := self._response.read1(1 << 16):

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from modelfetch.cli.get_options import GetOptions
     from modelfetch.config import Config
     from modelfetch.core import events as ev
-    from modelfetch.remote_light import DaemonClient, EventReader
+    from modelfetch.remote_light import DaemonClient, EventReader, Pending
     from modelfetch.render.plain import PlainDisplay
     from modelfetch.views import GroupView
 
@@ -108,20 +108,20 @@ def run_get_via_daemon(
         client = find_daemon(cfg.home)
     if client is None:
         return None
-    from modelfetch.cli.follow import _progress_interval
-    from modelfetch.render.plain import PlainDisplay
-
     _token_note(client, options)
     if options.jobs is not None:
         client.call("PUT", "/api/limits", _limits(max_active=options.jobs))
     if rate is not None:
         client.call("PUT", "/api/limits", _limits(rate_limit=rate))
-    display = PlainDisplay(sys.stdout, interval=_progress_interval())
-    display.begin()
-    run = _Run(client, display, debug)
+    run = _Run(client, debug)
     try:
-        return run.go(cfg, options)
+        # The list goes first: the daemon probes and queues it while this process imports
+        # and sets up what shows the result.
+        run.submit(cfg, options)
+        display = run.show()
+        return run.go()
     except KeyboardInterrupt:
+        display = run.show()
         display.message("Pausing… (press Ctrl-C again to quit at once)")
         for gid in run.gids:
             try:
@@ -161,7 +161,7 @@ def _limits(**caps: int) -> dict[str, int | None]:
 
 def _token_note(client: DaemonClient, options: GetOptions) -> None:
     """As `refuse_unsupported`: a Hub token stays here when the daemon is elsewhere."""
-    from modelfetch.remote_codec import client_hub_token
+    from modelfetch.remote_trust import client_hub_token
 
     if client.on_this_machine:
         return
@@ -177,10 +177,14 @@ def _token_note(client: DaemonClient, options: GetOptions) -> None:
 class _Run:
     """One `get` through the daemon: submit, follow, summarize."""
 
-    def __init__(self, client: DaemonClient, display: PlainDisplay, debug: bool) -> None:
+    def __init__(self, client: DaemonClient, debug: bool) -> None:
         self.client = client
-        self.display = display
+        self._display: PlainDisplay | None = None
         self.debug = debug
+        self._first: Pending | None = None  # the first batch, sent and not yet answered
+        self._parts: list[list[str]] = []
+        self._body: dict[str, Any] = {}
+        self._headers: dict[str, str] | None = None
         self.gids: list[int] = []
         self.errors: list[int] = []
         self.events: EventReader | None = None
@@ -195,16 +199,28 @@ class _Run:
         if self.events is not None:
             self.events.close()
 
-    def go(self, cfg: Config, options: GetOptions) -> int | None:
-        from modelfetch.remote_codec import (
-            RouteMissingError,
-            batch_item_error,
-            client_hub_token,
-            group_view_of,
-        )
-        from modelfetch.remote_light import BATCH_SIZE
+    @property
+    def display(self) -> PlainDisplay:
+        assert self._display is not None, "show() first"
+        return self._display
 
-        body: dict[str, Any] = {
+    def show(self) -> PlainDisplay:
+        """The plain display, begun (made on first use)."""
+        if self._display is None:
+            from modelfetch.cli.follow import _progress_interval
+            from modelfetch.render.plain import PlainDisplay
+
+            self._display = PlainDisplay(sys.stdout, interval=_progress_interval())
+            self._display.begin()
+        return self._display
+
+    def submit(self, cfg: Config, options: GetOptions) -> None:
+        """Send the first batch of the list (a longer list than a batch takes is sent in
+        parts, the others once this one is answered)."""
+        from modelfetch.remote_light import BATCH_SIZE
+        from modelfetch.remote_trust import client_hub_token
+
+        self._body = {
             "quant": options.quant,
             "revision": options.revision,
             "include": list(options.include),
@@ -216,18 +232,29 @@ class _Run:
             ),
         }
         token = options.token or client_hub_token()
-        headers = {"X-Hub-Token": token} if token and self.client.on_this_machine else None
+        self._headers = {"X-Hub-Token": token} if token and self.client.on_this_machine else None
+        specs = list(options.specs)
+        self._parts = [specs[i : i + BATCH_SIZE] for i in range(0, len(specs), BATCH_SIZE)]
+        self._first = self._send(self._parts[0]) if self._parts else None
+
+    def _send(self, part: list[str]) -> Pending:
+        return self.client.send(
+            "POST", "/api/downloads:batch", {**self._body, "specs": part}, headers=self._headers
+        )
+
+    def go(self) -> int | None:
+        from modelfetch.remote_codec import RouteMissingError, batch_item_error, group_view_of
+
         views: dict[int, GroupView] = {}
         since: int | None = None
         # One request for the whole list (a longer list than a batch takes: one per batch).
-        for start in range(0, len(options.specs), BATCH_SIZE):
-            part = options.specs[start : start + BATCH_SIZE]
+        for number, part in enumerate(self._parts):
+            pending = self._first if number == 0 else self._send(part)
+            assert pending is not None
             try:
-                answer = self.client.call(
-                    "POST", "/api/downloads:batch", {**body, "specs": part}, headers=headers
-                )
+                answer = pending.answer()
             except RouteMissingError:
-                if start == 0:
+                if number == 0:
                     return None  # an older daemon, without batches: `run_get` adds one by one
                 raise
             since = answer["since"] if since is None else since

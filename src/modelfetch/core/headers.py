@@ -12,7 +12,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
@@ -118,6 +117,10 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if _SECONDS.fullmatch(text):
         seconds = float(text)
         return max(0.0, seconds) if math.isfinite(seconds) else None
+    # Here, not at the top: email.utils is most of this module's import, and only a date
+    # (rare: servers send seconds) needs it.
+    from email.utils import parsedate_to_datetime
+
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
