@@ -221,6 +221,8 @@ def record(
     )
     with m._batch():
         group = m.store.add_group(group)
+        # A new download has no limits of its own yet: known here, not read back per file.
+        m._book.limits[group.id] = (None, None)
         _remember_token(m, group.id, hub_token)  # before any file of it can start
         changes = m._queue.add_group(group.id, [f.index for f in group.files], request.priority)
         m.store.set_order(changes)
