@@ -198,8 +198,8 @@ try:
     runpy.run_module("modelfetch", run_name="__main__", alter_sys=True)
 except SystemExit as exc:
     code = exc.code or 0
-heavy = {"aiohttp", "rich", "pydantic", "asyncio", "typer"}
-heavy = sorted({m.split(".")[0] for m in sys.modules} & heavy)
+heavy = {"aiohttp", "rich", "pydantic", "asyncio", "typer", "http.client", "ssl", "email"}
+heavy = sorted(name for name in heavy if name in sys.modules)
 print("HEAVY " + json.dumps(heavy), file=sys.stderr)
 sys.exit(code)
 """

@@ -1,4 +1,4 @@
-"""A small blocking client of the daemon on the standard library alone (http.client + json).
+"""A small blocking client of the daemon on the standard library alone (a socket and json).
 
 `modelfetch get -I list` with a daemon running hands the whole list over in one request and then
 follows the event stream. On that path the command does no work of its own, so what it imports
@@ -14,7 +14,6 @@ only to a daemon on this machine, as with RemoteManager.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import queue
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from modelfetch.core.errors import StateError
+from modelfetch.light_http import Connection, Response
 from modelfetch.remote_trust import is_loopback_address
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def find_daemon(home: Path, *, timeout: float = _HEALTH_TIMEOUT) -> DaemonClient
     except ConnectionRefusedError:
         path.unlink(missing_ok=True)  # the pid was reused by another process after a crash
         return None
-    except (OSError, http.client.HTTPException, ValueError):
+    except (OSError, ValueError):
         return None  # alive but not answering: leave its file alone
     if status != 200 or not isinstance(health, dict) or health.get("pid") != pid:
         return None
@@ -122,8 +122,8 @@ class DaemonClient:
         host = self._host.lower()
         return host == "localhost" or is_loopback_address(host)
 
-    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+    def _connection(self, timeout: float | None) -> Connection:
+        return Connection(self._host, self._port, timeout=timeout)
 
     def _headers(self, extra: dict[str, str] | None, *, body: bool) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -169,7 +169,7 @@ class DaemonClient:
         conn = self._connection(_REQUEST_TIMEOUT)
         try:
             conn.request(method, path, body=payload, headers=self._headers(headers, body=True))
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             conn.close()
             raise self._unreachable(exc) from exc
         return Pending(self, conn)
@@ -210,7 +210,7 @@ class DaemonClient:
         try:
             conn.request("GET", path, headers=headers)
             response = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             conn.close()
             raise StateError(f"the daemon at {self.url} is not answering: {exc}") from exc
         if response.status >= 400:
@@ -223,7 +223,7 @@ class DaemonClient:
 class Pending:
     """A request sent, its answer not read yet."""
 
-    def __init__(self, client: DaemonClient, conn: http.client.HTTPConnection) -> None:
+    def __init__(self, client: DaemonClient, conn: Connection) -> None:
         self._client = client
         self._conn = conn
 
@@ -232,7 +232,7 @@ class Pending:
         try:
             response = self._conn.getresponse()
             raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             raise self._client._unreachable(exc) from exc
         finally:
             self._conn.close()
@@ -268,7 +268,7 @@ class EventReader:
     caller can wait for the next one with a timeout (its display ticks meanwhile). The stream
     ending (the daemon stopped, or `close`) shows as `ended`."""
 
-    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse):
+    def __init__(self, conn: Connection, response: Response):
         self._conn = conn
         self._response = response
         self._queue: queue.Queue[SSEMessage | None] = queue.Queue()

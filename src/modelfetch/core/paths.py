@@ -127,7 +127,8 @@ def sanitize_filename(name: str) -> str:
     text = unicodedata.normalize("NFC", name)
     text = re.split(r"[/\\]", text)[-1]
     text = _UNSAFE_FILENAME_CHARS.sub("_", text)
-    text = "".join("_" if _control_chars(ch) else ch for ch in text)
+    if not (text.isascii() and text.isprintable()):  # else no control char can be in it
+        text = "".join("_" if _control_chars(ch) else ch for ch in text)
     text = text.strip(" .\t")
     if not text:
         return FALLBACK_FILENAME
