@@ -224,19 +224,31 @@ OMITTED_WHEN_NONE = frozenset({"speed", "eta", "retry_at", "error_kind", "error_
 """Fields left out of the JSON form when unknown, so no client mistakes them for zero."""
 
 
+# Event class -> its field names: `dataclasses.fields` builds a tuple on each call, and the
+# daemon encodes every event once per stream that is behind (200 small downloads: ~1,500).
+_FIELD_NAMES: dict[type[Event], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Event]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def to_dict(event: Event) -> dict[str, Any]:
     """The JSON-ready form: {"type", "seq", "ts", ...fields}; unknown speed/eta/retry/error
     fields are left out."""
     out: dict[str, Any] = {"type": event.type}
-    for field in dataclasses.fields(event):
-        value = getattr(event, field.name)
-        if value is None and field.name in OMITTED_WHEN_NONE:
+    for name in _field_names(type(event)):
+        value = getattr(event, name)
+        if value is None and name in OMITTED_WHEN_NONE:
             continue
         if isinstance(value, list):
             value = [dict(item) if isinstance(item, dict) else item for item in value]
         elif isinstance(value, dict):
             value = dict(value)
-        out[field.name] = value
+        out[name] = value
     return out
 
 
