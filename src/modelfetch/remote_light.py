@@ -145,15 +145,26 @@ class DaemonClient:
         timeout: float = _REQUEST_TIMEOUT,
     ) -> tuple[int, Any]:
         """(status, decoded body or None). Raises OSError when the daemon cannot be reached."""
-        payload = None if method == "GET" else json.dumps({} if body is None else body).encode()
-        conn = self._connection(timeout)
+        conn = self._sent(method, path, body, headers, timeout)
         try:
-            conn.request(method, path, body=payload, headers=self._headers(headers, body=True))
             response = conn.getresponse()
             raw = response.read()
         finally:
             conn.close()
         return response.status, _decoded(raw)
+
+    def _sent(
+        self, method: str, path: str, body: Any, headers: dict[str, str] | None, timeout: float
+    ) -> Connection:
+        """A connection with the request sent on it (closed again if sending failed)."""
+        payload = None if method == "GET" else json.dumps({} if body is None else body).encode()
+        conn = self._connection(timeout)
+        try:
+            conn.request(method, path, body=payload, headers=self._headers(headers, body=True))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def send(
         self,
@@ -165,12 +176,9 @@ class DaemonClient:
     ) -> Pending:
         """Send a request now and read its answer later (`Pending.answer`): the daemon works
         on a long batch while this process gets on with what it has to do meanwhile."""
-        payload = None if method == "GET" else json.dumps({} if body is None else body).encode()
-        conn = self._connection(_REQUEST_TIMEOUT)
         try:
-            conn.request(method, path, body=payload, headers=self._headers(headers, body=True))
+            conn = self._sent(method, path, body, headers, _REQUEST_TIMEOUT)
         except OSError as exc:
-            conn.close()
             raise self._unreachable(exc) from exc
         return Pending(self, conn)
 
