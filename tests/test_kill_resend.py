@@ -294,6 +294,41 @@ async def test_the_durable_map_never_claims_a_byte_before_it_was_fdatasynced(
     assert not journal_path(request.dest).exists()
 
 
+async def test_a_stop_syncs_its_map_off_the_loop(
+    bighub: FakeHub, session: TransferSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pause's fdatasync waits for the disk (a quarter of a second here for a big file):
+    on a worker thread, so every other download and the API go on meanwhile. The stand-in
+    sync of the stop waits for the loop to run a callback; on the loop thread it would wait
+    in vain (and give up after 10 s), and the map would be saved without that callback."""
+    bighub.add_fault(Fault("throttle", path=BIG, origin="cdn", rate=4 * MiB))
+    loop = asyncio.get_running_loop()
+    stopping = threading.Event()
+    loop_ran = threading.Event()
+    during: list[bool] = []
+
+    def fdatasync(fd: int) -> None:
+        if stopping.is_set():
+            loop.call_soon_threadsafe(loop_ran.set)
+            during.append(loop_ran.wait(10))
+        os.fdatasync(fd)
+
+    monkeypatch.setattr(sink, "fdatasync", fdatasync)
+    saved: list[tuple[SegmentRecord, ...] | None] = []
+    stop = StopSignal()
+    request = _request(bighub, tmp_path, checkpoint_interval=60)  # only the stop saves
+    task = asyncio.create_task(fetch_file(session, request, on_segments=saved.append, stop=stop))
+    await asyncio.sleep(1.0)
+    stopping.set()
+    stop.stop(StopReason.PAUSE)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert during == [True]  # the loop ran while the stop's fdatasync was under way
+    last = saved[-1]
+    assert last is not None and sum(r.done for r in last) > 0  # and the map was saved after it
+
+
 async def test_an_fdatasync_that_fails_saves_nothing_drops_the_volatile_map_and_fails(
     bighub: FakeHub, session: TransferSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,8 +6,9 @@
    writeback has already sent most pages on their way, transfer/sink.py), and only then is
    that snapshot saved. So after a power cut it is still true. It is saved every
    `checkpoint_interval` (1 s) while bytes move, and whenever the transfer stops, fails or
-   ends (then with a blocking fdatasync: a stop must leave nothing that only the page cache
-   holds, as a reboot may follow it).
+   ends (a stop must leave nothing that only the page cache holds, as a reboot may follow
+   it; the transfer's end waits for that fdatasync, on a worker thread like the others, so
+   the loop serves everything else meanwhile).
 2. The volatile map: transfer/segment_journal.py, beside the `.part`, rewritten every
    JOURNAL_BYTES or JOURNAL_INTERVAL, whichever comes first, with no fsync. It is trusted only
    while the kernel that wrote it still runs (a `kill -9`, an OOM kill), and then a restart
@@ -55,6 +56,12 @@ def _sync_blocking(fd: int | None, path: Path) -> None:
         sink.fdatasync(own)
     finally:
         os.close(own)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """A sync nobody waits for any more: mark its outcome as seen."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _sync_and_close(fd: int) -> None:
@@ -134,47 +141,53 @@ class Checkpoints:
 
     # -- when the transfer starts, stops or ends ----------------------------------------------
 
-    async def save(self, segmap: SegmentMap | None, fd: int | None) -> None:
+    async def save(
+        self, segmap: SegmentMap | None, fd: int | None, *, stopping: bool = False
+    ) -> None:
         """Save the map durably now, the fdatasync on a worker thread (the loop serves other
-        transfers meanwhile). An fdatasync that fails raises LocalFileError, and so does (as
-        itself) a background save's failure not reported yet."""
+        transfers meanwhile: on a slow disk a stop's fdatasync took a quarter of a second,
+        and blocking the loop for it froze every other download and the API).
+
+        While the transfer runs, an fdatasync that fails raises LocalFileError, and so does
+        (as itself) a background save's failure not reported yet. `stopping` (a stop, a
+        failure: the transfer ends with its own error) never raises: if the fdatasync fails
+        or the stop is cancelled again meanwhile, nothing is saved (the store's older map
+        stays true); the journal is closed either way."""
         if self._failed is not None:
             failed, self._failed = self._failed, None
-            raise failed
+            if not stopping:
+                raise failed
+        try:
+            await self._save(segmap, fd, stopping)
+        finally:
+            if stopping and self.journal is not None:
+                self.journal.close()
+
+    async def _save(self, segmap: SegmentMap | None, fd: int | None, stopping: bool) -> None:
         records = self._begin(segmap)
         if records is None or segmap is None:
             return
         done = segmap.done_bytes
         if self.on_segments is not None and done > self._synced:
+            # Our own descriptor (a duplicate, or one opened on the path): the transfer may
+            # close its own while the thread syncs.
+            sync = asyncio.ensure_future(
+                asyncio.to_thread(_sync_blocking, None, self.part_path)
+                if fd is None
+                else asyncio.to_thread(_sync_and_close, os.dup(fd))
+            )
             try:
-                if fd is None:
-                    await asyncio.to_thread(_sync_blocking, None, self.part_path)
-                else:
-                    await asyncio.to_thread(_sync_and_close, os.dup(fd))
+                await asyncio.shield(sync)
             except OSError as exc:
                 self._lost_pages()
+                if stopping:
+                    return
                 raise LocalFileError.from_os_error(exc, self.part_path) from exc
+            except asyncio.CancelledError:
+                sync.add_done_callback(_retrieve)
+                raise
             self._synced = max(self._synced, done)
         self._commit(records)
-
-    def save_blocking(self, segmap: SegmentMap | None, fd: int | None) -> None:
-        """Save the map durably now, from a handler that cannot wait (a stop, a failure): the
-        fdatasync blocks. If it fails, nothing is saved (the store's older map stays true) and
-        the error that stopped the transfer is the one reported."""
-        records = self._begin(segmap)
-        if records is None or segmap is None:
-            return
-        done = segmap.done_bytes
-        if self.on_segments is not None and done > self._synced:
-            try:
-                _sync_blocking(fd, self.part_path)
-            except OSError:
-                self._lost_pages()
-                return
-            self._synced = max(self._synced, done)
-        self._commit(records)
-        if self.journal is not None:
-            self.journal.close()
 
     def discard_journal(self) -> None:
         """The volatile map is not needed any more (the map is complete and durable, or the

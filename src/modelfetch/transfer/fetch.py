@@ -85,13 +85,13 @@ class _Transfer(SegmentingTransfer):
                 remove_partial(self.part_path, self.sidecar_path)
             self._spill_held()
             self._record_small_partial()
-            self._save_segments()
+            await self._save_segments()
             raise
         except Exception as exc:
             self._close_part()
             self._spill_held()
             self._record_small_partial()
-            self._save_segments()
+            await self._save_segments()
             translated = translate_exception(exc, url=self.url, stall=self.stall_timeout)
             if translated is None:
                 raise

@@ -271,13 +271,14 @@ class SegmentingTransfer(ReceivingTransfer):
         if self.segmap is not None and self.part is not None:
             self.checkpoints.frequent(self.segmap, self.part)
 
-    def _save_segments(self) -> None:
-        """Persist the current map durably now, blocking (a stop or a failure: fetch.py's
-        handlers, which cannot wait), or forget it (None) once the `.part` is gone."""
+    async def _save_segments(self) -> None:
+        """Persist the current map durably as the transfer stops or fails (fetch.py's
+        handlers), or forget it (None) once the `.part` is gone; never raises."""
         if self.segmap is None:
             return
         part = self.part
-        self.checkpoints.save_blocking(self.segmap, part.fd if part is not None else None)
+        fd = part.fd if part is not None else None
+        await self.checkpoints.save(self.segmap, fd, stopping=True)
 
 
 def _prefix_records(prefix: int, total: int) -> list[SegmentRecord]:
