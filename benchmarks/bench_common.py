@@ -30,7 +30,8 @@ KiB = 1 << 10
 SMALL_FILES = 200
 SMALL_SIZE = 256 * KiB
 QUEUE_ITEMS = 1000
-RATE_CAP = "25m"  # nginx limit_rate per connection (25 MiB/s)
+RATE_CAP = "25m"  # 25 MiB/s: nginx `limit_rate`, per request (bench_kill.py's capped server)
+RATE_CAP_BYTES = 25 * MiB  # the same for capped_server.py (case 2), which caps each connection
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,14 +116,16 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class Servers:
     plain: str  # http://127.0.0.1:port
-    capped: str  # the same files, each connection limited to RATE_CAP
+    capped: str  # the same files, each request limited to RATE_CAP after its first second
 
 
 @contextmanager
 def running_nginx(root: Path, access_log: Path | None = None) -> Iterator[Servers]:
     """nginx in the foreground from a scratch config (one worker, sendfile on), with a second
-    server block that caps every connection at RATE_CAP. With `access_log`, every request's
-    URI, status and body bytes sent are logged there (bench_kill.py counts them)."""
+    server block that caps every request at RATE_CAP (`limit_rate`: after the request's first
+    second, so requests smaller than that are never slowed; case 2 uses `running_capped`).
+    With `access_log`, every request's URI, status and body bytes sent are logged there
+    (bench_kill.py counts them)."""
     binary = nginx_binary()
     plain, capped = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="bench-nginx-") as scratch:
@@ -184,6 +187,37 @@ http {{
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def running_capped(root: Path, rate: int = RATE_CAP_BYTES) -> Iterator[str]:
+    """benchmarks/capped_server.py on a free loopback port: `root` served with every
+    connection capped at `rate` bytes/s across all its requests (nginx caps each request, and
+    not its first second: see that module). Yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("capped_server.py")),
+            str(root),
+            str(port),
+            str(rate),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            sys.exit(f"capped_server.py did not start (exit status {proc.poll()})")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ Tools:
   modelfetch (no kill) is also run once per server: the uninterrupted time, for scale.
 
 Servers: `plain` (unthrottled: the client's CPU is the limit, and its socket buffers fill) and
-`capped` (nginx `limit_rate 25m` per connection, as bench_transfer.py's case 2).
+`capped` (nginx `limit_rate 25m`, which caps each request after its first second: a slower
+server, not the per-connection cap of bench_transfer.py's case 2, whose server does not log
+the bytes it sends; what this counts is resent bytes, which that difference does not change).
 """
 
 from __future__ import annotations
