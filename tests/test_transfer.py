@@ -587,6 +587,30 @@ async def test_pause_keeps_the_partial_and_a_second_fetch_resumes(
     assert dest.read_bytes() == hub.content(REPO, BIG)
 
 
+async def test_a_resumed_prefix_is_read_back_off_the_loop(
+    hub: FakeHub, session: TransferSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-hashing the bytes already on disk reads them on a worker thread: the stand-in read
+    waits for the loop to run a callback, which it could not if it ran on the loop (it would
+    give up after 10 s and the test would see it)."""
+    dest = tmp_path / BIG
+    await _start_throttled_and_stop(hub, session, dest, StopReason.PAUSE)
+    partial = part_path(dest).stat().st_size
+    loop = asyncio.get_running_loop()
+    reads: list[bool] = []
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        ran = threading.Event()
+        loop.call_soon_threadsafe(ran.set)
+        reads.append(ran.wait(10))
+        return os.pread(fd, size, offset)
+
+    monkeypatch.setattr(sink, "pread", pread)
+    result = await fetch(session, big_request(hub, dest))
+    assert result.resumed_from == partial and dest.read_bytes() == hub.content(REPO, BIG)
+    assert reads and all(reads)  # every read-back ran while the loop was free
+
+
 async def test_disk_full_while_writing_keeps_the_partial(
     hub: FakeHub, session: TransferSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -67,6 +67,8 @@ pwrite: Callable[[int, Any, int], int] = os.pwrite
 # What makes a `.part`'s written bytes durable before a segment map that the store keeps may
 # claim them (transfer/checkpoints.py); a module attribute so a test can watch or fail it.
 fdatasync: Callable[[int], None] = os.fdatasync
+# How a resumed prefix is read back to be hashed (on a worker thread); substitutable as well.
+pread: Callable[[int, int, int], bytes] = os.pread
 
 
 def _libc_call(names: tuple[str, ...], argtypes: list[Any]) -> Callable[..., None] | None:
@@ -125,13 +127,15 @@ class PartFile:
         self, *, git_blob_size: int | None = None, inline: bool = False
     ) -> None:
         """Start fresh digests and feed them the bytes already on disk (a resume), 8 MiB at a
-        time, yielding to the loop between reads so a multi-GB prefix does not freeze it.
-        `inline`: hash on the caller's thread (see Digester)."""
+        time, each read on a worker thread: from a cold cache on this machine's disk one read
+        took ~30 ms, and a 50 GB prefix is thousands of them, which on the loop would stall
+        every other download and request that often. `inline`: hash on the caller's thread
+        (see Digester)."""
         self._stop_digests()
         digester = self._digester = Digester(git_blob_size=git_blob_size, inline=inline)
         while digester.fed < self.size:
-            block = os.pread(
-                self.fd, min(hashing.REHASH_READ_SIZE, self.size - digester.fed), digester.fed
+            block = await self._read_back(
+                min(hashing.REHASH_READ_SIZE, self.size - digester.fed), digester.fed
             )
             if not block:
                 raise OSError(errno.EIO, f"{self.path} shrank while being re-hashed")
@@ -139,6 +143,15 @@ class PartFile:
             if digester.backlogged:
                 await digester.drain(hashing.MAX_PENDING // 2)
             await asyncio.sleep(0)
+
+    async def _read_back(self, size: int, offset: int) -> bytes:
+        read = asyncio.ensure_future(asyncio.to_thread(pread, self.fd, size, offset))
+        try:
+            return await asyncio.shield(read)
+        except asyncio.CancelledError:
+            # The read ends before the caller may close the file (its number could be reused).
+            await asyncio.wait([read])
+            raise
 
     async def finish_digests(self) -> Digests:
         digester = self._digester
@@ -420,6 +433,7 @@ __all__ = [
     "SegmentedPartFile",
     "disk_full",
     "fdatasync",
+    "pread",
     "pwrite",
     "require_space",
 ]
