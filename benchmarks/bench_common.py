@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
@@ -181,12 +182,7 @@ http {{
                         time.sleep(0.05)
             yield Servers(f"http://127.0.0.1:{plain}", f"http://127.0.0.1:{capped}")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 @contextmanager
@@ -212,12 +208,17 @@ def running_capped(root: Path, rate: int = RATE_CAP_BYTES) -> Iterator[str]:
             sys.exit(f"capped_server.py did not start (exit status {proc.poll()})")
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Terminate a server the benchmark started; kill it if it has not gone after `grace` s."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ from bench_common import (
     running_nginx,
     small_files,
     source_file,
+    stop,
     timed,
 )
 from bench_report import DAEMON_ROW, report
@@ -246,12 +247,7 @@ def small_daemon() -> Iterator[SmallDaemon]:
         try:
             yield SmallDaemon(home, url)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, grace=10)
 
 
 def _forget_finished(daemon: SmallDaemon) -> None:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_common import _write_random
+from bench_common import _write_random, stop
 
 from modelfetch.core import events as ev
 from modelfetch.manager import DownloadManager, ManagerSettings
@@ -202,11 +202,7 @@ def file_server(root: Path) -> Iterator[tuple[str, str]]:
                     time.sleep(0.05)
             yield f"http://127.0.0.1:{port}", kind
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
 
 def source_files(size: int) -> tuple[Path, str]:
