@@ -18,6 +18,7 @@ import pytest
 from modelfetch.bus import EventBus
 from modelfetch.core import events as ev
 from modelfetch.manager import DownloadManager
+from modelfetch.server import pages as server_pages
 from modelfetch.server.routes import events as server_events
 from modelfetch.testing.fakehub import SAMPLE_REPO, Fault
 
@@ -166,8 +167,10 @@ async def test_last_event_id_replays_exactly_what_was_missed(daemon: Daemon) -> 
 
 
 async def test_an_id_too_old_or_from_an_earlier_run_gets_a_snapshot_first(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(server_pages, "STORM_REUSE", 0.0)  # each stream its own snapshot
+
     def small_history(manager: DownloadManager) -> None:
         manager.bus = EventBus(history=4)
 
@@ -312,7 +315,7 @@ async def test_the_stream_takes_the_token_in_the_query(tmp_path: Path) -> None:
 
 
 async def test_clients_connecting_together_share_one_snapshot_and_miss_nothing(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with run_daemon(tmp_path) as daemon:
         await add_and_finish(daemon)
@@ -335,9 +338,21 @@ async def test_clients_connecting_together_share_one_snapshot_and_miss_nothing(
                 between = await two.next()  # replayed: published after the shared snapshot
                 assert between.event == "group_progress"
                 assert first.id is not None and between.id == first.id + 1
-            # A change of state makes the next client get a fresh snapshot, never a stale one.
+            # A change of state: a client of the same storm (within STORM_REUSE) still shares
+            # the snapshot and gets the change replayed right after it, so it is never stale...
             daemon.manager.bus.publish(ev.Notice(message="state changed"))
+            monkeypatch.setattr(server_pages, "STORM_REUSE", 60.0)
             async with open_stream(daemon) as three:
-                fresh = await three.next()
+                again = await three.next()
+                assert (again.event, again.id) == ("snapshot", first.id)
+                replayed = [await three.next(), await three.next()]
+                assert [(m.event, m.id) for m in replayed] == [
+                    ("group_progress", first.id + 1),
+                    ("notice", first.id + 2),
+                ]
+            # ... and later than that, the next client gets a fresh snapshot.
+            monkeypatch.setattr(server_pages, "STORM_REUSE", 0.0)
+            async with open_stream(daemon) as four:
+                fresh = await four.next()
                 assert fresh.event == "snapshot"
                 assert fresh.id == daemon.manager.bus.last_seq

@@ -192,7 +192,10 @@ async def test_a_change_while_the_pages_go_out_is_not_lost(
     assert client.statuses()[ids[4]] == ["cancelled"]
 
 
-async def test_last_event_id_after_a_paged_snapshot_resumes_without_one(daemon: Daemon) -> None:
+async def test_last_event_id_after_a_paged_snapshot_resumes_without_one(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_pages, "STORM_REUSE", 0.0)  # the last stream reads afresh
     await queue_paused(daemon, 5)
     async with open_stream(daemon) as reader:
         messages = await read_snapshot(reader)
@@ -236,6 +239,42 @@ async def share_the_pages(daemon: Daemon, reads: list[int | None]) -> None:
     _, page = await daemon.call("GET", "/api/downloads?limit=2")
     assert page["downloads"][0]["status"] == "cancelled"
     assert reads[-1] is None and len(reads) == 4
+
+
+async def test_a_storm_of_clients_shares_the_pages_across_changes_and_sees_them_replayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reads: list[int | None]
+) -> None:
+    """Clients connecting within STORM_REUSE of each other share every page even when the
+    state changed in between (cancels here; a moving queue's `queue_changed` in practice):
+    the later one starts at the shared snapshot's seq and gets the changes replayed, and ends
+    where a fresh listing is. Beyond REPLAY_MAX events since, a fresh page is read."""
+    monkeypatch.setattr(server_pages, "STORM_REUSE", 60.0)  # however slow this machine is
+    async with run_daemon(tmp_path) as daemon:
+        ids = await queue_paused(daemon, 5)
+        reads.clear()
+        async with open_stream(daemon) as one:
+            await read_snapshot(one)
+        assert reads == [None, ids[1], ids[3]]
+        seq = daemon.manager.bus.last_seq
+        await daemon.manager.cancel(ids[0])
+        await daemon.manager.cancel(ids[4])
+        client = PlainClient()
+        async with open_stream(daemon) as two:
+            for message in await read_snapshot(two):
+                client.take(message)
+            assert client.seq == seq and reads == [None, ids[1], ids[3]]  # nothing read again
+            assert client.statuses()[ids[0]] == ["paused"]  # the page as it was...
+            finished: set[int] = set()
+            while finished != {ids[0], ids[4]}:
+                message = await two.next()
+                client.take(message)  # ... then the cancels, replayed in order
+                if message.event == "group_finished":
+                    finished.add(message.data["group_id"])
+        assert client.statuses() == statuses_of(await full_listing(daemon))
+        monkeypatch.setattr(server_pages, "REPLAY_MAX", 1)
+        async with open_stream(daemon) as three:
+            fresh = await read_snapshot(three)
+        assert fresh[0].data["seq"] == daemon.manager.bus.last_seq  # not the old snapshot
 
 
 async def test_the_listing_reads_its_next_page_in_the_background(

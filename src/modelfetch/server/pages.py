@@ -25,6 +25,14 @@ when statuses changed since: a storm that meets the start of a download (a few s
 does not read every page again for each of them. An older later page is shared too when no
 event between its `as_of` and the snapshot's seq is about a download on it (by id), so that it
 is what a read at that seq would give.
+
+A stream's first page is also shared, for `STORM_REUSE`, however the downloads on it changed,
+as long as the bus still holds every event since its `as_of` and not more than a stream's
+buffer takes at once: the stream then starts at that `as_of` and replays those events, which is
+what it does for progress anyway. Without it, fifty dashboards connecting over a second to a
+queue that moves read every page again after each `queue_changed` (twice a second, and it
+names every waiting download): under load.py that was 7 s of the loop's 12, and every request
+waited behind it.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ __all__ = [
     "LIST_REUSE",
     "PAGE_SIZE",
     "SNAPSHOT_REUSE",
+    "STORM_REUSE",
     "EventFrames",
     "Page",
     "PageCache",
@@ -53,6 +62,10 @@ LIST_REUSE = 1.0
 """Seconds a page may answer `GET /api/downloads` after it was read (while only progress
 happened since): its byte counts are at most that old."""
 SNAPSHOT_REUSE = 10.0
+STORM_REUSE = 2.0
+"""Seconds a stream's first page is shared whatever changed since (see the module docstring)."""
+REPLAY_MAX = 512
+"""Events since a first page's `as_of` beyond which a stream reads a fresh one instead."""
 """Seconds a page may go into an SSE snapshot after it was read (the same condition): the
 client replays the progress since from the bus, so nothing it shows is that old."""
 PAGE_SIZE = LIST_PAGE
@@ -197,6 +210,7 @@ class PageCache:
         max_age: float | None = None,
         at_least: int | None = None,
         in_steps: bool = False,
+        replay: bool = False,
     ) -> Page:
         """The page after `after`: a shared one younger than `max_age` if there is one that
         is current (only progress since it was read) or, given `at_least`, one that reflects
@@ -205,17 +219,18 @@ class PageCache:
         of a few hundred downloads with the loop free between them (a stream's snapshot, so
         that fifty of them never hold the loop for long) or in one turn (a listing, whose
         client is waiting: between steps the loop would run everything else first).
-        `max_age` is the listing's `LIST_REUSE` unless given."""
+        `max_age` is the listing's `LIST_REUSE` unless given. `replay`: a stream's first page,
+        whose client replays every event after the page's `as_of` (see STORM_REUSE)."""
         if max_age is None:
             max_age = self.list_reuse
-        found = self._shared(after, max_age, at_least)
+        found = self._shared(after, max_age, at_least, replay)
         if found is not None:
             return found
         lock = self._reading.setdefault(after, asyncio.Lock())
         try:
             async with lock:
                 # Whoever held the lock may just have read this very page.
-                found = self._shared(after, max_age, at_least)
+                found = self._shared(after, max_age, at_least, replay)
                 if found is None:
                     found = await self._read(after, _STEP if in_steps else self.size)
                     self._keep(found)
@@ -225,14 +240,21 @@ class PageCache:
             if not lock.locked() and self._reading.get(after) is lock:
                 del self._reading[after]
 
-    def _shared(self, after: int | None, max_age: float, at_least: int | None) -> Page | None:
+    def _shared(
+        self, after: int | None, max_age: float, at_least: int | None, replay: bool = False
+    ) -> Page | None:
         page = self._pages.get(after)
-        if page is None or time.monotonic() - page.read_at >= max_age:
+        age = time.monotonic() - page.read_at if page is not None else max_age
+        if page is None or age >= max_age:
             return None
         if at_least is not None:
             return page if page.as_of >= at_least or self._untouched(page, at_least) else None
         since = self._events_since(page)
-        if since is None or not all(isinstance(e, _PROGRESS_EVENTS) for e in since):
+        if since is None:
+            return None
+        if replay and age < STORM_REUSE and len(since) <= REPLAY_MAX:
+            return page  # its stream replays `since`
+        if not all(isinstance(e, _PROGRESS_EVENTS) for e in since):
             return None
         return page
 

@@ -60,7 +60,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     if not replayable:
         # A (possibly shared) first page, then the rest, then every event after the seq the
         # first page reflects: replayed from the bus history, so nothing in between is lost.
-        first = await state.pages.page(max_age=SNAPSHOT_REUSE, in_steps=True)
+        first = await state.pages.page(max_age=SNAPSHOT_REUSE, in_steps=True, replay=True)
         since = first.as_of
     subscription = bus.subscribe(maxsize=_SSE_BUFFER, since=since)
     stream = OpenStream(subscription)
