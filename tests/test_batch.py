@@ -6,6 +6,7 @@ aiohttp nor rich nor pydantic."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from modelfetch.core import events as ev
 from modelfetch.core.errors import DestinationError, ModelfetchError, SpecError
 from modelfetch.manager import DownloadManager, batch
 from modelfetch.requests import FileRequest, GroupRequest
-from modelfetch.testing.fakehub import SAMPLE_REPO, FakeHub, RepoFile
+from modelfetch.testing.fakehub import SAMPLE_REPO, FakeHub, Fault, RepoFile
 
 from .pg import pg_cluster_fixture, pg_url_fixture  # noqa: F401 -- the pg fixtures
 from .test_cli import Cli, cdn_url, pycache  # noqa: F401 -- the CLI fixture's cache
@@ -271,6 +272,46 @@ async def test_get_of_a_list_through_the_daemon_is_one_request_and_stays_light(
         assert result.code == 1, (result.out, result.err)
         assert "gone.bin" in result.err
         assert calls == [12, 2]
+
+
+async def test_ctrl_c_while_the_daemon_plans_the_list_still_pauses_what_it_queued(
+    tmp_path: Path,
+    pycache: Path,  # noqa: F811 -- the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The light get sends its list, then sets up its display while the daemon plans it: a
+    Ctrl-C in that window must not leave the daemon downloading what this command asked for
+    while it says nothing was queued. It reads the answer it was waiting for, pauses those
+    downloads and names the command that resumes them."""
+    async with run_daemon(tmp_path) as daemon:
+        urls = await _plain_urls(daemon.hub, 3, size=4 << 20)
+        daemon.hub.add_fault(Fault("throttle", path="f-", origin="cdn", rate=256 << 10))
+        arrived = asyncio.Event()
+        answer = asyncio.Event()
+        real = batch.add_many
+
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            arrived.set()
+            await answer.wait()  # the daemon is "still planning"
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(batch, "add_many", held)
+        listing = tmp_path / "list.txt"
+        listing.write_text("\n".join(urls) + "\n")
+        cli = Cli(tmp_path, daemon.hub, pycache)
+        cli.env["MODELFETCH_HOME"] = str(daemon.home)
+        proc = await cli.start("get", "--dir", str(tmp_path / "out"), "-I", str(listing))
+        async with asyncio.timeout(30):
+            await arrived.wait()
+        proc.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.3)  # let the interrupt land before the answer (either way works)
+        answer.set()
+        result = await cli.finish(proc, limit=30)
+        assert result.code == 130, (result.out, result.err)
+        assert "Traceback" not in result.err
+        assert "Paused 3 downloads" in result.out, result.out
+        views = await daemon.manager.snapshot()
+        assert len(views) == 3 and all(v.status == "paused" for v in views), views
 
 
 async def test_the_full_client_sends_a_list_in_one_batch_too(daemon: Daemon) -> None:

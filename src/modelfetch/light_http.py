@@ -52,7 +52,8 @@ class Connection:
         """Read the status line and headers; the body is read from the Response."""
         if self.sock is None:
             raise ProtocolError("no request was sent")
-        self._reader = self.sock.makefile("rb")
+        if self._reader is None:  # kept: a read cut short (a Ctrl-C) can be taken up again
+            self._reader = self.sock.makefile("rb")
         status_line = _line(self._reader)
         version, _, rest = status_line.partition(" ")
         code = rest[:3]

@@ -236,14 +236,15 @@ class Pending:
         self._conn = conn
 
     def answer(self) -> Any:
-        """As `DaemonClient.call`: the decoded body, or the daemon's error raised."""
+        """As `DaemonClient.call`: the decoded body, or the daemon's error raised. A Ctrl-C
+        while waiting leaves the connection open, so the answer can still be read."""
         try:
             response = self._conn.getresponse()
             raw = response.read()
         except OSError as exc:
-            raise self._client._unreachable(exc) from exc
-        finally:
             self._conn.close()
+            raise self._client._unreachable(exc) from exc
+        self._conn.close()
         data = _decoded(raw)
         if response.status >= 400:
             raise _error(response.status, data)

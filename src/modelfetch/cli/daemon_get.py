@@ -123,6 +123,7 @@ def run_get_via_daemon(
     except KeyboardInterrupt:
         display = run.show()
         display.message("Pausing… (press Ctrl-C again to quit at once)")
+        run.queued_meanwhile()
         for gid in run.gids:
             try:
                 client.call("POST", f"/api/downloads/{gid}/pause")
@@ -185,6 +186,7 @@ class _Run:
         self._parts: list[list[str]] = []
         self._body: dict[str, Any] = {}
         self._headers: dict[str, str] | None = None
+        self._unanswered: Pending | None = None  # a batch sent whose answer was not read
         self.gids: list[int] = []
         self.errors: list[int] = []
         self.events: EventReader | None = None
@@ -236,6 +238,22 @@ class _Run:
         specs = list(options.specs)
         self._parts = [specs[i : i + BATCH_SIZE] for i in range(0, len(specs), BATCH_SIZE)]
         self._first = self._send(self._parts[0]) if self._parts else None
+        self._unanswered = self._first
+
+    def queued_meanwhile(self) -> None:
+        """After a Ctrl-C: the batch sent and not yet answered is queued by the daemon all the
+        same, so its answer is read (a second Ctrl-C stops waiting) for the ids to pause."""
+        pending, self._unanswered = self._unanswered, None
+        if pending is None:
+            return
+        try:
+            answer = pending.answer()
+        except ModelfetchError:
+            return  # refused, or an older daemon: nothing of it was queued
+        for item in answer.get("results", []):
+            download = item.get("download") if item.get("error") is None else None
+            if isinstance(download, dict) and download.get("id") not in self.gids:
+                self.gids.append(int(download["id"]))
 
     def _send(self, part: list[str]) -> Pending:
         return self.client.send(
@@ -251,8 +269,10 @@ class _Run:
         for number, part in enumerate(self._parts):
             pending = self._first if number == 0 else self._send(part)
             assert pending is not None
+            self._unanswered = pending
             try:
                 answer = pending.answer()
+                self._unanswered = None
             except RouteMissingError:
                 if number == 0:
                     return None  # an older daemon, without batches: `run_get` adds one by one
