@@ -46,6 +46,7 @@ from modelfetch.transfer.checkpoints import JOURNAL_BYTES, Checkpoints
 from modelfetch.transfer.partstate import PartState
 from modelfetch.transfer.publish import remove_partial
 from modelfetch.transfer.segment_setup import NEAR_REQUEST
+from modelfetch.transfer.segments import partial_bytes
 from modelfetch.transfer.wire import window
 
 from .conftest import group_of, write_plan
@@ -369,9 +370,13 @@ async def test_after_a_reboot_only_the_durable_map_counts(
     journal = sj.SegmentJournal(journal_path(request.dest), token=state.token or "", total=total)
     journal.write(newer)
     journal.close()
+    # What the manager shows and reconciles before the transfer restarts (`partial_bytes`) is
+    # what a restart resumes from: on this boot the union, after a reboot the durable map.
+    assert partial_bytes(request.dest, durable) == sum(r.done for r in newer)
     bighub.clear_faults()
     bighub.log.clear()
     monkeypatch.setattr(sj, "stamp", lambda: OTHER_BOOT)  # ... and the machine rebooted
+    assert partial_bytes(request.dest, durable) == sum(r.done for r in durable)
     result = await fetch_file(
         session, _request(bighub, tmp_path, segments=durable), on_segments=saved.append
     )

@@ -38,7 +38,7 @@ from modelfetch.transfer.failures import status_error, translate_exception
 from modelfetch.transfer.limiter import ConnectionSlots, TokenBucket
 from modelfetch.transfer.partstate import PartState
 from modelfetch.transfer.publish import remove_partial
-from modelfetch.transfer.segment_journal import merge_records, read_journal
+from modelfetch.transfer.segment_journal import resumable_map
 from modelfetch.transfer.segment_setup import SegmentingTransfer
 from modelfetch.transfer.session import TransferSession
 
@@ -191,23 +191,9 @@ class _Transfer(SegmentingTransfer):
         (after a kill: transfer/segment_journal.py); None if neither fits."""
         if state.total is None:
             return None
-        durable = self.request.segments
-        if durable is not None:
-            try:
-                SegmentMap(state.total, durable)
-            except ValueError:
-                durable = None
-        volatile = read_journal(journal_path(self.dest), token=state.token, total=state.total)
-        if durable is None and volatile is None:
-            return None
-        try:
-            segmap = SegmentMap(state.total, merge_records(state.total, durable, volatile))
-        except ValueError:
-            return None
-        # Bytes the map counts must lie inside the file (its allocation may not have happened).
-        if any(s.done and s.pos > size for s in segmap):
-            return None
-        return segmap
+        return resumable_map(
+            journal_path(self.dest), state.token, state.total, self.request.segments, size
+        )
 
     def _forget_stale_map(self) -> None:
         """A map was handed in but the `.part` it described is gone or not segmented."""

@@ -55,6 +55,7 @@ __all__ = [
     "SegmentJournal",
     "merge_records",
     "read_journal",
+    "resumable_map",
     "stamp",
 ]
 
@@ -196,6 +197,30 @@ def read_journal(path: Path, *, token: str | None, total: int) -> tuple[SegmentR
             continue
         best = (generation, records)
     return best[1] if best is not None else None
+
+
+def resumable_map(
+    journal: Path, token: str | None, total: int, durable: Sequence[SegmentRecord] | None, size: int
+) -> SegmentMap | None:
+    """What a segmented `.part` of `total` bytes (`size` long on disk, incarnation `token`)
+    resumes from: the durable map joined with the volatile one in `journal` when this kernel
+    wrote it; None if neither fits. The transfer resumes from it, and the manager counts it."""
+    if durable is not None:
+        try:
+            SegmentMap(total, durable)
+        except ValueError:
+            durable = None
+    volatile = read_journal(journal, token=token, total=total)
+    if durable is None and volatile is None:
+        return None
+    try:
+        segmap = SegmentMap(total, merge_records(total, durable, volatile))
+    except ValueError:
+        return None
+    # Bytes the map counts must lie inside the file (its allocation may not have happened).
+    if any(s.done and s.pos > size for s in segmap):
+        return None
+    return segmap
 
 
 def merge_records(total: int, *maps: Iterable[SegmentRecord] | None) -> tuple[SegmentRecord, ...]:

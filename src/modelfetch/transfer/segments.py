@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelfetch.core.errors import HTTPStatusError, NetworkError, StalledError
-from modelfetch.core.paths import part_path, sidecar_path
+from modelfetch.core.paths import journal_path, part_path, sidecar_path
 from modelfetch.core.segments import (
     Segment,
     SegmentMap,
@@ -66,6 +66,7 @@ from modelfetch.core.segments import (
     keeps_scaling,
 )
 from modelfetch.transfer.limiter import ConnectionSlots, Slot, TokenBucket, read_size_for
+from modelfetch.transfer.segment_journal import resumable_map
 from modelfetch.transfer.sink import MAX_PENDING, WRITEBACK_STEP, PartState, SegmentedPartFile
 from modelfetch.transfer.wire import (
     ConnectError,
@@ -112,14 +113,20 @@ def piece_size(total: int, connections: int, min_segment: int) -> int:
 
 def partial_bytes(dest: Path, segments: Sequence[SegmentRecord] | None) -> int:
     """Bytes of `dest`'s partial download that are really on disk: the `.part`'s length for a
-    front-to-back partial, the segment map's count for a segmented one (0 without its map)."""
+    front-to-back partial; for a segmented one, the count of what a restart resumes from
+    (the durable map `segments`, joined with the volatile one when this kernel wrote it: after
+    a kill -9 the count shown is then what is on disk, not the last durable save), 0 without
+    either."""
     try:
         size = part_path(dest).stat().st_size
     except FileNotFoundError:
         return 0
     state = PartState.load(sidecar_path(dest))
     if state is not None and state.segmented:
-        return sum(r.done for r in segments) if segments else 0
+        if state.total is None:
+            return 0
+        segmap = resumable_map(journal_path(dest), state.token, state.total, segments, size)
+        return segmap.done_bytes if segmap is not None else 0
     return size
 
 
