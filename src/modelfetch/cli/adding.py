@@ -51,27 +51,25 @@ async def add_each(
     time spent most of a second in round trips. The daemon is sent the whole list in one
     request (`add_many`), and plans it the same way."""
     if not is_local(backend):
-        extra: dict[str, Any] = {}
+        options: dict[str, Any] = {
+            "quant": selection.quant,
+            "revision": selection.revision,
+            "include": selection.include,
+            "layout": selection.layout,
+            "models_dir": selection.root,
+            "dest_dir": selection.urls_dir,
+        }
         if selection.exclude:
-            extra["exclude"] = list(selection.exclude)
+            options["exclude"] = list(selection.exclude)
         if selection.token and not daemon_lacks(backend, "hub_token"):
-            extra["hub_token"] = selection.token  # else its environment's, if any
+            options["hub_token"] = selection.token  # else its environment's, if any
         add_many = getattr(backend, "add_many", None)
         if add_many is not None and len(specs) > 1:
             from modelfetch.remote_codec import RouteMissingError
 
             # The whole list in one request: planned and queued together on the daemon.
             try:
-                outcomes = await add_many(
-                    specs,
-                    quant=selection.quant,
-                    revision=selection.revision,
-                    include=selection.include,
-                    layout=selection.layout,
-                    models_dir=selection.root,
-                    dest_dir=selection.urls_dir,
-                    **extra,
-                )
+                outcomes = await add_many(specs, **options)
             except RouteMissingError:
                 outcomes = None  # an older daemon, without batches: one add at a time
             if outcomes is not None:
@@ -80,16 +78,7 @@ async def add_each(
                 return
         for spec in specs:
             try:
-                gid = await backend.add(
-                    spec,
-                    quant=selection.quant,
-                    revision=selection.revision,
-                    include=selection.include,
-                    layout=selection.layout,
-                    models_dir=selection.root,
-                    dest_dir=selection.urls_dir,
-                    **extra,
-                )
+                gid = await backend.add(spec, **options)
             except ModelfetchError as exc:
                 yield spec, exc
                 continue

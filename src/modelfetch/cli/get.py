@@ -16,7 +16,7 @@ from modelfetch.cli.consoles import stdout_console
 from modelfetch.cli.download_flags import DownloadFlags, settle_flags, token_of
 from modelfetch.cli.errors import EXIT_FAILED, EXIT_OK, execute, exit_code_for, report
 from modelfetch.cli.follow import FINISHED, EventFeed, follow, group_views, make_display
-from modelfetch.cli.get_options import GetOptions
+from modelfetch.cli.get_options import GetOptions, parse_rate_limit
 from modelfetch.cli.interrupts import Interrupts, leave_now, pause_interrupted, race
 from modelfetch.cli.offline import serve_offline
 from modelfetch.cli.options import (
@@ -78,16 +78,8 @@ async def run_get(
     """`modelfetch get`: enqueue, run in the foreground until settled, summarize."""
     import asyncio
 
-    from modelfetch.config import ConfigError
-    from modelfetch.core.format import parse_size
-
     check_specs(options.specs, cfg)
-    rate: int | None = None
-    if options.limit_rate is not None:
-        try:
-            rate = parse_size(options.limit_rate)
-        except ValueError as exc:
-            raise ConfigError(f"--limit-rate: {exc}") from None
+    rate = parse_rate_limit(options.limit_rate)
     from modelfetch.render import JsonDisplay, print_summary
 
     layout = options.layout or cfg.layout
@@ -351,17 +343,11 @@ def add(
     )
 
     async def go() -> int:
-        from modelfetch.config import ConfigError
-        from modelfetch.core.format import format_bytes, parse_size
+        from modelfetch.core.format import format_bytes
 
         cfg, chosen, root, urls_dir = settle_flags(state, flags)
         wanted = gather_specs(specs or [], input_file, cfg)
-        rate: int | None = None
-        if limit_rate is not None:
-            try:
-                rate = parse_size(limit_rate)
-            except ValueError as exc:
-                raise ConfigError(f"--limit-rate: {exc}") from None
+        rate = parse_rate_limit(limit_rate)
         options = GetOptions(
             specs=wanted,
             quant=quant,

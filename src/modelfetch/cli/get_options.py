@@ -38,3 +38,17 @@ class GetOptions:
             urls_dir=self.urls_dir,
             token=self.token,
         )
+
+
+def parse_rate_limit(text: str | None) -> int | None:
+    """`--limit-rate` in bytes a second (None: not given); ConfigError for a value that is
+    not a size. For `add` and `get`, in this process and through the daemon alike."""
+    if text is None:
+        return None
+    from modelfetch.config import ConfigError
+    from modelfetch.core.format import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise ConfigError(f"--limit-rate: {exc}") from None
