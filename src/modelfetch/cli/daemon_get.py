@@ -55,17 +55,11 @@ def get_via_daemon(
         if cfg.offline or not light_path_applies(options):
             return None
         from modelfetch.cli.backends import refuse_unusable_network
+        from modelfetch.cli.get_options import parse_rate_limit
         from modelfetch.cli.specs import check_specs
-        from modelfetch.config import ConfigError
-        from modelfetch.core.format import parse_size
 
         check_specs(options.specs, cfg)
-        rate: int | None = None
-        if options.limit_rate is not None:
-            try:
-                rate = parse_size(options.limit_rate)
-            except ValueError as exc:
-                raise ConfigError(f"--limit-rate: {exc}") from None
+        rate = parse_rate_limit(options.limit_rate)
         refuse_unusable_network(cfg)
         return run_get_via_daemon(cfg, options, rate=rate, resume_hint=hint(), debug=debug)
 
@@ -182,7 +176,6 @@ class _Run:
         self.client = client
         self._display: PlainDisplay | None = None
         self.debug = debug
-        self._first: Pending | None = None  # the first batch, sent and not yet answered
         self._parts: list[list[str]] = []
         self._body: dict[str, Any] = {}
         self._headers: dict[str, str] | None = None
@@ -237,8 +230,7 @@ class _Run:
         self._headers = {"X-Hub-Token": token} if token and self.client.on_this_machine else None
         specs = list(options.specs)
         self._parts = [specs[i : i + BATCH_SIZE] for i in range(0, len(specs), BATCH_SIZE)]
-        self._first = self._send(self._parts[0]) if self._parts else None
-        self._unanswered = self._first
+        self._unanswered = self._send(self._parts[0]) if self._parts else None
 
     def queued_meanwhile(self) -> None:
         """After a Ctrl-C: the batch sent and not yet answered is queued by the daemon all the
@@ -267,13 +259,15 @@ class _Run:
         since: int | None = None
         # One request for the whole list (a longer list than a batch takes: one per batch).
         for number, part in enumerate(self._parts):
-            pending = self._first if number == 0 else self._send(part)
+            if number > 0:
+                self._unanswered = self._send(part)
+            pending = self._unanswered
             assert pending is not None
-            self._unanswered = pending
             try:
                 answer = pending.answer()
                 self._unanswered = None
             except RouteMissingError:
+                self._unanswered = None
                 if number == 0:
                     return None  # an older daemon, without batches: `run_get` adds one by one
                 raise
