@@ -45,23 +45,14 @@ JOURNAL_BYTES = 2 << 20
 JOURNAL_INTERVAL = 0.025
 
 
-def _sync_blocking(fd: int | None, path: Path) -> None:
-    """fdatasync the `.part`: through the transfer's descriptor, or (once it has closed it) a
-    read-only one, which syncs the same file's pages."""
-    if fd is not None:
-        sink.fdatasync(fd)
-        return
+def _sync_path(path: Path) -> None:
+    """On a worker thread: fdatasync the `.part` the transfer has closed, through a read-only
+    descriptor of our own (it syncs the same file's pages)."""
     own = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         sink.fdatasync(own)
     finally:
         os.close(own)
-
-
-def _retrieve(task: asyncio.Future[None]) -> None:
-    """A sync nobody waits for any more: mark its outcome as seen."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _sync_and_close(fd: int) -> None:
@@ -172,7 +163,7 @@ class Checkpoints:
             # Our own descriptor (a duplicate, or one opened on the path): the transfer may
             # close its own while the thread syncs.
             sync = asyncio.ensure_future(
-                asyncio.to_thread(_sync_blocking, None, self.part_path)
+                asyncio.to_thread(_sync_path, self.part_path)
                 if fd is None
                 else asyncio.to_thread(_sync_and_close, os.dup(fd))
             )
@@ -184,7 +175,7 @@ class Checkpoints:
                     return
                 raise LocalFileError.from_os_error(exc, self.part_path) from exc
             except asyncio.CancelledError:
-                sync.add_done_callback(_retrieve)
+                sync.add_done_callback(sink.outcome_seen)
                 raise
             self._synced = max(self._synced, done)
         self._commit(records)

@@ -308,7 +308,7 @@ class SegmentedPartFile(PartFile):
             return
         if self._catching_up is None or self._catching_up.done():
             self._catching_up = asyncio.ensure_future(digester.drain(limit))
-            self._catching_up.add_done_callback(_retrieve)
+            self._catching_up.add_done_callback(outcome_seen)
         await asyncio.shield(self._catching_up)
 
     def close(self) -> None:
@@ -390,8 +390,9 @@ def require_space(path: Path, needed: int) -> None:
         )
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
-    """Mark a shared wait's outcome as seen: whoever cares awaited it already."""
+def outcome_seen(future: asyncio.Future[None]) -> None:
+    """Mark the outcome of a future nobody awaits any more as seen (a done callback), so
+    asyncio does not log it as never retrieved: whoever cared has been told otherwise."""
     if not future.cancelled():
         future.exception()
 
@@ -433,6 +434,7 @@ __all__ = [
     "SegmentedPartFile",
     "disk_full",
     "fdatasync",
+    "outcome_seen",
     "pread",
     "pwrite",
     "require_space",
