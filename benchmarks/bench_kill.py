@@ -54,6 +54,8 @@ from bench_common import (
     source_file,
 )
 
+from modelfetch.testing.procio import bytes_written
+
 OUT_DIR = BENCH_DIR / "kill-out"
 POLL = 0.002
 HF_CHILD = """
@@ -90,17 +92,6 @@ def sent_since(log: Path, offset: int, uri: str) -> tuple[int, int]:
     return total, requests
 
 
-def written_by(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/io").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith("wchar:"):
-            return int(line.split()[1])
-    return 0
-
-
 def life(argv: list[str], kill_after: int | None, env: dict[str, str]) -> tuple[bool, float]:
     """Run `argv` until it exits, or SIGKILL it once it has written `kill_after` bytes.
     (killed, seconds)."""
@@ -108,7 +99,7 @@ def life(argv: list[str], kill_after: int | None, env: dict[str, str]) -> tuple[
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     assert proc.stderr is not None
     if kill_after is not None:
-        while proc.poll() is None and written_by(proc.pid) < kill_after:
+        while proc.poll() is None and bytes_written(proc.pid) < kill_after:
             time.sleep(POLL)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)

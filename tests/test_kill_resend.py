@@ -33,6 +33,7 @@ from modelfetch.core.models import StopReason
 from modelfetch.core.paths import journal_path, part_path, sidecar_path
 from modelfetch.core.segments import SegmentMap, SegmentRecord
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
+from modelfetch.testing.procio import bytes_written
 from modelfetch.transfer import (
     StopSignal,
     TransferRequest,
@@ -389,18 +390,6 @@ async def test_after_a_reboot_only_the_durable_map_counts(
 # ---------------------------------------------------------------------------------------------
 
 
-def _written_by(pid: int) -> int:
-    """Bytes the process has written (pwrite included) so far: /proc/PID/io's wchar."""
-    try:
-        text = Path(f"/proc/{pid}/io").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith("wchar:"):
-            return int(line.split()[1])
-    return 0
-
-
 async def _life(home: Path, plan: Path, kill_after: int | None) -> bytes:
     """One life of the manager child: SIGKILLed once it has written `kill_after` bytes, or
     (None) left to finish. Returns its stdout."""
@@ -418,7 +407,7 @@ async def _life(home: Path, plan: Path, kill_after: int | None) -> bytes:
         return out
     try:
         async with asyncio.timeout(60):
-            while _written_by(proc.pid) < kill_after:
+            while bytes_written(proc.pid) < kill_after:
                 if proc.returncode is not None:
                     raise AssertionError("the child finished before it could be killed")
                 await asyncio.sleep(0.005)
