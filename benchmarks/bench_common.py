@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -169,17 +170,10 @@ http {{
         proc = subprocess.Popen([binary, "-p", scratch, "-c", str(conf)])
         try:
             for port in (plain, capped):
-                deadline = time.monotonic() + 10
-                while True:
-                    if proc.poll() is not None:
-                        sys.exit(f"nginx exited: {(Path(scratch) / 'error.log').read_text()}")
-                    try:
-                        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.05)
+                try:
+                    wait_listening(proc, port, "nginx", seconds=10)
+                except RuntimeError:
+                    sys.exit(f"nginx exited: {(Path(scratch) / 'error.log').read_text()}")
             yield Servers(f"http://127.0.0.1:{plain}", f"http://127.0.0.1:{capped}")
         finally:
             stop(proc)
@@ -209,6 +203,22 @@ def running_capped(root: Path, rate: int = RATE_CAP_BYTES) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(proc)
+
+
+def wait_listening(proc: subprocess.Popen[Any], port: int, what: str, *, seconds: float) -> None:
+    """Until the server `proc` started accepts on 127.0.0.1:`port`; RuntimeError if it exited
+    first, the connect's OSError if it is not listening after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def stop(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
@@ -309,6 +319,18 @@ def run_case(case: Case, rounds: int) -> None:
                 f"  {case.size / MiB / run.seconds:7.0f} MiB/s{extra}",
                 flush=True,
             )
+
+
+def cpu_and_memory() -> str:
+    """`2 vCPU <model>, 24 GiB RAM, Linux <release>`: the start of each report's machine line."""
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    return f"{os.cpu_count()} vCPU {cpu}, {mem:.0f} GiB RAM, Linux {platform.release()}"
 
 
 def load() -> str:

@@ -43,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the cluster helper lives in tests/
 
+from bench_common import cpu_and_memory  # noqa: E402
 from tests.pg import PgCluster, find_bin_dir, start_cluster  # noqa: E402
 
 from modelfetch.hubconfig import HubConfig  # noqa: E402
@@ -263,22 +264,12 @@ async def run_row(
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
     pg = find_bin_dir()
     version = "?"
     if pg is not None:
         out = subprocess.run([str(pg / "postgres"), "--version"], capture_output=True, text=True)
         version = out.stdout.strip() or "?"
-    return (
-        f"{os.cpu_count()} vCPU {cpu}, {mem:.0f} GiB RAM, Linux {platform.release()};"
-        f" Python {platform.python_version()}; {version}"
-    )
+    return f"{cpu_and_memory()}; Python {platform.python_version()}; {version}"
 
 
 def report(rows: list[Row], args: argparse.Namespace, loads: tuple[str, str]) -> str:

@@ -3,13 +3,12 @@ modelfetch's time went per stage, and each goal of the speed issues met or misse
 
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import subprocess
 from collections.abc import Callable
 
-from bench_common import BENCH_DIR, Case, MiB, Run
+from bench_common import BENCH_DIR, Case, MiB, Run, cpu_and_memory
 
 DAEMON_ROW = "modelfetch get -I list via daemon"  # case 3 through a running `modelfetch serve`
 
@@ -20,13 +19,6 @@ DAEMON_ROW = "modelfetch get -I list via daemon"  # case 3 through a running `mo
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
     fs = subprocess.run(
         ["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", str(BENCH_DIR)],
         capture_output=True,
@@ -42,8 +34,7 @@ def machine() -> str:
         except (OSError, IndexError):
             versions.append(f"{argv[0]}: ?")
     return (
-        f"{os.cpu_count()} vCPU {cpu}, {mem:.0f} GiB RAM, Linux {platform.release()},"
-        f" output on {fs or '?'}; Python {platform.python_version()};"
+        f"{cpu_and_memory()}, output on {fs or '?'}; Python {platform.python_version()};"
         f" {'; '.join(versions)}"
     )
 

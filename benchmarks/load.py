@@ -32,7 +32,6 @@ import os
 import random
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -45,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_common import _write_random, stop
+import sse_clients
+from bench_common import _write_random, stop, wait_listening
 
 from modelfetch.core import events as ev
 from modelfetch.manager import DownloadManager, ManagerSettings
@@ -189,17 +189,7 @@ def file_server(root: Path) -> Iterator[tuple[str, str]]:
             kind = "aiohttp static server"
         proc = subprocess.Popen(command)
         try:
-            deadline = time.monotonic() + 15
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{kind} exited with {proc.returncode}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            wait_listening(proc, port, kind, seconds=15)
             yield f"http://127.0.0.1:{port}", kind
         finally:
             stop(proc)
@@ -458,17 +448,7 @@ async def http_phase(
                 samples.add(time.perf_counter() - began)
                 return len(body)
 
-            # The SSE clients run in a process of their own: what this process's RSS shows is
-            # then the daemon (and the pollers), not fifty clients' copies of the snapshot.
-            clients = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(Path(__file__).with_name("sse_clients.py")),
-                url,
-                str(args.subscribers),
-                stdout=asyncio.subprocess.PIPE,
-            )
-            assert clients.stdout is not None
-            await clients.stdout.readline()  # "ready": connecting
+            clients = await sse_clients.start(url, args.subscribers)
 
             async def poll() -> None:
                 while True:
@@ -482,9 +462,7 @@ async def http_phase(
                 manager, big_group(base, work / "http-out", size, sha, name, "c"), size
             )
             await stop_all([poller])
-            clients.send_signal(signal.SIGTERM)
-            report = json.loads((await clients.stdout.read()).decode().strip().splitlines()[-1])
-            await clients.wait()
+            report = await sse_clients.finish(clients)
             for stats, events in zip(sse, report["events"], strict=False):
                 stats.events = int(events)
             sse[0].missed = int(report["missed"])

@@ -18,6 +18,7 @@ import json
 import signal
 import sys
 import time
+from typing import Any
 
 import aiohttp
 
@@ -60,6 +61,29 @@ async def client(session: aiohttp.ClientSession, url: str, out: dict[str, list[f
                     start = end + 1
     finally:
         out["events"].append(float(events))
+
+
+async def start(url: str, n: int) -> asyncio.subprocess.Process:
+    """This script with `n` clients of `url`, in a process of its own, once they connect (for
+    the benchmarks: what their own process's RSS shows is then the daemon, not fifty clients'
+    copies of the snapshot)."""
+    clients = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, url, str(n), stdout=asyncio.subprocess.PIPE
+    )
+    assert clients.stdout is not None
+    await clients.stdout.readline()  # "ready": connecting
+    return clients
+
+
+async def finish(clients: asyncio.subprocess.Process) -> dict[str, Any]:
+    """Stop the clients `start` started; their report (the JSON line of `main`)."""
+    assert clients.stdout is not None
+    clients.send_signal(signal.SIGTERM)
+    report: dict[str, Any] = json.loads(
+        (await clients.stdout.read()).decode().strip().splitlines()[-1]
+    )
+    await clients.wait()
+    return report
 
 
 async def main(url: str, n: int) -> None:

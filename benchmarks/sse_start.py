@@ -16,11 +16,11 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
+import sse_clients
 
 from modelfetch.manager import DownloadManager, ManagerSettings
 from modelfetch.requests import FileRequest, GroupRequest
@@ -56,15 +56,7 @@ async def main(args: argparse.Namespace) -> None:
                 break
             await asyncio.sleep(0.05)
         url = json.loads(daemon_file(manager.home).read_text())["url"]
-        clients = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(Path(__file__).with_name("sse_clients.py")),
-            url,
-            str(args.subscribers),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert clients.stdout is not None
-        await clients.stdout.readline()  # "ready": connecting
+        clients = await sse_clients.start(url, args.subscribers)
         took: list[float] = []
         async with aiohttp.ClientSession() as session:
             for _ in range(args.gets):
@@ -73,9 +65,7 @@ async def main(args: argparse.Namespace) -> None:
                     await response.read()
                 took.append(time.perf_counter() - began)
                 await asyncio.sleep(0.5)
-        clients.terminate()
-        report = json.loads((await clients.stdout.read()).decode().strip().splitlines()[-1])
-        await clients.wait()
+        report = await sse_clients.finish(clients)
         server.cancel()
     with open("/proc/self/status") as fh:
         peak = next(line.split()[1] for line in fh if line.startswith("VmHWM"))
