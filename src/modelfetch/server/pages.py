@@ -244,8 +244,10 @@ class PageCache:
         self, after: int | None, max_age: float, at_least: int | None, replay: bool = False
     ) -> Page | None:
         page = self._pages.get(after)
-        age = time.monotonic() - page.read_at if page is not None else max_age
-        if page is None or age >= max_age:
+        if page is None:
+            return None
+        age = time.monotonic() - page.read_at
+        if age >= max_age:
             return None
         if at_least is not None:
             return page if page.as_of >= at_least or self._untouched(page, at_least) else None
