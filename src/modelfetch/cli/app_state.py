@@ -28,7 +28,11 @@ class AppState:
         models_dir: Path | None = None,
         max_active: int | None = None,
         layout: str | None = None,
+        cache_dir: Path | None = None,
+        token: str | None = None,
+        offline: bool | None = None,
     ) -> Config:
+        """The configuration with this invocation's global options and a command's own."""
         from modelfetch.config import Overrides, load_config
 
         return load_config(
@@ -40,5 +44,8 @@ class AppState:
                 proxy=self.proxy,
                 ca_bundle=self.ca_bundle,
                 store=self.store,
+                cache_dir=cache_dir,
+                token=token,
+                offline=offline,
             )
         )

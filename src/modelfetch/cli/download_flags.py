@@ -43,7 +43,7 @@ def settle_flags(
     places are None when the backend's own models directory applies (a daemon has its own);
     they are set whenever the user named a directory or the layout is hf-cache, whose root
     (huggingface_hub's cache) is the client's to say, and never the plain-URL directory."""
-    from modelfetch.config import ConfigError, Overrides, load_config
+    from modelfetch.config import ConfigError
 
     models_dir = _one_of(flags.dir, flags.local_dir, "--dir and --local-dir")
     jobs = _one_of(flags.jobs, flags.max_workers, "--jobs and --max-workers")
@@ -56,19 +56,13 @@ def settle_flags(
         layout = "hf-cache"
     if flags.token is not None and not flags.token.strip():
         raise ConfigError("--token is empty")
-    cfg = load_config(
-        Overrides(
-            home=state.home,
-            models_dir=models_dir,
-            max_active=jobs,
-            layout=layout,
-            proxy=state.proxy,
-            ca_bundle=state.ca_bundle,
-            store=state.store,
-            cache_dir=flags.cache_dir,
-            token=flags.token,
-            offline=flags.offline or None,
-        )
+    cfg = state.config(
+        models_dir=models_dir,
+        max_active=jobs,
+        layout=layout,
+        cache_dir=flags.cache_dir,
+        token=flags.token,
+        offline=flags.offline or None,
     )
     chosen = cfg.layout
     named_dir = cfg.sources.get("models_dir") == "--dir"
