@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 import time
 from typing import Any
 
 import aiohttp
+import reporter
 
 # A snapshot's messages (its first page and the pages after it): counted, their items skipped.
 _SNAPSHOT_KINDS = ("snapshot", "snapshot_page")
@@ -67,29 +67,17 @@ async def start(url: str, n: int) -> asyncio.subprocess.Process:
     """This script with `n` clients of `url`, in a process of its own, once they connect (for
     the benchmarks: what their own process's RSS shows is then the daemon, not fifty clients'
     copies of the snapshot)."""
-    clients = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, url, str(n), stdout=asyncio.subprocess.PIPE
-    )
-    assert clients.stdout is not None
-    await clients.stdout.readline()  # "ready": connecting
-    return clients
+    return await reporter.start(__file__, url, str(n))
 
 
 async def finish(clients: asyncio.subprocess.Process) -> dict[str, Any]:
     """Stop the clients `start` started; their report (the JSON line of `main`)."""
-    assert clients.stdout is not None
-    clients.send_signal(signal.SIGTERM)
-    report: dict[str, Any] = json.loads(
-        (await clients.stdout.read()).decode().strip().splitlines()[-1]
-    )
-    await clients.wait()
-    return report
+    return await reporter.finish(clients)
 
 
 async def main(url: str, n: int) -> None:
     out: dict[str, list[float]] = {"events": [], "missed": [], "lags": []}
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    stop = reporter.until_sigterm()
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         tasks = [asyncio.create_task(client(session, url, out)) for _ in range(n)]
