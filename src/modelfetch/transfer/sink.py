@@ -36,17 +36,17 @@ import contextlib
 import ctypes
 import errno
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelfetch.core.errors import DiskFullError, IntegrityError, LocalFileError
+from modelfetch.core.errors import DiskFullError, LocalFileError
 from modelfetch.transfer import hashing
 from modelfetch.transfer.hashing import MAX_PENDING, Digester, Digests
 from modelfetch.transfer.partstate import PartState
+from modelfetch.transfer.space import require_space
 
 WRITEBACK_STEP = 64 << 20
 # A `.part` written front to back hands its new bytes to the digest thread every FEED_STEP: the
@@ -368,26 +368,6 @@ class SegmentedPartFile(PartFile):
 
     def discard(self) -> None:
         raise RuntimeError("a segmented .part is discarded by removing it")
-
-
-def require_space(path: Path, needed: int) -> None:
-    """DiskFullError if the filesystem cannot hold `needed` more bytes now. A size larger than
-    the whole filesystem is not a full disk but a lying (or wrong) server: that file fails on its
-    own (IntegrityError) instead of pausing every download as 'disk full'."""
-    if needed <= 0:
-        return
-    usage = shutil.disk_usage(path.parent)
-    if needed > usage.total:
-        raise IntegrityError(
-            f"the server announces {needed} bytes for {path.name}, more than the whole disk"
-            f" holds ({usage.total} bytes)"
-        )
-    if usage.free < needed:
-        raise DiskFullError(
-            f"{needed} more bytes needed for {path.name}, only {usage.free} free",
-            needed=needed,
-            free=usage.free,
-        )
 
 
 def outcome_seen(future: asyncio.Future[None]) -> None:
