@@ -110,6 +110,62 @@ async def test_a_batch_is_bounded(queue_only: DownloadManager, tmp_path: Path) -
     assert await queue_only.snapshot() == []
 
 
+class _Disk:
+    """shutil.disk_usage as the folder checks see it: `free` bytes free, each look counted."""
+
+    def __init__(self, free: int) -> None:
+        import shutil
+
+        self.free = free
+        self.looks = 0
+        self._real = shutil.disk_usage
+
+    def __call__(self, path: Any) -> Any:
+        self.looks += 1
+        usage = self._real(path)
+        return type(usage)(usage.total, usage.total - self.free, self.free)
+
+
+async def test_a_batch_looks_at_its_folder_once_and_counts_its_space_whole(
+    queue_only: DownloadManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each download of a list fits alone; together they do not: those after the room ran out
+    are refused (saying so), the others queued, and the disk was read once for all of them."""
+    disk = _Disk(free=3 * 1024 + 512)  # room for three of the 1 KiB files
+    monkeypatch.setattr("modelfetch.destinations.shutil.disk_usage", disk)
+    dest = tmp_path / "out"
+    outcomes = await batch.enqueue_many(queue_only, [_request(f"{i}.bin", dest) for i in range(5)])
+    queued = [o for o in outcomes if isinstance(o, tuple)]
+    refused = [o for o in outcomes if isinstance(o, ModelfetchError)]
+    assert len(queued) == 3 and outcomes[:3] == queued
+    assert len(refused) == 2 and all(isinstance(e, DestinationError) for e in refused)
+    assert "512 B is free after the downloads queued before it" in str(refused[0])
+    assert disk.looks == 1
+    assert sorted(v.name for v in await queue_only.snapshot()) == ["0.bin", "1.bin", "2.bin"]
+
+
+async def test_a_list_s_waves_share_its_folder_checks(
+    queue_only: DownloadManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`add_many` records in waves; the free space is still counted over the whole list."""
+    from modelfetch.planner import PlanOptions
+
+    disk = _Disk(free=batch.RECORD_WAVE * 1024 + 1024)  # a wave and one file more
+    monkeypatch.setattr("modelfetch.destinations.shutil.disk_usage", disk)
+
+    async def planned(specs: Any, options: Any) -> Any:
+        for spec in specs:
+            yield _request(spec, tmp_path / "out")
+
+    monkeypatch.setattr(type(queue_only.planner), "plan_each", lambda self, s, o: planned(s, o))
+    specs = [f"{i}.bin" for i in range(batch.RECORD_WAVE + 3)]
+    outcomes = await batch.add_many(queue_only, specs, PlanOptions(models_dir=tmp_path))
+    assert [isinstance(o, tuple) for o in outcomes] == [True] * (batch.RECORD_WAVE + 1) + [
+        False
+    ] * 2
+    assert disk.looks == 1
+
+
 # ----------------------------------------------------------------------------------- the API
 
 

@@ -20,7 +20,7 @@ from modelfetch.core.errors import DestinationError
 from modelfetch.core.format import format_bytes
 from modelfetch.core.messages import describe_file_error
 
-__all__ = ["Needed", "check_destinations"]
+__all__ = ["FolderChecks", "Needed", "check_destinations"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,24 +31,74 @@ class Needed:
     remaining: int = 0
 
 
-def check_destinations(files: Iterable[Needed]) -> None:
-    """DestinationError for the first destination folder that cannot be used, else None.
-    Free space is summed per file system (the files of one download may share one)."""
-    needed_by_device: dict[int, tuple[Path, int]] = {}
-    checked: dict[Path, Path] = {}
-    for item in files:
-        folder = item.dest.parent
-        anchor = checked.get(folder)
+class FolderChecks:
+    """What the checks of one batch of downloads learned about their folders: each folder is
+    looked at once, and each file system's free space read once and then handed out, download
+    by download, so that a list of 200 small files costs 200 checks of arithmetic rather than
+    1,000 system calls on the event loop, and a list that does not fit as a whole is refused
+    from the first download that does not fit (each alone would pass)."""
+
+    __slots__ = ("_anchors", "_devices", "_left")
+
+    def __init__(self) -> None:
+        self._anchors: dict[Path, Path] = {}  # folder -> its nearest existing folder, checked
+        self._devices: dict[Path, int | None] = {}  # anchor -> its st_dev (None: unreadable)
+        self._left: dict[int, int] = {}  # device -> free bytes not handed out yet (once read)
+
+    def anchor(self, folder: Path) -> Path:
+        anchor = self._anchors.get(folder)
         if anchor is None:
-            anchor = checked[folder] = _check_folder(folder)
-        try:
-            device = os.stat(anchor).st_dev
-        except OSError:
+            anchor = self._anchors[folder] = _check_folder(folder)
+        return anchor
+
+    def device(self, anchor: Path) -> int | None:
+        if anchor not in self._devices:
+            try:
+                self._devices[anchor] = os.stat(anchor).st_dev
+            except OSError:
+                self._devices[anchor] = None
+        return self._devices[anchor]
+
+    def claim(self, device: int, where: Path, needed: int) -> None:
+        """DestinationError unless `needed` more bytes fit on `device` (at `where`) after what
+        this batch was handed before; else they are handed out."""
+        if needed <= 0:
+            return
+        left = self._left.get(device)
+        if left is None:
+            try:
+                left = shutil.disk_usage(where).free
+            except OSError:
+                return
+        first = device not in self._left
+        if left < needed:
+            raise DestinationError(
+                f"Not enough space on {where}: this download needs {format_bytes(needed)}, "
+                f"{format_bytes(left)} is free"
+                + ("" if first else " after the downloads queued before it")
+                + "; free some space or choose another folder (--dir)",
+                path=str(where),
+                cause="no space left on device",
+            )
+        self._left[device] = left - needed
+
+
+def check_destinations(files: Iterable[Needed], checks: FolderChecks | None = None) -> None:
+    """DestinationError for the first destination folder that cannot be used, else None.
+    Free space is summed per file system (the files of one download may share one) and, given
+    the `checks` of a batch, counted after what the batch's earlier downloads need."""
+    if checks is None:
+        checks = FolderChecks()
+    needed_by_device: dict[int, tuple[Path, int]] = {}
+    for item in files:
+        anchor = checks.anchor(item.dest.parent)
+        device = checks.device(anchor)
+        if device is None:
             continue
         where, total = needed_by_device.get(device, (anchor, 0))
         needed_by_device[device] = (where, total + max(0, item.remaining))
-    for where, total in needed_by_device.values():
-        _check_space(where, total)
+    for device, (where, total) in needed_by_device.items():
+        checks.claim(device, where, total)
 
 
 def _check_folder(folder: Path) -> Path:
@@ -81,22 +131,6 @@ def _read_only(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except (OSError, AttributeError):
         return False
-
-
-def _check_space(where: Path, needed: int) -> None:
-    if needed <= 0:
-        return
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError:
-        return
-    if free < needed:
-        raise DestinationError(
-            f"Not enough space on {where}: this download needs {format_bytes(needed)}, "
-            f"{format_bytes(free)} is free; free some space or choose another folder (--dir)",
-            path=str(where),
-            cause="no space left on device",
-        )
 
 
 def _refused(path: Path, code: int | None, cause: str) -> DestinationError:

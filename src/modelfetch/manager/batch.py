@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from modelfetch.core.errors import ModelfetchError
+from modelfetch.destinations import FolderChecks
 from modelfetch.manager import intake
 
 if TYPE_CHECKING:
@@ -42,25 +43,29 @@ async def enqueue_many(
     requests: Sequence[GroupRequest | ModelfetchError],
     *,
     hub_token: str | None = None,
+    checks: FolderChecks | None = None,
 ) -> list[Outcome]:
     """`enqueue` for every request, in order, in one store transaction. An error in the list
     (a spec that could not be planned) stays in its place; a request refused here (a folder
-    that cannot be written, a destination another download writes) becomes its error and the
-    rest are queued. Asking twice for one thing, in one batch or across batches, is one
-    download, as with `enqueue`."""
+    that cannot be written, a destination another download writes, no room left after the
+    requests before it) becomes its error and the rest are queued. Asking twice for one
+    thing, in one batch or across batches, is one download, as with `enqueue`. `checks`: the
+    folder checks to share with earlier calls of the same list (`add_many`'s waves)."""
     if len(requests) > MAX_BATCH:
         raise ValueError(f"at most {MAX_BATCH} downloads in one batch, not {len(requests)}")
     m._require_running()
     m._require_store()
     outcomes: list[Outcome] = []
     created: list[GroupRecord] = []
+    if checks is None:
+        checks = FolderChecks()
     with m._batch():  # one transaction: nothing in it awaits
         for request in requests:
             if isinstance(request, ModelfetchError):
                 outcomes.append(request)
                 continue
             try:
-                gid, group = intake.record(m, request, hub_token=hub_token)
+                gid, group = intake.record(m, request, hub_token=hub_token, checks=checks)
             except ModelfetchError as exc:
                 outcomes.append(exc)
                 continue
@@ -100,13 +105,14 @@ async def add_many(
         )
     outcomes: list[Outcome] = []
     wave: list[GroupRequest | ModelfetchError] = []
+    checks = FolderChecks()  # one list: its folders looked at once, its free space counted whole
     async for planned in planner.plan_each(specs, options):
         wave.append(planned)
         if len(wave) >= RECORD_WAVE:
-            outcomes += await enqueue_many(m, wave, hub_token=hub_token)
+            outcomes += await enqueue_many(m, wave, hub_token=hub_token, checks=checks)
             wave = []
     if wave:
-        outcomes += await enqueue_many(m, wave, hub_token=hub_token)
+        outcomes += await enqueue_many(m, wave, hub_token=hub_token, checks=checks)
     return outcomes
 
 

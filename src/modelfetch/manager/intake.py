@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 import weakref
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ from modelfetch.requests import GroupRequest
 if TYPE_CHECKING:
     import aiohttp
 
+    from modelfetch.destinations import FolderChecks
     from modelfetch.hub import HubClient
     from modelfetch.manager.coordinator import DownloadManager
     from modelfetch.planner import Planner, PlanOptions
@@ -160,11 +162,16 @@ async def enqueue(
 
 
 def record(
-    m: DownloadManager, request: GroupRequest, *, hub_token: str | None = None
+    m: DownloadManager,
+    request: GroupRequest,
+    *,
+    hub_token: str | None = None,
+    checks: FolderChecks | None = None,
 ) -> tuple[int, GroupRecord | None]:
     """The store and memory part of `enqueue`, with no await: its group id, and the new group
     (None when an existing one was returned or re-queued), which `announce` must be given
-    next. Without an await it can share one transaction with others (`batch.enqueue_many`)."""
+    next. Without an await it can share one transaction with others (`batch.enqueue_many`),
+    and the `checks` of their folders (each looked at once, the free space counted for all)."""
     existing = m.store.find_group(request.dedupe_key())
     if existing is not None:
         group = m._groups.get(existing.id) or m._book.register(existing)
@@ -179,7 +186,7 @@ def record(
             for f in group.files
             if f.status is not FileStatus.COMPLETED or not Path(f.dest).exists()
         ]
-        _check_destinations(m, again)  # what failed it before may have been the folder
+        _check_destinations(m, again, checks)  # what failed it before may have been the folder
         control.requeue(m, group, again)
         return group.id, None
 
@@ -203,9 +210,9 @@ def record(
         for i, fr in enumerate(request.files, start=1)
     ]
     _refuse_shared_destinations(m, files)
-    _check_destinations(m, files)  # first: a file in the way makes even a stat fail
-    for f in files:
-        f.bytes_done = on_disk(m, f)
+    # First: a file in the way makes even a stat fail.
+    for f, partial in zip(files, _check_destinations(m, files, checks), strict=True):
+        f.bytes_done = partial
     group = GroupRecord(
         key=request.dedupe_key(),
         spec=request.spec or request.name,
@@ -252,21 +259,30 @@ async def announce(m: DownloadManager, groups: Sequence[GroupRecord]) -> None:
     m._wake.set()
 
 
-def _check_destinations(m: DownloadManager, files: list[FileRecord]) -> None:
+def _check_destinations(
+    m: DownloadManager, files: list[FileRecord], checks: FolderChecks | None
+) -> list[int]:
     """DestinationError (nothing queued) unless every file's folder can be written and its
-    file system has room for what is left to fetch; for the CLI and the daemon alike."""
+    file system has room for what is left to fetch; for the CLI and the daemon alike. Returns
+    each file's bytes already on disk (`on_disk`), read once for both."""
     from modelfetch.destinations import Needed, check_destinations
 
-    def remaining(f: FileRecord) -> int:
+    partials: list[int] = []
+    needed: list[Needed] = []
+    for f in files:
         size = f.expected_size or 0
         try:
-            present = Path(f.dest).stat().st_size  # a finished copy: adopted, not fetched
             partial = on_disk(m, f)
         except OSError:
-            present = partial = 0
-        return 0 if present == size else max(0, size - partial)
-
-    check_destinations(Needed(Path(f.dest), remaining(f)) for f in files)
+            partial = 0
+        try:
+            present = os.stat(f.dest).st_size  # a finished copy: adopted, not fetched
+        except OSError:
+            present = 0
+        partials.append(partial)
+        needed.append(Needed(Path(f.dest), 0 if present == size else max(0, size - partial)))
+    check_destinations(needed, checks)
+    return partials
 
 
 def _refuse_shared_destinations(m: DownloadManager, files: list[FileRecord]) -> None:
