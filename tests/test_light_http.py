@@ -109,3 +109,45 @@ def test_nothing_listening_is_an_oserror() -> None:
         with pytest.raises(ConnectionRefusedError):
             conn.request("GET", "/", headers={})
         conn.close()
+
+
+# -- the event stream's framing (remote_codec.SSEParser, which the light client reads with) --
+
+_STREAM = (
+    b"retry: 2000\n\n"
+    b": keep-alive\n\n"
+    b'id: 1\nevent: file_started\ndata: {"x": 1}\n\n'
+    b"id: 2\r\nevent: notice\r\ndata: one\ndata: two\r\n\r\n"
+    b"data: no event name\n\n"
+    b"id: \nevent: snapshot\ndata: [\xc3\xa9]\n\n"
+)
+
+
+def _expected() -> list[object]:
+    from modelfetch.remote_codec import SSEMessage
+
+    return [
+        SSEMessage("file_started", '{"x": 1}', "1"),
+        SSEMessage("notice", "one\ntwo", "2"),
+        SSEMessage("message", "no event name", None),
+        SSEMessage("snapshot", "[\u00e9]", ""),
+    ]
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 64, len(_STREAM)])
+def test_sse_messages_are_the_same_however_the_bytes_are_cut(step: int) -> None:
+    from modelfetch.remote_codec import SSEParser
+
+    parser = SSEParser()
+    messages = []
+    for start in range(0, len(_STREAM), step):
+        messages += parser.feed(_STREAM[start : start + step])
+    assert messages == _expected()
+
+
+def test_a_message_is_held_until_its_blank_line() -> None:
+    from modelfetch.remote_codec import SSEParser
+
+    parser = SSEParser()
+    assert parser.feed(b"event: a\ndata: 1\n") == []
+    assert [m.data for m in parser.feed(b"\n")] == ["1"]

@@ -125,14 +125,18 @@ class SSEParser:
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SSEMessage]:
-        self._buffer += chunk
+        # Lines are cut from the buffer by position and the rest kept once per chunk: cutting
+        # the buffer after each line copied the rest of a 64 KiB read a thousand times.
+        buffer = self._buffer + chunk if self._buffer else chunk
         out: list[SSEMessage] = []
+        start = 0
         while True:
-            newline = self._buffer.find(b"\n")
+            newline = buffer.find(b"\n", start)
             if newline == -1:
+                self._buffer = buffer[start:]
                 return out
-            line = self._buffer[:newline].rstrip(b"\r").decode("utf-8", "replace")
-            self._buffer = self._buffer[newline + 1 :]
+            line = buffer[start:newline].rstrip(b"\r").decode("utf-8", "replace")
+            start = newline + 1
             if not line:
                 if self._data:
                     out.append(

@@ -202,6 +202,7 @@ class ReceivingTransfer(RequestingTransfer):
                 verify=verify,
             )
         )
+        body.recycle()  # the publish is over: nothing reads its bytes any more
         self.unrecorded = False
         self._report(total, total, force=True)
         verified = want_sha256 is not None or self.expected_git_oid is not None

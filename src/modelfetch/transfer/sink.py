@@ -377,6 +377,32 @@ def outcome_seen(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
+_SPARE_BYTES = 8 << 20  # spare small-body buffers kept, at most (16 files of 512 KiB)
+_MIN_BUFFER = 64 << 10
+_spares: dict[int, list[bytearray]] = {}  # by size (a power of two)
+_spare_total = 0
+
+
+def _spare_buffer(total: int) -> bytearray:
+    """A buffer of at least `total` bytes: a spare one of its size class, else a new one."""
+    global _spare_total
+    size = max(_MIN_BUFFER, 1 << max(0, total - 1).bit_length())
+    spares = _spares.get(size)
+    if spares:
+        _spare_total -= size
+        return spares.pop()
+    return bytearray(size)
+
+
+def _give_back(buffer: bytearray) -> None:
+    global _spare_total
+    size = len(buffer)
+    if _spare_total + size > _SPARE_BYTES:
+        return
+    _spares.setdefault(size, []).append(buffer)
+    _spare_total += size
+
+
 class Body(Protocol):
     """Where `_stream` puts body bytes: the `.part` (PartFile) or memory (HeldBody)."""
 
@@ -386,13 +412,30 @@ class Body(Protocol):
 
 
 class HeldBody:
-    """A small body received into memory: one buffer of its announced size, filled in order."""
+    """A small body received into memory: one buffer of its announced size, filled in order.
 
-    __slots__ = ("size", "view")
+    Buffers are reused (`recycle`): a fresh 256 KiB bytearray per file is an mmap, its page
+    faults and an munmap, about 80 us of the loop's time each under case 3 of the benchmark.
+    A reused one is not zeroed, which is harmless: only the `size` bytes written are read."""
+
+    __slots__ = ("_buffer", "size", "view")
 
     def __init__(self, total: int) -> None:
-        self.view = memoryview(bytearray(total))
+        self._buffer = _spare_buffer(total)
+        self.view = memoryview(self._buffer)[:total]
         self.size = 0
+
+    def recycle(self) -> None:
+        """Nothing reads these bytes any more (the publish returned): the buffer goes back for
+        the next small body, unless a view of it is still alive somewhere."""
+        buffer = self._buffer
+        self.view.release()
+        try:  # a resize is refused while any view of the buffer exists
+            buffer.append(0)
+            buffer.pop()
+        except BufferError:
+            return
+        _give_back(buffer)
 
     async def write(self, data: bytes | memoryview) -> None:
         end = self.size + len(data)
