@@ -457,3 +457,32 @@ def test_the_fast_parser_takes_only_the_plain_shape_of_get() -> None:
         ["get", "--help"],
     ):
         assert _parse(other) is None, other
+
+
+def test_a_snapshot_in_the_follow_counts_its_finished_downloads_as_seen() -> None:
+    """A client that fell behind gets a snapshot instead of the events: a download it shows
+    as finished is not waited for (its group_finished went by before), on any of its pages."""
+    import json
+
+    from modelfetch.cli.daemon_get import _Run
+
+    run = _Run(client=None, debug=False)  # type: ignore[arg-type]
+    run._set_files(7, {"7.1": "active"})
+    run._set_files(9, {"9.1": "queued"})
+    pages = [
+        (
+            "snapshot",
+            {"id": 7, "status": "completed", "files": [{"ref": "7.1", "status": "completed"}]},
+            7,
+        ),
+        (
+            "snapshot_page",
+            {"id": 9, "status": "failed", "files": [{"ref": "9.1", "status": "failed"}]},
+            None,
+        ),
+    ]
+    for kind, item, after in pages:
+        data = {"type": kind, "seq": 40, "ts": 0.0, "items": [item], "next": after}
+        run._apply(kind, json.dumps(data), "40" if after is None else "")
+    assert run.finished == {7, 9}
+    assert not run._busy()

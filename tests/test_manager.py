@@ -52,6 +52,16 @@ def assert_published(hub: FakeHub, repo: str, paths: list[str], dest: Path) -> N
         assert not (dest / (path + ".part.json")).exists()
 
 
+def peak_open(requests: list[RequestRecord]) -> int:
+    """The most of these requests the server was answering at once."""
+    moments = sorted([(r.time, 1) for r in requests] + [(r.end, -1) for r in requests])
+    open_now = peak = 0
+    for _, delta in moments:
+        open_now += delta
+        peak = max(peak, open_now)
+    return peak
+
+
 def cdn_gets(hub: FakeHub, path: str) -> list[RequestRecord]:
     return [r for r in hub.requests(origin="cdn", path_contains=path, method="GET")]
 
@@ -117,12 +127,48 @@ async def test_no_more_than_max_active_transfers_are_seen_by_the_server(
             await m.wait([gid])
     gets = hub.requests(origin="cdn", method="GET")
     assert len(gets) == 6
-    moments = sorted([(r.time, 1) for r in gets] + [(r.end, -1) for r in gets])
-    open_now = peak = 0
-    for _, delta in moments:
-        open_now += delta
-        peak = max(peak, open_now)
-    assert peak == 2
+    assert peak_open(gets) == 2
+    assert_published(hub, "o/m", paths, tmp_path / "out")
+
+
+async def test_the_next_file_starts_while_the_last_one_publishes(
+    hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`max_active` bounds downloads, not fsyncs: a file whose bytes are all in gives its slot
+    to the next one while its publish runs, up to `max_active` such files at once (a disk
+    slower than the network does not pile up the whole queue)."""
+    import threading
+
+    from modelfetch.transfer import receive
+
+    real = receive.verify_and_publish_body
+    gate = threading.Event()
+    entered: list[str] = []
+
+    def held_publish(body: object, part: Path, dest: Path, *args: object, **kw: object) -> object:
+        entered.append(dest.name)
+        gate.wait(30)  # on a publish thread: the loop goes on
+        return real(body, part, dest, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(receive, "verify_and_publish_body", held_publish)
+    paths = shards(hub, "o/m", 4, 100_000)  # small bodies: held in memory, published whole
+    async with manager(tmp_path, max_active=1) as m:
+        gid = await m.enqueue(group_of(hub, "o/m", paths, tmp_path / "out"))
+        async with asyncio.timeout(30):
+            while len(entered) < 2:
+                await asyncio.sleep(0.01)
+        view = await m.group_view(gid)
+        statuses = sorted(f.status for f in view.files)
+        gets = hub.requests(origin="cdn", method="GET")
+        gate.set()
+        async with asyncio.timeout(30):
+            await m.wait([gid])
+    assert entered[:2] == paths[:2]
+    assert statuses == ["active", "active", "queued", "queued"]  # two publishing, no third
+    assert len(gets) == 2
+    gets = hub.requests(origin="cdn", method="GET")
+    assert len(gets) == 4
+    assert peak_open(gets) == 1  # one download at a time, as asked
     assert_published(hub, "o/m", paths, tmp_path / "out")
 
 

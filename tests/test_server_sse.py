@@ -166,6 +166,24 @@ async def test_last_event_id_replays_exactly_what_was_missed(daemon: Daemon) -> 
             assert (live.event, live.id) == ("notice", missed[-1].seq + 1)
 
 
+async def test_a_replay_longer_than_a_stream_s_buffer_comes_whole(daemon: Daemon) -> None:
+    """`get -I list` follows from before its batch, and a list of small downloads can finish
+    more events while it is planned than a stream buffers: they are replayed, all of them,
+    not cut off with `missed` and a snapshot."""
+    from modelfetch.server.routes import events as event_routes
+
+    bus = daemon.manager.bus
+    since = bus.last_seq
+    count = event_routes._SSE_BUFFER + 300
+    assert count < 2048  # within the bus's history
+    for i in range(count):
+        bus.publish(ev.Notice(message=f"n{i}"))
+    async with open_stream(daemon, query=f"?since={since}") as reader:
+        replayed = [await reader.next() for _ in range(count)]
+    assert {m.event for m in replayed} == {"notice"}
+    assert [m.id for m in replayed] == list(range(since + 1, since + count + 1))
+
+
 async def test_an_id_too_old_or_from_an_earlier_run_gets_a_snapshot_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1102,3 +1102,38 @@ async def test_a_stray_sidecar_without_its_part_is_gone_once_the_file_is_in_plac
         result = await fetch(session, request)
         assert result.resumed_from == 0 and result.verified
         assert leftovers(request.dest) == []
+
+
+# -- the end of the download, before the publish ----------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["held in memory", "streamed to the .part"])
+async def test_on_received_comes_once_with_every_byte_in_and_before_the_publish(
+    hub: FakeHub, session: TransferSession, small: TransferRequest, tmp_path: Path, path: str
+) -> None:
+    """What lets the manager start the next file while this one's fsync runs: the callback
+    comes when the body is complete, its connection slot already given back, and the final
+    name not there yet."""
+    from modelfetch.transfer.limiter import ConnectionSlots
+
+    request = small if path == "held in memory" else big_request(hub, tmp_path / BIG)
+    slots = ConnectionSlots(4)
+    seen: list[tuple[bool, int]] = []
+    result = await fetch_file(
+        session,
+        request,
+        slots=slots,
+        on_received=lambda: seen.append((request.dest.exists(), slots.in_use)),
+    )
+    assert seen == [(False, 0)]
+    assert request.dest.stat().st_size == result.size and slots.in_use == 0
+
+
+async def test_on_received_is_not_called_for_a_body_cut_short(
+    hub: FakeHub, session: TransferSession, small: TransferRequest
+) -> None:
+    hub.add_fault(Fault("truncate", path="s.bin", after_bytes=100_000, times=1))
+    seen: list[None] = []
+    with pytest.raises(NetworkError):
+        await fetch_file(session, small, on_received=lambda: seen.append(None))
+    assert seen == []

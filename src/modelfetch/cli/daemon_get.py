@@ -353,13 +353,18 @@ class _Run:
             event = ev.from_dict(json.loads(data))
         except (ValueError, TypeError):
             return  # a type this version does not know
-        if isinstance(event, ev.Snapshot):
+        if isinstance(event, ev.Snapshot | ev.SnapshotPage):
             # The daemon no longer had what we asked to replay (or we fell behind): the
-            # snapshot's statuses are current, the events after it apply on top.
+            # snapshot's statuses are current, the events after it apply on top. A long
+            # queue's snapshot comes in pages, each with the snapshot's seq.
             for item in event.items:
                 gid = int(item["id"])
                 if gid in self.statuses:
                     self._set_files(gid, {f["ref"]: f["status"] for f in item.get("files", [])})
+                    if item.get("status") in FINISHED:
+                        # Its group_finished came before the snapshot: waiting for it would
+                        # only run out the drain's grace.
+                        self.finished.add(gid)
             self._seq = event.seq
             return
         self._see(event, seq_text)

@@ -123,6 +123,7 @@ class DownloadManager(LimitsCommands):
         self._emit = self._tx.emit
         self._transition = self._tx.transition
         self._running: dict[FileKey, RunningFile] = {}
+        self._publishing: set[FileKey] = set()  # running, every byte in: only the publish left
         self._expedited: set[FileKey] = set()  # queued files a client waits on (`expedite`)
         self._histories: dict[FileKey, AttemptHistory] = {}
         self._group_rates: dict[int, RateEstimator] = {}
@@ -481,4 +482,10 @@ class DownloadManager(LimitsCommands):
         files.fill_from_queue(self, now)
 
     async def _pause_for_disk_full(self) -> None:
-        await control.pause_files(self, self._book.all_live_files(), PauseReason.DISK_FULL)
+        # A file that only publishes needs no more room (its bytes are in the `.part`, or a
+        # small one's few in memory, whose write fails on its own if they do not fit): it
+        # finishes rather than being paused with every byte already in.
+        targets = [
+            f for f in self._book.all_live_files() if (f.group_id, f.index) not in self._publishing
+        ]
+        await control.pause_files(self, targets, PauseReason.DISK_FULL)

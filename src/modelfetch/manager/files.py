@@ -49,6 +49,13 @@ class RunningFile:
     last_sent: tuple[int, int | None] = (-1, None)
 
 
+def downloading(m: DownloadManager) -> int:
+    """The running files that count against `max_active`: those whose bytes are all in and
+    which only publish (hash, fsync, rename) count not, up to `max_active` of them, so that a
+    slow disk lets at most twice `max_active` files run, not an unbounded pile."""
+    return len(m._running) - min(len(m._publishing), m.settings.max_active)
+
+
 def fill_from_queue(m: DownloadManager, now: float) -> None:
     """`DownloadManager._fill_slots` of a private queue: its in-memory order decides."""
     waiting = m._queue.waiting()  # one pass: each round reads on where the last stopped
@@ -56,7 +63,7 @@ def fill_from_queue(m: DownloadManager, now: float) -> None:
         chosen = choose_starts(
             waiting,
             m._groups,
-            free=m.settings.max_active - len(m._running),
+            free=m.settings.max_active - downloading(m),
             holds=m._holds,
             now=now,
         )
@@ -80,7 +87,7 @@ def _start_expedited(m: DownloadManager, now: float) -> None:
             m._expedited.discard(key)  # running, finished, paused or gone: nothing to speed up
             continue
         startable = f.status is FileStatus.QUEUED and not is_held(m._holds, f.url, now)
-        if startable and len(m._running) < ceiling:
+        if startable and downloading(m) < ceiling:
             start(m, f, now)
 
 
@@ -153,6 +160,12 @@ async def run_file(m: DownloadManager, run: RunningFile) -> None:
         def on_prefix(prefix: int) -> None:
             m.arrivals.report(key, prefix, run.total)
 
+        def on_received() -> None:
+            # Its download is over; its publish goes on: the next file in line starts now.
+            m._publishing.add(key)
+            with m._deferred():
+                m._fill_slots(time.time())
+
         from modelfetch.transfer.fetch import fetch_file  # only a working manager needs it
 
         result = await fetch_file(
@@ -164,6 +177,7 @@ async def run_file(m: DownloadManager, run: RunningFile) -> None:
             limits=(group_bucket(m, f.group_id), m._bandwidth),
             slots=m._slots,
             on_prefix=on_prefix,
+            on_received=on_received,
         )
     except asyncio.CancelledError:
         with m._batch():
@@ -188,6 +202,7 @@ async def run_file(m: DownloadManager, run: RunningFile) -> None:
         handed_over = True  # nothing for the coordinator: no retry or hold changed
     finally:
         m._running.pop(key, None)
+        m._publishing.discard(key)
         if not handed_over:
             m._wake.set()
 
@@ -196,6 +211,7 @@ def hand_over(m: DownloadManager, key: FileKey) -> None:
     """A finished transfer's slot goes to the next file in line at once, rather than when
     the coordinator next runs."""
     m._running.pop(key, None)
+    m._publishing.discard(key)
     m._fill_slots(time.time())
 
 

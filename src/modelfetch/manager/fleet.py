@@ -55,7 +55,7 @@ _SYNCED = tuple(
 def fill_slots(m: DownloadManager, fleet: FleetWorker, now: float) -> None:
     """Claim the next files of the shared queue for the free slots and start them. A claimed
     file on a held host (a 429/503 seen here) waits for the hold instead, visible to all."""
-    free = m.settings.max_active - len(m._running)
+    free = m.settings.max_active - files.downloading(m)
     if free <= 0 or m._closing or fleet.leaving:
         return
     for claim in fleet.claim(free):

@@ -21,6 +21,8 @@ def default_home() -> Path:
 
 @dataclass
 class ManagerSettings:
+    # Files downloading at once. A file whose bytes are all in no longer counts while its
+    # publish (hash tail, fsync, rename) runs, up to max_active such files (files.downloading).
     max_active: int = 3
     stall_timeout: float = 30.0
     progress_interval: float = 0.5

@@ -27,6 +27,12 @@ file descriptor reads them), reported with each progress report. Unlike on_progr
 same in segmented mode: the segment map's prefix. A smaller n than before means the `.part`
 started over. Not called while a small body is held in memory (nothing is on disk then)."""
 
+ReceivedCallback = Callable[[], None]
+"""on_received(): every byte of the body is in and its connection is free; what is left is the
+publish (the hash's tail, fsync, rename). Called at most once, on a front-to-back transfer
+only, so a caller that bounds how many files download at once can start the next one while
+the disk finishes this one."""
+
 SegmentsCallback = Callable[["tuple[SegmentRecord, ...] | None"], None]
 """on_segments(records_or_None): persist the segment map of a segmented `.part` (records), or
 forget it (None: the partial is gone, or is a plain front-to-back prefix again). The caller

@@ -29,6 +29,7 @@ from modelfetch.core.segments import SegmentMap
 from modelfetch.transfer.api import (
     PrefixCallback,
     ProgressCallback,
+    ReceivedCallback,
     SegmentsCallback,
     StopSignal,
     TransferRequest,
@@ -53,6 +54,7 @@ async def fetch_file(
     limits: Sequence[TokenBucket] = (),
     slots: ConnectionSlots | None = None,
     on_prefix: PrefixCallback | None = None,
+    on_received: ReceivedCallback | None = None,
 ) -> TransferResult:
     """Download `request.url` to `request.dest`, resuming from `<dest>.part` when it is still the
     beginning of the same file. Returns only after the verified file is under its final name;
@@ -62,10 +64,12 @@ async def fetch_file(
     `limits` are bandwidth buckets every received byte passes through (e.g. the download's own
     and the global one); `slots` caps concurrent connections in total and per host. Segmented
     mode (`request.connections > 1`) needs `on_segments` to persist its map for a resume across
-    processes; without it a stopped segmented `.part` cannot be resumed by a later call."""
+    processes; without it a stopped segmented `.part` cannot be resumed by a later call.
+    `on_received` is told when only the publish is left (see ReceivedCallback)."""
     transfer = _Transfer(session, request, on_progress, stop)
     transfer.on_segments = on_segments
     transfer.on_prefix = on_prefix
+    transfer.on_received = on_received
     transfer.limits = tuple(limits)
     transfer.slots = slots
     return await transfer.run()

@@ -105,7 +105,19 @@ class ReceivingTransfer(RequestingTransfer):
                 f"connection closed after {part.size} of {self.total} bytes",
                 url=redact_url(self.url),
             )
+        self._received()
         return await self._verify_and_publish(headers)
+
+    def _received(self) -> None:
+        """Every byte is in: the connection's slot goes back now (the publish needs none: a
+        small file's fsync took 20 ms here, as long as its download), and the caller hears
+        that only the publish is left (`on_received`, at most once)."""
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+        callback, self.on_received = self.on_received, None
+        if callback is not None:
+            callback()
 
     def _begin_part(self, headers: Headers, offset: int) -> None:
         """Open the `.part` at `offset`; a fresh start (re)writes the sidecar first, so a `.part`
@@ -182,6 +194,7 @@ class ReceivingTransfer(RequestingTransfer):
             raise NetworkError(
                 f"connection closed after {body.size} of {total} bytes", url=redact_url(self.url)
             )
+        self._received()
         self.held = None  # from here on the worker thread owns the bytes and the disk side
         want_sha256 = self._expected_digest()
         verify = partial(

@@ -23,6 +23,7 @@ from modelfetch.core.segments import SegmentMap
 from modelfetch.transfer.api import (
     PrefixCallback,
     ProgressCallback,
+    ReceivedCallback,
     SegmentsCallback,
     StopSignal,
     TransferRequest,
@@ -89,6 +90,7 @@ class TransferState:
         self.last_report = -math.inf
         self.on_segments: SegmentsCallback | None = None
         self.on_prefix: PrefixCallback | None = None
+        self.on_received: ReceivedCallback | None = None
         self.limits: tuple[TokenBucket, ...] = ()
         self.slots: ConnectionSlots | None = None
         self.resume_map: SegmentMap | None = None  # the segmented partial found on disk

@@ -51,18 +51,24 @@ async def events(request: web.Request) -> web.StreamResponse:
     if bus.closed:
         raise HTTPError(503, "unavailable", "the daemon is shutting down")
     replayable = since is not None
+    backlog = 0  # events the replay hands over at once
     if since is not None:
         try:
-            replayable = bus.history_since(since) is not None
+            history = bus.history_since(since)
         except ValueError:  # a seq from an earlier run of the daemon
-            replayable = False
+            history = None
+        replayable = history is not None
+        backlog = len(history or ())
     first: Page | None = None
     if not replayable:
         # A (possibly shared) first page, then the rest, then every event after the seq the
         # first page reflects: replayed from the bus history, so nothing in between is lost.
         first = await state.pages.page(max_age=SNAPSHOT_REUSE, in_steps=True, replay=True)
         since = first.as_of
-    subscription = bus.subscribe(maxsize=_SSE_BUFFER, since=since)
+    # Room for the whole replay on top of the usual buffer: `get -I list` follows from before
+    # its batch, and 200 small downloads finish ~1,500 events while the daemon plans the list;
+    # a replay that overflowed would end in `missed` and a snapshot instead of the events.
+    subscription = bus.subscribe(maxsize=_SSE_BUFFER + backlog, since=since)
     stream = OpenStream(subscription)
     response = web.StreamResponse(
         headers={
