@@ -346,3 +346,47 @@ def test_a_reader_needs_no_lock_and_refuses_every_write(store: SqliteStore) -> N
 def test_a_reader_of_a_home_without_a_database_is_a_state_error(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="does not exist"):
         SqliteStoreReader(tmp_path)
+
+
+# -- writes deferred to the batch (transition_in_batch) ------------------------------------------
+
+
+def _committed(home: Path, group_id: int) -> list[str]:
+    with SqliteStoreReader(home) as reader:
+        group = reader.get_group(group_id)
+    assert group is not None
+    return [f.status.value for f in group.files]
+
+
+def test_a_deferred_transition_is_seen_by_the_next_statement_and_committed_with_the_batch(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    group = store.add_group(plain_group())
+    with store.batch():
+        store.transition_in_batch(group.id, 1, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED})
+        store.transition_in_batch(group.id, 2, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED})
+        assert _committed(tmp_path / "home", group.id) == ["queued", "queued"]  # not yet
+        record = store.get_file(group.id, 1)  # a read in the batch runs them first
+        assert record is not None and record.status is FileStatus.ACTIVE
+    assert _committed(tmp_path / "home", group.id) == ["active", "active"]
+
+
+def test_deferred_changes_of_one_row_keep_their_order(store: SqliteStore) -> None:
+    group = store.add_group(plain_group())
+    with store.batch():
+        store.transition_in_batch(group.id, 1, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED})
+        store.transition_in_batch(group.id, 2, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED})
+        store.transition_in_batch(
+            group.id, 1, FileStatus.COMPLETED, allowed_from={FileStatus.ACTIVE}, bytes_done=9
+        )
+    first, second = store.get_file(group.id, 1), store.get_file(group.id, 2)
+    assert first is not None and (first.status, first.bytes_done) == (FileStatus.COMPLETED, 9)
+    assert second is not None and second.status is FileStatus.ACTIVE
+
+
+def test_a_deferred_transition_needs_a_batch(store: SqliteStore) -> None:
+    group = store.add_group(plain_group())
+    with pytest.raises(RuntimeError, match="open batch"):
+        store.transition_in_batch(group.id, 1, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED})
+    record = store.get_file(group.id, 1)
+    assert record is not None and record.status is FileStatus.QUEUED

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Collection, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from modelfetch.bus import EventBus
 from modelfetch.core import events as ev
@@ -43,6 +43,23 @@ class StatusWriter(Protocol):
         allowed_from: Collection[FileStatus],
         **fields: object,
     ) -> bool: ...
+
+
+class BatchedStatusWriter(StatusWriter, Protocol):
+    """A writer that can also take a change whose guard its caller checked, with its batch."""
+
+    @property
+    def batching(self) -> bool: ...
+
+    def transition_in_batch(
+        self,
+        group_id: int,
+        index: int,
+        to: FileStatus,
+        *,
+        allowed_from: Collection[FileStatus],
+        **fields: object,
+    ) -> None: ...
 
 
 async def _raise(exc: Exception) -> None:
@@ -171,11 +188,24 @@ class Transitions:
         reason: str | None = None,
         **fields: Any,
     ) -> bool:
-        """The one way a file changes status: store first, then memory, then the event."""
+        """The one way a file changes status: store first, then memory, then the event.
+
+        Inside a batch, a store that is this manager's alone (SQLite: one writer, locked)
+        takes the change with the batch's other writes (`transition_in_batch`), its guard
+        checked here against memory, which mirrors every write of that store; a shared store
+        (a fleet's) checks the guard itself, now."""
         previous = f.status
-        if not self._writer_of().transition(
-            f.group_id, f.index, to, allowed_from=allowed_from, **fields
+        writer = self._writer_of()
+        later = getattr(writer, "transition_in_batch", None)
+        if (
+            later is not None
+            and self._pending is not None
+            and cast(BatchedStatusWriter, writer).batching
         ):
+            if previous not in allowed_from:
+                return False
+            later(f.group_id, f.index, to, allowed_from=allowed_from, **fields)
+        elif not writer.transition(f.group_id, f.index, to, allowed_from=allowed_from, **fields):
             return False
         key = (f.group_id, f.index)
         if to is FileStatus.COMPLETED or to is FileStatus.CANCELLED:

@@ -244,6 +244,33 @@ class SqliteStore(SqliteTransactions):
     ) -> bool:
         """Set a file's status (and FileRecord `fields`) only if its status is in `allowed_from`,
         in one UPDATE. True when the row changed; False when it is missing or in another state."""
+        sql, params = self._transition_statement(group_id, index, to, allowed_from, fields)
+        return self._execute(sql, params).rowcount == 1
+
+    def transition_in_batch(
+        self,
+        group_id: int,
+        index: int,
+        to: FileStatus,
+        *,
+        allowed_from: Collection[FileStatus],
+        **fields: object,
+    ) -> None:
+        """`transition` for a caller that knows the row is in `allowed_from` (this store's one
+        writer), inside a batch: the UPDATE runs with the batch's other deferred ones before
+        anything else reads or writes, at the latest right before its COMMIT (see
+        SqliteTransactions._defer)."""
+        sql, params = self._transition_statement(group_id, index, to, allowed_from, fields)
+        self._defer(sql, params, (group_id, index))
+
+    def _transition_statement(
+        self,
+        group_id: int,
+        index: int,
+        to: FileStatus,
+        allowed_from: Collection[FileStatus],
+        fields: dict[str, object],
+    ) -> tuple[str, list[object]]:
         allowed = tuple(FileStatus(s).value for s in allowed_from)
         names = tuple(fields)
         # The manager makes a handful of shapes of transition, thousands of times: the text of
@@ -260,10 +287,7 @@ class SqliteStore(SqliteTransactions):
             )
             if len(_TRANSITION_SQL) < 256:  # bounded whatever callers pass
                 _TRANSITION_SQL[names, allowed] = sql
-        cursor = self._execute(
-            sql, [FileStatus(to).value, *map(encode, fields.values()), group_id, index, *allowed]
-        )
-        return cursor.rowcount == 1
+        return sql, [FileStatus(to).value, *map(encode, fields.values()), group_id, index, *allowed]
 
     def update_file(self, group_id: int, index: int, **fields: object) -> None:
         """Set FileRecord fields without a status guard (validators, expected size, ...).
