@@ -390,3 +390,17 @@ def test_a_deferred_transition_needs_a_batch(store: SqliteStore) -> None:
         store.transition_in_batch(group.id, 1, FileStatus.ACTIVE, allowed_from={FileStatus.QUEUED})
     record = store.get_file(group.id, 1)
     assert record is not None and record.status is FileStatus.QUEUED
+
+
+def test_a_group_s_end_in_a_batch_is_deferred_too(store: SqliteStore, tmp_path: Path) -> None:
+    group = store.add_group(plain_group())
+    with store.batch():
+        store.finish_group(group.id, 123.0)
+        with SqliteStoreReader(tmp_path / "home") as reader:
+            outside = reader.get_group(group.id)
+        assert outside is not None and outside.finished_at is None  # not committed yet
+        inside = store.get_group(group.id)  # runs it first
+        assert inside is not None and inside.finished_at == 123.0
+    with SqliteStoreReader(tmp_path / "home") as reader:
+        committed = reader.get_group(group.id)
+    assert committed is not None and committed.finished_at == 123.0

@@ -114,7 +114,7 @@ def _run(argv: Sequence[str], parsed: dict[str, object], debug: bool) -> int | N
     from modelfetch.cli.daemon_get import run_get_via_daemon
     from modelfetch.cli.download_flags import DownloadFlags, settle_flags, token_of
     from modelfetch.cli.get_options import GetOptions
-    from modelfetch.cli.specs import STDIN, check_specs, gather_specs
+    from modelfetch.cli.specs import STDIN, gather_specs
 
     home = parsed.get("home")
     state = AppState(home=Path(str(home)) if home is not None else None, debug=debug)
@@ -143,8 +143,7 @@ def _run(argv: Sequence[str], parsed: dict[str, object], debug: bool) -> int | N
         urls_dir=urls_dir,
         token=token_of(cfg),
     )
-    check_specs(options.specs, cfg)
-    refuse_unusable_network(cfg)
+    refuse_unusable_network(cfg)  # (gather_specs has checked every spec: once is enough)
     hint = shlex.join(["modelfetch", *argv])
     if input_file == STDIN:
         hint += "   (with the same list on standard input)"

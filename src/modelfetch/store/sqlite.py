@@ -192,8 +192,12 @@ class SqliteStore(SqliteTransactions):
                 db.execute(f"UPDATE groups SET {assignments} WHERE id = ?", [*values, group_id])
 
     def finish_group(self, group_id: int, finished_at: float) -> None:
+        sql = "UPDATE groups SET finished_at = ? WHERE id = ?"
+        if self._batching:  # with the batch's other deferred writes (see _defer)
+            self._defer(sql, [finished_at, group_id], ("group", group_id))
+            return
         with self._write() as db:
-            db.execute("UPDATE groups SET finished_at = ? WHERE id = ?", [finished_at, group_id])
+            db.execute(sql, [finished_at, group_id])
 
     def forget_group(self, group_id: int) -> bool:
         """Delete a group and its files, whatever their status; False when there was none."""
