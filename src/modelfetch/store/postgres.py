@@ -405,6 +405,8 @@ class PostgresStore(PostgresLeases):
     ) -> list[GroupRecord]:
         page = f" ORDER BY id LIMIT {int(limit)}" if limit is not None else " ORDER BY id"
         group_rows = self._read(f"SELECT {GROUP_SELECT} FROM groups {where}{page}", values)
+        if not group_rows:  # (a new download's dedupe lookup, every time): no second read
+            return []
         file_rows = self._read(
             f"SELECT {FILE_SELECT} FROM files"
             f" WHERE group_id IN (SELECT id FROM groups {where}{page}) ORDER BY group_id, idx",

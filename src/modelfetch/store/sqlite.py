@@ -469,6 +469,8 @@ class SqliteStore(SqliteTransactions):
             group_rows = db.execute(
                 f"SELECT {GROUP_SELECT} FROM groups {where}{page}", values
             ).fetchall()
+            if not group_rows:  # (a new download's dedupe lookup, every time): no second read
+                return []
             file_rows = db.execute(
                 f"SELECT {FILE_SELECT} FROM files"
                 f" WHERE group_id IN (SELECT id FROM groups {where}{page}) ORDER BY group_id, idx",
