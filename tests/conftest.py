@@ -12,7 +12,7 @@ import pytest
 
 from modelfetch.core import events as ev
 from modelfetch.requests import FileRequest, GroupRequest
-from modelfetch.testing.fakehub import FakeHub
+from modelfetch.testing.fakehub import FakeHub, RequestRecord
 
 
 @pytest.fixture
@@ -80,3 +80,14 @@ async def next_event(
             if match(event):
                 return event
     raise AssertionError("the event stream ended")
+
+
+def peak_open(requests: list[RequestRecord]) -> int:
+    """The most of these requests the server was answering at once (from its arrival and end
+    times)."""
+    moments = sorted([(r.time, 1) for r in requests] + [(r.end, -1) for r in requests])
+    open_now = peak = 0
+    for _, delta in moments:
+        open_now += delta
+        peak = max(peak, open_now)
+    return peak

@@ -17,7 +17,7 @@ from modelfetch.manager import DownloadManager, ManagerSettings
 from modelfetch.store import SqliteStore
 from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile, RequestRecord
 
-from .conftest import group_of, next_event
+from .conftest import group_of, next_event, peak_open
 
 MiB = 1 << 20
 FAST_RETRY = RetryPolicy(base_delay=0.05, max_delay=0.2)
@@ -50,16 +50,6 @@ def assert_published(hub: FakeHub, repo: str, paths: list[str], dest: Path) -> N
         assert (dest / path).read_bytes() == hub.content(repo, path)
         assert not (dest / (path + ".part")).exists()
         assert not (dest / (path + ".part.json")).exists()
-
-
-def peak_open(requests: list[RequestRecord]) -> int:
-    """The most of these requests the server was answering at once."""
-    moments = sorted([(r.time, 1) for r in requests] + [(r.end, -1) for r in requests])
-    open_now = peak = 0
-    for _, delta in moments:
-        open_now += delta
-        peak = max(peak, open_now)
-    return peak
 
 
 def cdn_gets(hub: FakeHub, path: str) -> list[RequestRecord]:

@@ -32,7 +32,7 @@ from modelfetch.core.segments import (
 )
 from modelfetch.manager import DownloadManager, ManagerSettings
 from modelfetch.store import SqliteStore
-from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile, RequestRecord
+from modelfetch.testing.fakehub import FakeHub, Fault, RepoFile
 from modelfetch.transfer import (
     ConnectionSlots,
     StopSignal,
@@ -49,7 +49,7 @@ from modelfetch.transfer import segments as segments_module
 from modelfetch.transfer.sink import PartState
 from modelfetch.transfer.wire import InvalidURLError, Target
 
-from .conftest import group_of, write_plan
+from .conftest import group_of, peak_open, write_plan
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -484,18 +484,9 @@ async def test_connection_caps_hold_as_the_servers_see_them(
     bodies = [r for r in seghub.log if r.method == "GET" and r.status in (200, 206)]
     assert len(bodies) > 6
 
-    def peak(records: list[RequestRecord]) -> int:
-        """The most requests in flight at once, from the server's arrival and end times."""
-        edges = sorted([(r.time, 1) for r in records] + [(r.end, -1) for r in records])
-        level = top = 0
-        for _, step in edges:
-            level += step
-            top = max(top, level)
-        return top
-
-    assert peak(bodies) == 3
+    assert peak_open(bodies) == 3
     for origin in ("cdn", "hub"):
-        assert peak([r for r in bodies if r.origin == origin]) == 2
+        assert peak_open([r for r in bodies if r.origin == origin]) == 2
 
 
 # ---------------------------------------------------------------------------------------------
