@@ -59,6 +59,15 @@ def test_add_group_fills_created_at_and_ids(store: Store) -> None:
     assert store.get_group(group.id) == group
 
 
+@pytest.mark.parametrize("count", [1, 3])
+def test_add_group_gives_each_file_its_own_id(store: Store, count: int) -> None:
+    first = store.add_group(plain_group("a", files=count))
+    second = store.add_group(plain_group("b", files=count))
+    ids = [f.id for f in first.files + second.files]
+    assert all(ids) and len(set(ids)) == 2 * count
+    assert store.get_group(second.id) == second
+
+
 def test_add_group_refuses_bad_indexes_and_writes_nothing(store: Store) -> None:
     group = plain_group(files=2)
     group.files[1].index = 3

@@ -404,3 +404,18 @@ def test_a_group_s_end_in_a_batch_is_deferred_too(store: SqliteStore, tmp_path: 
     with SqliteStoreReader(tmp_path / "home") as reader:
         committed = reader.get_group(group.id)
     assert committed is not None and committed.finished_at == 123.0
+
+
+def test_order_keys_in_a_batch_are_deferred_and_seen_by_the_next_read(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    group = store.add_group(plain_group())
+    with store.batch():
+        store.set_order({(group.id, 1): 4096, (group.id, 2): 8192}, priority=5)
+        assert _committed(tmp_path / "home", group.id) == ["queued", "queued"]
+        record = store.get_file(group.id, 2)
+        assert record is not None and (record.order_key, record.priority) == (8192, 5)
+    with SqliteStoreReader(tmp_path / "home") as reader:
+        stored = reader.get_group(group.id)
+    assert stored is not None
+    assert [(f.order_key, f.priority) for f in stored.files] == [(4096, 5), (8192, 5)]

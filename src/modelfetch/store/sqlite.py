@@ -136,22 +136,26 @@ class SqliteStore(SqliteTransactions):
                 [*(encode(getattr(group, name)) for name in fields), created_at],
             ).fetchone()
             group_id = int(row[0])
-            db.executemany(
+            insert = (
                 f"INSERT INTO files ({columns(file_fields)}, group_id, created_at)"
-                f" VALUES ({marks(file_fields)}, ?, ?)",
+                f" VALUES ({marks(file_fields)}, ?, ?)"
+            )
+            rows = [
                 [
-                    [
-                        *(encode(getattr(record, name)) for name in file_fields),
-                        group_id,
-                        record.created_at or created_at,
-                    ]
-                    for record in group.files
-                ],
-            )
-            ids_by_index = dict(
-                db.execute("SELECT idx, id FROM files WHERE group_id = ?", [group_id]).fetchall()
-            )
-            file_ids = [int(ids_by_index[record.index]) for record in group.files]
+                    *(encode(getattr(record, name)) for name in file_fields),
+                    group_id,
+                    record.created_at or created_at,
+                ]
+                for record in group.files
+            ]
+            if len(rows) == 1:  # most downloads of a list: its id comes back, no second read
+                file_ids = [int(db.execute(insert + " RETURNING id", rows[0]).fetchone()[0])]
+            else:
+                db.executemany(insert, rows)
+                ids_by_index = dict(
+                    db.execute("SELECT idx, id FROM files WHERE group_id = ?", [group_id])
+                )
+                file_ids = [int(ids_by_index[record.index]) for record in group.files]
         # Only a committed insert touches the caller's records.
         group.id, group.created_at = group_id, created_at
         for record, file_id in zip(group.files, file_ids, strict=True):
@@ -321,20 +325,22 @@ class SqliteStore(SqliteTransactions):
         self, changes: Mapping[tuple[int, int], int], *, priority: int | None = None
     ) -> None:
         """Persist order keys returned by the scheduling queue (and, for `set_priority`, the
-        priority they moved to) in one transaction."""
+        priority they moved to) in one transaction; inside a batch, with its other deferred
+        writes (see _defer: no savepoint of their own)."""
         if not changes:
             return
+        if priority is None:
+            sql = "UPDATE files SET order_key = ? WHERE group_id = ? AND idx = ?"
+            rows = [[key, g, i] for (g, i), key in changes.items()]
+        else:
+            sql = "UPDATE files SET order_key = ?, priority = ? WHERE group_id = ? AND idx = ?"
+            rows = [[key, priority, g, i] for (g, i), key in changes.items()]
+        if self._batching:
+            for row in rows:
+                self._defer(sql, row, (row[-2], row[-1]))
+            return
         with self._transaction() as db:
-            if priority is None:
-                db.executemany(
-                    "UPDATE files SET order_key = ? WHERE group_id = ? AND idx = ?",
-                    [(key, g, i) for (g, i), key in changes.items()],
-                )
-            else:
-                db.executemany(
-                    "UPDATE files SET order_key = ?, priority = ? WHERE group_id = ? AND idx = ?",
-                    [(key, priority, g, i) for (g, i), key in changes.items()],
-                )
+            db.executemany(sql, rows)
 
     def recover(self) -> list[FileRecord]:
         """At start: every file left `active` by a crash goes back to `queued` (bytes and `.part`

@@ -35,7 +35,7 @@ class SqliteTransactions:
         # batch commits (a completion per file otherwise costs one statement more).
         self._verified: dict[str, tuple[str, int, int, str]] = {}
         # Writes of the open batch not run yet (`_defer`): (sql, params, the row's key).
-        self._later: list[tuple[str, list[object], object]] = []
+        self._later: list[tuple[str, Sequence[object], object]] = []
 
     # -- batches --------------------------------------------------------------------------------
 
@@ -114,7 +114,7 @@ class SqliteTransactions:
                 self._run_later(self._db)
         return self._db
 
-    def _defer(self, sql: str, params: list[object], key: object) -> None:
+    def _defer(self, sql: str, params: Sequence[object], key: object) -> None:
         """Run this write with the batch's others, before the next statement of any kind or
         the COMMIT, instead of now. For writes the caller has already decided will succeed (a
         guarded UPDATE whose guard it checked itself, as the store's one writer): each
@@ -132,7 +132,7 @@ class SqliteTransactions:
         if not later:
             return
         if len({key for _, _, key in later}) == len(later):
-            shapes: dict[str, list[list[object]]] = {}
+            shapes: dict[str, list[Sequence[object]]] = {}
             for sql, params, _ in later:
                 shapes.setdefault(sql, []).append(params)
             for sql, rows in shapes.items():
