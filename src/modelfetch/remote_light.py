@@ -298,7 +298,7 @@ class EventReader:
         parser = SSEParser()
         try:
             while chunk := self._response.read1(1 << 16):
-                messages = list(parser.feed(chunk))
+                messages = parser.feed(chunk)
                 if messages:
                     self._queue.put(messages)
         except Exception:

@@ -108,11 +108,15 @@ class SqliteTransactions:
             raise RuntimeError(f"the store at {self._path} is closed")
         if self._later:
             with self._errors():
-                if not self._begun:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    self._begun = True
+                self._join_batch(self._db)
                 self._run_later(self._db)
         return self._db
+
+    def _join_batch(self, db: sqlite3.Connection) -> None:
+        """Inside a batch, its BEGIN, with its first statement (a batch may write nothing)."""
+        if self._batching and not self._begun:
+            db.execute("BEGIN IMMEDIATE")
+            self._begun = True
 
     def _defer(self, sql: str, params: Sequence[object], key: object) -> None:
         """Run this write with the batch's others, before the next statement of any kind or
@@ -166,9 +170,7 @@ class SqliteTransactions:
         context managers: for the writes the manager makes for every file."""
         db = self._conn
         try:
-            if self._batching and not self._begun:
-                db.execute("BEGIN IMMEDIATE")
-                self._begun = True
+            self._join_batch(db)
             return db.execute(sql, params)
         except sqlite3.Error as exc:
             raise self._ours(exc) from exc
@@ -178,9 +180,7 @@ class SqliteTransactions:
         """One write statement: committed on its own (autocommit), or inside a batch."""
         db = self._conn
         with self._errors():
-            if self._batching and not self._begun:
-                db.execute("BEGIN IMMEDIATE")
-                self._begun = True
+            self._join_batch(db)
             yield db
 
     @contextlib.contextmanager
@@ -190,9 +190,7 @@ class SqliteTransactions:
         db = self._conn
         if self._batching:
             with self._errors():
-                if not self._begun:
-                    db.execute("BEGIN IMMEDIATE")
-                    self._begun = True
+                self._join_batch(db)
                 db.execute("SAVEPOINT store_write")
                 try:
                     yield db

@@ -11,6 +11,7 @@ it again over a page is harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import web
 
@@ -50,17 +51,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     since = _last_event_id(request)
     if bus.closed:
         raise HTTPError(503, "unavailable", "the daemon is shutting down")
-    replayable = since is not None
-    backlog = 0  # events the replay hands over at once
+    history = None  # the events to replay after `since`, when the bus still holds them all
     if since is not None:
-        try:
+        with contextlib.suppress(ValueError):  # a seq from an earlier run of the daemon
             history = bus.history_since(since)
-        except ValueError:  # a seq from an earlier run of the daemon
-            history = None
-        replayable = history is not None
-        backlog = len(history or ())
+    backlog = len(history or ())  # events the replay hands over at once
     first: Page | None = None
-    if not replayable:
+    if history is None:
         # A (possibly shared) first page, then the rest, then every event after the seq the
         # first page reflects: replayed from the bus history, so nothing in between is lost.
         first = await state.pages.page(max_age=SNAPSHOT_REUSE, in_steps=True, replay=True)
