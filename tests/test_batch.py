@@ -166,6 +166,44 @@ async def test_a_list_s_waves_share_its_folder_checks(
     assert disk.looks == 1
 
 
+async def test_a_list_s_first_downloads_start_before_its_last_wave_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plans that are all ready at once (nothing to ask) are recorded wave after wave, and the
+    downloads of the first wave start in between, not once the whole list is recorded; every
+    file still arrives, from the fake Hub's CDN on loopback."""
+    from modelfetch.planner import PlanOptions
+
+    async with run_daemon(tmp_path) as daemon:
+        urls = await _plain_urls(daemon.hub, 3 * batch.RECORD_WAVE, size=4 << 10)
+        dest = tmp_path / "out"
+        requests = {
+            url: GroupRequest(
+                name=f"f-{i:03d}.bin",
+                files=(FileRequest(url=url, path=f"f-{i:03d}.bin", size=4 << 10),),
+                dest_dir=dest,
+            )
+            for i, url in enumerate(urls)
+        }
+
+        async def planned(specs: Any, options: Any) -> Any:
+            for spec in specs:  # known already: nothing awaited between them
+                yield requests[spec]
+
+        m = daemon.manager
+        monkeypatch.setattr(type(m.planner), "plan_each", lambda self, s, o: planned(s, o))
+        with m.subscribe() as sub:
+            outcomes = await batch.add_many(m, urls, PlanOptions(models_dir=tmp_path))
+            gids = [o[0] for o in outcomes if isinstance(o, tuple)]
+            assert len(gids) == len(urls)
+            await m.wait(gids)
+            seen = [e async for e in _drain(sub)]
+        kinds = [type(e) for e in seen]
+        last_queued = len(kinds) - 1 - kinds[::-1].index(ev.GroupQueued)
+        assert kinds.index(ev.FileStarted) < last_queued
+        assert len(list(dest.iterdir())) == len(urls)
+
+
 # ----------------------------------------------------------------------------------- the API
 
 

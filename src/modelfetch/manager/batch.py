@@ -12,6 +12,7 @@ are queued anyway.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -111,6 +112,11 @@ async def add_many(
         if len(wave) >= RECORD_WAVE:
             outcomes += await enqueue_many(m, wave, hub_token=hub_token, checks=checks)
             wave = []
+            # A turn of the loop between waves, so the coordinator starts the downloads of
+            # this one: plans that need no request (a size and a name known, an error) are
+            # all done at once, and awaiting a done task does not yield, so without it the
+            # first download would start only once the last wave was recorded.
+            await asyncio.sleep(0)
     if wave:
         outcomes += await enqueue_many(m, wave, hub_token=hub_token, checks=checks)
     return outcomes
