@@ -276,6 +276,42 @@ async def test_batch_endpoint_bounds_and_validation(daemon: Daemon) -> None:
     assert await daemon.manager.snapshot() == []
 
 
+async def test_the_light_client_reads_the_views_of_its_own_downloads_only(
+    tmp_path: Path,
+) -> None:
+    """`get` through the daemon reloads (and ends with) the views of what it queued: read from
+    just before its first id, so a history longer than a page is not read at all."""
+    from modelfetch.remote_light import DaemonClient
+
+    async with run_daemon(tmp_path) as daemon:
+        m = daemon.manager
+        await m.pause_all()  # nothing here is meant to download
+        history = await batch.enqueue_many(
+            m, [_request(f"old-{i}.bin", tmp_path / "old") for i in range(1000)]
+        )
+        mine = await batch.enqueue_many(
+            m, [_request(f"new-{i}.bin", tmp_path / "new") for i in range(3)]
+        )
+        ids = [o[0] for o in mine if isinstance(o, tuple)]
+        assert len(ids) == 3 and len(history) == 1000
+        client = DaemonClient(daemon.url, token=daemon.info.get("token"))
+        paths: list[str] = []
+        real_call = client.call
+
+        def call(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+            paths.append(path)
+            return real_call(method, path, *args, **kwargs)
+
+        client.call = call  # type: ignore[method-assign]
+        views = await asyncio.to_thread(client.downloads, [ids[2], ids[0], ids[1]])
+        assert sorted(int(v["id"]) for v in views) == ids
+        assert paths == [f"/api/downloads?after={ids[0] - 1}"]
+        paths.clear()
+        assert len(await asyncio.to_thread(client.downloads)) == 1003  # all: two pages
+        assert len(paths) == 2
+        assert await asyncio.to_thread(client.downloads, []) == []
+
+
 def test_the_light_client_batches_as_the_daemon_allows() -> None:
     from modelfetch.remote_light import BATCH_SIZE
     from modelfetch.server.api_models import BATCH_MAX

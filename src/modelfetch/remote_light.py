@@ -29,6 +29,8 @@ from modelfetch.light_http import Connection, Response
 from modelfetch.remote_trust import is_loopback_address
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from modelfetch.remote_codec import SSEMessage
 
 __all__ = ["BATCH_SIZE", "DaemonClient", "EventReader", "Pending", "find_daemon"]
@@ -198,15 +200,26 @@ class DaemonClient:
     def _unreachable(self, exc: Exception) -> StateError:
         return StateError(f"the daemon at {self.url} is not answering: {exc}")
 
-    def downloads(self) -> list[dict[str, Any]]:
-        """Every download, page by page as the daemon lists them (JSON views)."""
+    def downloads(self, ids: Collection[int] | None = None) -> list[dict[str, Any]]:
+        """Every download, page by page as the daemon lists them (JSON views); with `ids`,
+        those of them that exist. The listing is in id order, so that walk starts just
+        before the lowest and ends once each was seen: a `get` reloading its own views
+        reads a page of a queue whose history holds 10,000, not ten."""
         found: list[dict[str, Any]] = []
-        path = "/api/downloads"
+        left = None if ids is None else set(ids)
+        if left is not None and not left:
+            return found
+        path = "/api/downloads" if left is None else f"/api/downloads?after={max(0, min(left) - 1)}"
         while True:
             data = self.call("GET", path)
-            found += data["downloads"]
+            for item in data["downloads"]:
+                if left is None:
+                    found.append(item)
+                elif int(item["id"]) in left:
+                    found.append(item)
+                    left.discard(int(item["id"]))
             after = data.get("next")
-            if after is None:
+            if after is None or (left is not None and not left):
                 return found
             path = f"/api/downloads?after={int(after)}"
 

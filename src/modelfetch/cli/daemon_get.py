@@ -408,9 +408,7 @@ class _Run:
     def _views(self, wanted: set[int]) -> list[GroupView]:
         from modelfetch.remote_codec import group_view_of
 
-        return [
-            group_view_of(item) for item in self.client.downloads() if int(item["id"]) in wanted
-        ]
+        return [group_view_of(item) for item in self.client.downloads(wanted)]
 
     def _summary(self, final: list[GroupView]) -> int:
         from modelfetch.render.plaintext import PlainConsole
