@@ -404,6 +404,50 @@ async def test_get_of_a_list_through_the_daemon_is_one_request_and_stays_light(
         assert calls == [12, 2]
 
 
+async def test_following_many_downloads_takes_no_progress_events_and_still_shows_progress(
+    tmp_path: Path,
+    pycache: Path,  # noqa: F811 -- the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above MANY_GROUPS downloads the light get asks the daemon for the events it shows
+    (`?types=`): their progress is not encoded for it, and its periodic line reads the views
+    just before it is written, so the line still moves."""
+    from modelfetch.render.collapse import MANY_GROUPS
+    from modelfetch.server import pages as server_pages
+
+    count = MANY_GROUPS + 2
+    async with run_daemon(tmp_path) as daemon:
+        urls = await _plain_urls(daemon.hub, count, size=192 << 10)
+        daemon.hub.add_fault(Fault("throttle", path="f-", origin="cdn", rate=128 << 10))
+        encoded: list[str] = []
+        real = server_pages.sse_message
+
+        def counted(event: ev.Event) -> bytes:
+            encoded.append(event.type)
+            return real(event)
+
+        monkeypatch.setattr(server_pages, "sse_message", counted)
+        listing = tmp_path / "list.txt"
+        listing.write_text("\n".join(urls) + "\n")
+        cli = Cli(tmp_path, daemon.hub, pycache)
+        cli.env["MODELFETCH_HOME"] = str(daemon.home)
+        cli.env["MODELFETCH_PROGRESS_INTERVAL"] = "0.3"
+        result = await cli(
+            "get", "--dir", str(tmp_path / "out"), "--jobs", str(count), "-I", str(listing)
+        )
+        assert result.code == 0, (result.out, result.err)
+        assert sum(line.startswith("done ") for line in result.out.splitlines()) == count
+        moving = [
+            line
+            for line in result.out.splitlines()
+            if line.startswith(f"{count} downloads: ")
+            and not line.startswith(f"{count} downloads: 0%")
+        ]
+        assert moving, result.out  # the line showed bytes arriving, from views read for it
+        assert "group_progress" not in encoded and "file_progress" not in encoded
+        assert "file_completed" in encoded and "group_finished" in encoded
+
+
 async def test_ctrl_c_while_the_daemon_plans_the_list_still_pauses_what_it_queued(
     tmp_path: Path,
     pycache: Path,  # noqa: F811 -- the fixture imported above

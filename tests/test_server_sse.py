@@ -374,3 +374,27 @@ async def test_clients_connecting_together_share_one_snapshot_and_miss_nothing(
                 fresh = await four.next()
                 assert fresh.event == "snapshot"
                 assert fresh.id == daemon.manager.bus.last_seq
+
+
+def test_the_api_names_every_event_type() -> None:
+    from modelfetch.server.api_models import EVENT_TYPE_NAMES
+
+    assert sorted(EVENT_TYPE_NAMES) == sorted(ev.EVENT_TYPES)
+
+
+async def test_types_narrows_a_stream_to_the_events_asked_for(daemon: Daemon) -> None:
+    async with open_stream(daemon, query="?types=status_changed&types=group_finished") as reader:
+        assert (await reader.next()).event == "snapshot"  # the snapshot comes all the same
+        gid = await add_and_finish(daemon)
+        kinds: list[str] = []
+        while not kinds or kinds[-1] != "group_finished":
+            message = await reader.next()
+            kinds.append(message.event)
+            assert message.data["group_id"] == gid
+        assert set(kinds) == {"status_changed", "group_finished"}
+        assert kinds.count("status_changed") >= 2  # queued -> active -> completed, per file
+    async with open_stream(daemon, query="?types=group_finished,notice") as reader:
+        assert (await reader.next()).event == "snapshot"
+    async with daemon.session.get(f"{daemon.url}/api/events?types=group_finished,nope") as bad:
+        assert bad.status == 422
+        assert "query.types" in (await bad.json())["error"]["message"]

@@ -29,7 +29,7 @@ from modelfetch.light_http import Connection, Response
 from modelfetch.remote_trust import is_loopback_address
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Sequence
 
     from modelfetch.remote_codec import SSEMessage
 
@@ -223,11 +223,15 @@ class DaemonClient:
                 return found
             path = f"/api/downloads?after={int(after)}"
 
-    def open_events(self, since: int | None) -> EventReader:
+    def open_events(self, since: int | None, types: Sequence[str] = ()) -> EventReader:
         """The event stream from after `since` (a replay of what was published since then, or
-        a snapshot first when the daemon no longer has it), read by a thread of its own."""
+        a snapshot first when the daemon no longer has it), read by a thread of its own; with
+        `types`, only events of those types (a daemon older than that filter sends all)."""
         conn = self._connection(None)
-        path = "/api/events" if since is None else f"/api/events?since={int(since)}"
+        query = [] if since is None else [f"since={int(since)}"]
+        if types:
+            query.append("types=" + ",".join(types))
+        path = "/api/events" + ("?" + "&".join(query) if query else "")
         headers = self._headers({"Accept": "text/event-stream"}, body=False)
         try:
             conn.request("GET", path, headers=headers)

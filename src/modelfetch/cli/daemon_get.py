@@ -32,6 +32,19 @@ if TYPE_CHECKING:
 __all__ = ["get_via_daemon", "light_path_applies", "run_get_via_daemon"]
 
 _BUSY = frozenset({"queued", "active", "waiting_retry"})
+# What following many downloads on a pipe uses (`GET /api/events?types=`): their states and
+# the lines of their ends, retries, pauses and resumes. Not their progress, queue positions
+# or arrivals (the batch's answer has those): a third of the events of a list of small files.
+# The periodic progress line reads the views just before it instead.
+_FOLLOWED_WHEN_MANY = (
+    "status_changed",
+    "file_started",
+    "file_completed",
+    "file_failed",
+    "cancelled",
+    "group_finished",
+    "notice",
+)
 _EXIT_INTERRUPTED = 130
 _DRAIN_GRACE = 2.0  # seconds to wait for the group_finished of what ended (as EventFeed.drain)
 
@@ -189,6 +202,7 @@ class _Run:
         self._busy_files = 0  # of those, how many are queued, active or waiting to retry
         self.finished: set[int] = set()
         self._seq = 0
+        self._narrow = False  # following without progress events (`_FOLLOWED_WHEN_MANY`)
 
     def close(self) -> None:
         if self.events is not None:
@@ -289,7 +303,10 @@ class _Run:
         for view in views.values():
             self._set_files(view.id, {f.ref: f.status for f in view.files})
         before = {gid: views[gid].status for gid in self.gids}
-        self.events = self.client.open_events(since)
+        from modelfetch.render.collapse import MANY_GROUPS
+
+        self._narrow = len(wanted) > MANY_GROUPS  # the display's one summary line then
+        self.events = self.client.open_events(since, _FOLLOWED_WHEN_MANY if self._narrow else ())
         self._put_first([views[gid] for gid in self.gids])
         self.display.track(wanted)
         self.display.on_views([views[gid] for gid in self.gids])
@@ -331,11 +348,15 @@ class _Run:
         next_tick = 0.0
         while self._busy():
             now = time.monotonic()
-            if now >= next_reload:
+            if now >= next_reload and not self._narrow:
                 self.display.on_views(self._views(wanted))
                 next_reload = time.monotonic() + reload
             if now >= next_tick:
-                self.display.tick(time.time())
+                wall = time.time()
+                if self._narrow and self.display.due(wall):
+                    # No progress comes on a narrowed stream: the line shows views read now.
+                    self.display.on_views(self._views(wanted))
+                self.display.tick(wall)
                 next_tick = now + TICK
             message = self.events.next(timeout=max(0.0, next_tick - time.monotonic()))
             if message is None:

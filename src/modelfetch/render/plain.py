@@ -44,6 +44,10 @@ class PlainDisplay:
         if line:
             self._write(line)
 
+    def due(self, now: float) -> bool:
+        """Whether `tick(now)` would write the periodic progress lines."""
+        return self._last != 0.0 and now - self._last >= self.interval
+
     def tick(self, now: float) -> None:
         self._now = now
         if self._last == 0.0:

@@ -17,6 +17,7 @@ from modelfetch.manager.batch import MAX_BATCH
 
 __all__ = [
     "BATCH_MAX",
+    "EVENT_TYPE_NAMES",
     "GROUP_STATUSES",
     "ActionRequest",
     "AddRequest",
@@ -27,6 +28,7 @@ __all__ = [
     "DownloadList",
     "ErrorBody",
     "ErrorResponse",
+    "EventsQuery",
     "FileViewModel",
     "ForgottenResponse",
     "GroupViewModel",
@@ -47,6 +49,24 @@ GroupStatusName = Literal[
     "queued", "active", "paused", "completed", "partial", "failed", "cancelled"
 ]
 GROUP_STATUSES: tuple[str, ...] = get_args(GroupStatusName)
+
+EventTypeName = Literal[
+    "group_queued",
+    "queue_changed",
+    "file_started",
+    "file_progress",
+    "group_progress",
+    "status_changed",
+    "file_completed",
+    "file_failed",
+    "cancelled",
+    "group_finished",
+    "notice",
+    "missed",
+    "snapshot",
+    "snapshot_page",
+]
+EVENT_TYPE_NAMES: tuple[str, ...] = get_args(EventTypeName)  # core.events.EVENT_TYPES's keys
 
 PRIORITY_LIMIT = 1_000_000
 """Priorities and positions are bounded so they always fit the store's 64-bit integers."""
@@ -189,6 +209,17 @@ class DownloadLimitsRequest(_Body):
     )
     connections: int | None = Field(
         default=None, ge=1, le=64, description="connections per file; null: the global setting"
+    )
+
+
+class EventsQuery(_Body):
+    types: list[EventTypeName] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "only events of these types (repeat the parameter or separate by commas); "
+            "`snapshot`, `snapshot_page` and `missed` come whatever it says"
+        ),
     )
 
 

@@ -6,6 +6,10 @@ shared by the clients that connect together): a `snapshot` message with the firs
 in order (buffered by the subscription meanwhile). Pages are read as they are sent, so a later
 one may already reflect some of those events; each event carries absolute values, so applying
 it again over a page is harmless.
+
+`?types=` narrows the events (never the snapshot, nor `missed`) to those a client uses: a
+command following 200 small downloads has no use for their progress and queue events, a
+third of them, which are then neither encoded nor sent nor parsed.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import contextlib
 from aiohttp import web
 
 from modelfetch.core import events as ev
+from modelfetch.server.api_models import EventsQuery
 from modelfetch.server.openapi import Operation
 from modelfetch.server.pages import SNAPSHOT_REUSE, Page, PageCache
+from modelfetch.server.parsing import read_query
 from modelfetch.server.responses import Handler, HTTPError
 from modelfetch.server.state import STATE, DaemonState, OpenStream
 
@@ -27,6 +33,8 @@ _SSE_WRITE_TIMEOUT = 30.0
 _SSE_BUFFER = 1024
 _SLICE = 64 << 10  # bytes of a large message written at a time
 _COALESCE = 64 << 10  # bytes of waiting events written together, at most
+# What every stream gets, whatever its `types`: a snapshot to start from, and word of a gap.
+_ALWAYS: frozenset[type[ev.Event]] = frozenset({ev.Snapshot, ev.SnapshotPage, ev.Missed})
 
 
 def _last_event_id(request: web.Request) -> int | None:
@@ -49,6 +57,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     manager = state.manager
     bus = manager.bus
     since = _last_event_id(request)
+    types = read_query(request, EventsQuery).types
+    wanted = None if types is None else _ALWAYS | {ev.EVENT_TYPES[t] for t in types}
     if bus.closed:
         raise HTTPError(503, "unavailable", "the daemon is shutting down")
     history = None  # the events to replay after `since`, when the bus still holds them all
@@ -80,7 +90,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         await _send(response, b"retry: 2000\n\n")
         if first is not None:
             await _send_snapshot(response, state.pages, first)
-        await _pump(request, response, stream, state)
+        await _pump(request, response, stream, state, wanted)
     except _ClientGone:
         # It stopped reading: drop the connection (a graceful close would wait for it to
         # read). EventSource reconnects with Last-Event-ID and catches up.
@@ -96,34 +106,49 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def _pump(
-    request: web.Request, response: web.StreamResponse, stream: OpenStream, state: DaemonState
+    request: web.Request,
+    response: web.StreamResponse,
+    stream: OpenStream,
+    state: DaemonState,
+    wanted: frozenset[type[ev.Event]] | None,
 ) -> None:
+    """Every event of the subscription (of the `wanted` types, all when None) to the client;
+    a comment line when nothing was written for `keepalive` seconds."""
     manager = state.manager
     keepalive = state.config.keepalive
+    loop = asyncio.get_running_loop()
+    written = loop.time()
     while not stream.closing:
         try:
-            async with asyncio.timeout(keepalive):
+            async with asyncio.timeout(max(0.0, written + keepalive - loop.time())):
                 event = await anext(stream.subscription)
         except TimeoutError:
             transport = request.transport
             if transport is None or transport.is_closing():
                 return
             await _send(response, b": keep-alive\n\n")
+            written = loop.time()
             continue
         except StopAsyncIteration:  # the bus closed (the manager shut down) or we did
             return
         # What piled up meanwhile goes out in the same write (one syscall, one timeout)
         # rather than one write per event: 200 small downloads make ~1,500 events.
-        frames = [state.frames.message(event)]
-        size = len(frames[0])
-        while not isinstance(event, ev.Missed) and size < _COALESCE:
+        frames: list[bytes] = []
+        size = 0
+        while True:
+            if wanted is None or type(event) in wanted:
+                frames.append(state.frames.message(event))
+                size += len(frames[-1])
+            if isinstance(event, ev.Missed) or size >= _COALESCE:
+                break
             ready = stream.subscription.ready()
             if ready is None:
                 break
             event = ready
-            frames.append(state.frames.message(event))
-            size += len(frames[-1])
+        if not frames:
+            continue  # none of the types asked for
         await _send(response, frames[0] if len(frames) == 1 else b"".join(frames))
+        written = loop.time()
         if isinstance(event, ev.Missed):
             # This client fell behind and lost events: start it over from a fresh snapshot,
             # with a new subscription (the old buffer holds events the snapshot already has).
@@ -184,7 +209,7 @@ OPERATIONS: list[tuple[Operation, Handler]] = [
             "Live events (Server-Sent Events)",
             None,
             stream="text/event-stream",
-            errors=(503,),
+            errors=(422, 503),
             description=(
                 "`id:` is the event's seq, `event:` its type, `data:` its JSON form. A new "
                 "connection starts with a snapshot of every download in id order, a page "
@@ -199,8 +224,10 @@ OPERATIONS: list[tuple[Operation, Handler]] = [
                 "`Last-Event-ID` (or ?since=) to get what was missed; when that is no longer "
                 "kept, or from an earlier run, a fresh snapshot comes first. A client that "
                 "falls behind gets `missed` and then a fresh snapshot. Comment lines keep an "
-                "idle connection open."
+                "idle connection open. `types` narrows the events to those named (the "
+                "snapshot and `missed` still come); an unknown type is refused (422)."
             ),
+            query=EventsQuery,
             extra_parameters=(
                 {
                     "name": "since",
