@@ -158,6 +158,7 @@ async def _pump(
             first = await state.pages.page(max_age=SNAPSHOT_REUSE, in_steps=True)
             stream.subscription = manager.bus.subscribe(maxsize=_SSE_BUFFER, since=first.as_of)
             await _send_snapshot(response, state.pages, first)
+            written = loop.time()
 
 
 async def _send(response: web.StreamResponse, data: bytes | memoryview) -> None:
