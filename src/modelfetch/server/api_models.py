@@ -8,16 +8,16 @@ document; the tests check that both stay field-for-field the same.
 from __future__ import annotations
 
 from pathlib import PurePath
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from modelfetch.core.events import EVENT_TYPES
 from modelfetch.core.models import MAX_ID
 from modelfetch.manager.batch import MAX_BATCH
 
 __all__ = [
     "BATCH_MAX",
-    "EVENT_TYPE_NAMES",
     "GROUP_STATUSES",
     "ActionRequest",
     "AddRequest",
@@ -50,23 +50,12 @@ GroupStatusName = Literal[
 ]
 GROUP_STATUSES: tuple[str, ...] = get_args(GroupStatusName)
 
-EventTypeName = Literal[
-    "group_queued",
-    "queue_changed",
-    "file_started",
-    "file_progress",
-    "group_progress",
-    "status_changed",
-    "file_completed",
-    "file_failed",
-    "cancelled",
-    "group_finished",
-    "notice",
-    "missed",
-    "snapshot",
-    "snapshot_page",
-]
-EVENT_TYPE_NAMES: tuple[str, ...] = get_args(EventTypeName)  # core.events.EVENT_TYPES's keys
+# The event types by their wire names, from the registry itself (an enum in the OpenAPI
+# document); a Literal needs its values spelled out for the type checker, which sees a str.
+if TYPE_CHECKING:
+    EventTypeName = str
+else:
+    EventTypeName = Literal[tuple(EVENT_TYPES)]
 
 PRIORITY_LIMIT = 1_000_000
 """Priorities and positions are bounded so they always fit the store's 64-bit integers."""
