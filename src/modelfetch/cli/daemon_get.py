@@ -303,12 +303,10 @@ class _Run:
         for view in views.values():
             self._set_files(view.id, {f.ref: f.status for f in view.files})
         before = {gid: views[gid].status for gid in self.gids}
-        from modelfetch.render.collapse import MANY_GROUPS
-
-        self._narrow = len(wanted) > MANY_GROUPS  # the display's one summary line then
+        self.display.track(wanted)
+        self._narrow = self.display.many()  # its one summary line needs no progress events
         self.events = self.client.open_events(since, _FOLLOWED_WHEN_MANY if self._narrow else ())
         self._put_first([views[gid] for gid in self.gids])
-        self.display.track(wanted)
         self.display.on_views([views[gid] for gid in self.gids])
         self._follow(wanted)
         final = self._views(wanted)

@@ -38,7 +38,7 @@ class PlainDisplay:
         self._model.apply(event)
         if not self._model.wants(group_of(event)) and not isinstance(event, ev.Notice):
             return
-        if self._many() and _routine(event):
+        if self.many() and _routine(event):
             return
         line = event_line(event, event.ts or self._now)
         if line:
@@ -57,7 +57,7 @@ class PlainDisplay:
             return
         self._last = now
         shown = self._model.shown()
-        if self._many():
+        if self.many():
             self._write(many_line(shown))
             moving = [g for g in shown if g.status == "active"]
             for g in moving[:MAX_GROUP_ROWS]:
@@ -78,7 +78,9 @@ class PlainDisplay:
     def abort(self) -> None:
         self.stream.flush()
 
-    def _many(self) -> bool:
+    def many(self) -> bool:
+        """Whether it shows one summary line for the downloads it follows (more than
+        MANY_GROUPS), not a line each."""
         wanted = self._model.wanted
         count = len(wanted) if wanted is not None else len(self._model.groups)
         return count > MANY_GROUPS
